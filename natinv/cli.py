@@ -1,0 +1,173 @@
+"""The ``natinv`` command: ``info`` and ``demo``.
+
+Input errors end with one line ``natinv: error: ...`` on rank 0 and exit code 2 on every rank
+(no traceback, no rank left waiting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from natinv import parallel
+
+__all__ = ["info", "main"]
+
+_PETSC_PACKAGES = (
+    "mumps",
+    "scalapack",
+    "superlu_dist",
+    "superlu",
+    "hypre",
+    "cholmod",
+    "strumpack",
+    "metis",
+    "parmetis",
+    "ptscotch",
+    "hdf5",
+)
+
+
+def info(comm: MPI.Comm = MPI.COMM_WORLD) -> dict[str, str]:
+    """Versions of natinv and its stack, and the number of ranks."""
+    import mpi4py
+    import petsc4py
+
+    import dolfinx
+    import numpy
+    import torch
+
+    import natinv
+
+    version = PETSc.Sys.getVersionInfo()
+    packages = [p for p in _PETSC_PACKAGES if PETSc.Sys.hasExternalPackage(p)]
+    try:
+        from slepc4py import SLEPc
+
+        slepc = ".".join(str(v) for v in SLEPc.Sys.getVersion())
+    except ImportError:
+        slepc = "not available"
+    return {
+        "natinv": natinv.__version__,
+        "python": platform.python_version(),
+        "dolfinx": dolfinx.__version__,
+        "petsc": f"{version['major']}.{version['minor']}.{version['subminor']}",
+        "petsc packages": ", ".join(packages) or "none",
+        "petsc4py": petsc4py.__version__,
+        "slepc": slepc,
+        "torch": f"{torch.__version__} (CUDA {'on' if torch.cuda.is_available() else 'off'})",
+        "numpy": numpy.__version__,
+        "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+        "mpi4py": mpi4py.__version__,
+        "ranks": str(comm.size),
+    }
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports errors on rank 0 only and exits on every rank."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if MPI.COMM_WORLD.rank == 0:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="natinv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("info", help="versions of natinv, DOLFINx, PETSc, torch, MPI; number of ranks")
+    demo = sub.add_parser("demo", help="fit a neural field to a target field (NGD vs Adam)")
+    demo.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
+    demo.add_argument("--cells", type=int, default=32, help="cells per side of the unit square")
+    demo.add_argument("--degree", type=int, default=1, help="Lagrange degree of the field space")
+    demo.add_argument("--metric", choices=["l2", "h1"], default="l2")
+    demo.add_argument("--widths", type=_widths, default=(2, 20, 20, 1), help="e.g. 2,20,20,1")
+    demo.add_argument("--iterations", type=int, default=60, help="natural-gradient steps")
+    demo.add_argument(
+        "--method",
+        choices=["cholesky", "cg", "cutoff", "lm"],
+        default="cholesky",
+        help="natural-direction solver (also -natinv_gram_method)",
+    )
+    demo.add_argument("--damping", type=float, default=1e-6, help="λ in (G + λI) d = g")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``natinv`` (and ``python -m natinv``). Arguments unknown to natinv after
+    ``--`` are passed to PETSc (e.g. ``-- -natinv_gram_method cg``)."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    petsc_args: list[str] = []
+    if "--" in args_in:
+        split = args_in.index("--")
+        args_in, petsc_args = args_in[:split], args_in[split + 1 :]
+    args = _parser().parse_args(args_in)
+    comm = MPI.COMM_WORLD
+    if petsc_args:
+        opts = PETSc.Options()
+        key: str | None = None
+        for token in petsc_args:
+            if token.startswith("-") and not _is_number(token):
+                if key is not None:
+                    opts[key] = ""
+                key = token.lstrip("-")
+            elif key is not None:
+                opts[key] = token
+                key = None
+        if key is not None:
+            opts[key] = ""
+
+    try:
+        if args.command == "info":
+            report = info(comm)
+            width = max(len(k) for k in report)
+            for key_, value in report.items():
+                parallel.rank0_print(comm, f"{key_:<{width}}  {value}")
+        elif args.command == "demo":
+            from natinv.demo import DemoConfig, run_demo
+
+            run_demo(
+                DemoConfig(
+                    cells=args.cells,
+                    degree=args.degree,
+                    metric=args.metric,
+                    widths=args.widths,
+                    iterations=args.iterations,
+                    method=args.method,
+                    damping=args.damping,
+                    seed=args.seed,
+                    out=args.out,
+                    quiet=args.quiet,
+                ),
+                comm,
+            )
+    except (parallel.CollectiveError, ValueError) as exc:
+        parallel.rank0_print(comm, f"natinv: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,482 @@
+"""Neural fields on DOLFINx function spaces: values, Jacobians and vector-Jacobian products.
+
+A :class:`NeuralField` is a torch module ``x -> z`` (a built-in :func:`mlp` or any user module),
+followed by an output transform (identity, exp, softplus, bounded sigmoid), attached to a
+DOLFINx function space ``W_h`` whose degrees of freedom are point evaluations (Lagrange of any
+degree, continuous or discontinuous, scalar or blocked). The field's coefficient vector is
+``k(θ) = transform(network(x_i; θ))`` at the interpolation points ``x_i`` of ``W_h``.
+
+Parallel contract: θ is identical on all ranks. Each rank evaluates the network only at the
+interpolation points of the dofs it owns; ghost entries of a :class:`dolfinx.fem.Function` are
+filled by a forward scatter. Arrays returned by :meth:`NeuralField.values` and
+:meth:`NeuralField.jacobian` hold owned rows only, in PETSc's unrolled order (dof, component),
+the order of the matrices DOLFINx assembles on ``W_h``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import basix
+import dolfinx.fem
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vmap
+
+from natinv import parallel
+from natinv.parallel import Comm
+
+__all__ = [
+    "ACTIVATIONS",
+    "TRANSFORMS",
+    "Bounded",
+    "Exp",
+    "Identity",
+    "NeuralField",
+    "Softplus",
+    "Transform",
+    "make_transform",
+    "mlp",
+]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "softplus": nn.Softplus,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sin": lambda: _Sin(),
+}
+
+
+class _Sin(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x)
+
+
+def mlp(
+    widths: Sequence[int],
+    activation: str = "tanh",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> nn.Sequential:
+    """A fully connected network with the given layer widths, e.g. ``[2, 32, 32, 1]``.
+
+    Weights are drawn with torch's default (Kaiming-uniform) initialisation from a generator
+    seeded with ``seed``, so every rank builds the same network.
+
+    Raises:
+        ValueError: fewer than two widths, a non-positive width, or an unknown activation.
+    """
+    widths = list(widths)
+    if len(widths) < 2 or any(int(w) != w or w < 1 for w in widths):
+        raise ValueError(f"Invalid MLP widths {widths}: need at least two positive integers")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            layers.append(nn.Linear(a, b, dtype=dtype))
+            if i < len(widths) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        return nn.Sequential(*layers)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+class Transform:
+    """An elementwise output transform ``z -> k``, differentiable by torch."""
+
+    name = "transform"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``z`` with ``transform(z) = k`` (used to initialise a network near a given field)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Identity(Transform):
+    """``k = z``."""
+
+    name = "identity"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return np.asarray(k, dtype=np.float64)
+
+
+class Exp(Transform):
+    """``k = exp(z)``: a positive field whose logarithm is the network."""
+
+    name = "exp"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.exp(z)
+
+    def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return np.log(np.asarray(k, dtype=np.float64))
+
+
+class Softplus(Transform):
+    """``k = log(1 + exp(z))``: positive, and linear for large ``z``."""
+
+    name = "softplus"
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.softplus(z)
+
+    def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        k = np.asarray(k, dtype=np.float64)
+        return k + np.log(-np.expm1(-k))
+
+
+class Bounded(Transform):
+    """``k = a + (b - a) sigmoid(z)``: a field with values in ``(a, b)``."""
+
+    name = "bounded"
+
+    def __init__(self, lower: float, upper: float) -> None:
+        lower, upper = float(lower), float(upper)
+        if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+            raise ValueError(f"Invalid bounds for the bounded transform: [{lower}, {upper}]")
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.lower + (self.upper - self.lower) * torch.sigmoid(z)
+
+    def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        s = (np.asarray(k, dtype=np.float64) - self.lower) / (self.upper - self.lower)
+        return np.log(s) - np.log1p(-s)
+
+    def __repr__(self) -> str:
+        return f"bounded({self.lower}, {self.upper})"
+
+
+TRANSFORMS: dict[str, type[Transform]] = {
+    "identity": Identity,
+    "exp": Exp,
+    "softplus": Softplus,
+    "bounded": Bounded,
+}
+
+
+def make_transform(spec: str | Transform | tuple[str, float, float]) -> Transform:
+    """A transform from a name (``"exp"``), ``("bounded", a, b)``, or a :class:`Transform`."""
+    if isinstance(spec, Transform):
+        return spec
+    if isinstance(spec, tuple | list) and len(spec) == 3 and spec[0] == "bounded":
+        return Bounded(spec[1], spec[2])
+    if spec == "bounded":
+        raise ValueError("The bounded transform needs its bounds: ('bounded', lower, upper)")
+    if isinstance(spec, str) and spec in TRANSFORMS:
+        return TRANSFORMS[spec]()
+    raise ValueError(
+        f"Unknown output transform {spec!r}; choose one of identity, exp, softplus, "
+        "('bounded', lower, upper)"
+    )
+
+
+def _check_space(space: dolfinx.fem.FunctionSpace) -> None:
+    element = space.ufl_element()
+    family = getattr(element, "element_family", None)
+    if (
+        getattr(element, "is_mixed", False)
+        or getattr(element, "is_quadrature", False)
+        or family != basix.ElementFamily.P
+        or not space.element.interpolation_ident
+    ):
+        name = family.name if family is not None else type(element).__name__
+        raise ValueError(
+            f"NeuralField: unsupported element {name} ({element}); a neural field needs a space "
+            "whose dofs are point values: Lagrange of any degree, continuous or discontinuous "
+            "(DG0 included), scalar, vector or tensor valued"
+        )
+
+
+class NeuralField:
+    """A neural network evaluated at the interpolation points of a DOLFINx function space.
+
+    Args:
+        space: the field's function space ``W_h`` (Lagrange/DG, scalar or blocked).
+        network: a torch module mapping points ``(n, gdim)`` to ``(n, value_size)`` (or ``(n,)``
+            for a scalar space). Its trainable parameters (``requires_grad``) form θ. Built-in:
+            ``mlp([gdim, 32, 32, value_size])``.
+        transform: output transform, a name (``"identity"``, ``"exp"``, ``"softplus"``),
+            ``("bounded", a, b)`` or a :class:`Transform`.
+        input_map: optional ``(x: Tensor (n, gdim)) -> Tensor (n, d)`` applied before the network
+            (e.g. scaling to ``[-1, 1]``); must be a torch function.
+        jacobian_memory: bytes of working memory a Jacobian chunk may use (default 1 GiB); the
+            result array itself is the caller's and not counted.
+        check: verify at construction and on every :meth:`set_parameters` that θ is identical on
+            all ranks (one broadcast and compare; off by default).
+
+    The constructor is collective over ``space.mesh.comm``: θ is taken from rank 0's network and
+    broadcast, so ranks always start from the same parameters.
+    """
+
+    def __init__(
+        self,
+        space: dolfinx.fem.FunctionSpace,
+        network: nn.Module,
+        transform: str | Transform | tuple[str, float, float] = "identity",
+        *,
+        input_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        jacobian_memory: int = 2**30,
+        check: bool = False,
+    ) -> None:
+        self.comm: Comm = space.mesh.comm
+        with parallel.collective(self.comm, "NeuralField"):
+            _check_space(space)
+            self.transform = make_transform(transform)
+            if not isinstance(network, nn.Module):
+                raise TypeError(f"NeuralField: network must be a torch.nn.Module, got {network!r}")
+            if jacobian_memory < 2**20:
+                raise ValueError(f"Invalid jacobian_memory {jacobian_memory}: need >= 1 MiB")
+        self.space = space
+        self.network = network.to(dtype=torch.float64)
+        self.input_map = input_map
+        self.jacobian_memory = int(jacobian_memory)
+        self.check = check
+
+        index_map = space.dofmap.index_map
+        self.block_size = int(space.dofmap.index_map_bs)
+        self.num_owned_nodes = int(index_map.size_local)
+        self.num_owned = self.num_owned_nodes * self.block_size
+        self.num_global = int(index_map.size_global) * self.block_size
+        gdim = space.mesh.geometry.dim
+        coords = space.tabulate_dof_coordinates()[: self.num_owned_nodes, :gdim]
+        self.points = parallel.torch_from_numpy(np.ascontiguousarray(coords))
+
+        self._names = [n for n, p in self.network.named_parameters() if p.requires_grad]
+        self._shapes = [p.shape for n, p in self.network.named_parameters() if p.requires_grad]
+        self._sizes = [int(math.prod(s)) for s in self._shapes]
+        self._frozen = {
+            n: p.detach() for n, p in self.network.named_parameters() if not p.requires_grad
+        }
+        self._frozen.update(dict(self.network.named_buffers()))
+        self.num_parameters = int(sum(self._sizes))
+        parallel.check_all(
+            self.comm,
+            self.num_parameters > 0,
+            "NeuralField: the network has no trainable parameters",
+        )
+
+        local = torch.cat([p.detach().reshape(-1) for _, p in self._trainable()]).numpy()
+        self._theta = parallel.bcast_array(self.comm, local)
+        self._load_into_network(self._theta)
+
+        with parallel.collective(self.comm, "NeuralField: evaluating the network"):
+            probe = self._point_function(self._theta_tensor(self._theta), self.points[:1])
+            if probe.shape != (1, self.block_size):
+                raise ValueError(
+                    f"the network maps a point to shape {tuple(probe.shape[1:])}, but the space "
+                    f"has {self.block_size} component(s) per dof"
+                )
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def _trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+
+    @property
+    def parameters(self) -> npt.NDArray[np.float64]:
+        """A copy of θ (float64, length ``num_parameters``, identical on all ranks)."""
+        return self._theta.copy()
+
+    def set_parameters(self, theta: npt.ArrayLike) -> None:
+        """Set θ (the same vector on every rank; checked for shape and finiteness). Collective."""
+        theta = self._validated(theta)
+        if self.check:
+            parallel.check_replicated(self.comm, theta, "NeuralField parameters θ")
+        self._theta = theta.copy()
+        self._load_into_network(self._theta)
+
+    def _validated(self, theta: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
+        if theta is None:
+            return self._theta
+        array = np.asarray(theta, dtype=np.float64)
+        parallel.check_all(
+            self.comm,
+            array.shape == (self.num_parameters,),
+            lambda: f"θ has shape {array.shape}, expected ({self.num_parameters},)",
+        )
+        parallel.ensure_finite(self.comm, array, "θ (network parameters)")
+        return array
+
+    def _load_into_network(self, theta: npt.NDArray[np.float64]) -> None:
+        with torch.no_grad():
+            offset = 0
+            for (_, p), size in zip(self._trainable(), self._sizes, strict=True):
+                p.copy_(parallel.torch_from_numpy(theta[offset : offset + size]).reshape(p.shape))
+                offset += size
+
+    def _theta_tensor(self, theta: npt.NDArray[np.float64]) -> torch.Tensor:
+        return parallel.torch_from_numpy(theta)
+
+    def _unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        params: dict[str, torch.Tensor] = dict(self._frozen)
+        offset = 0
+        for name, shape, size in zip(self._names, self._shapes, self._sizes, strict=True):
+            params[name] = theta[offset : offset + size].reshape(shape)
+            offset += size
+        return params
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _point_function(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for flat parameters."""
+        inputs = self.input_map(x) if self.input_map is not None else x
+        z = functional_call(self.network, self._unflatten(theta), (inputs,))
+        if z.ndim == 1:
+            z = z.unsqueeze(-1)
+        return self.transform(z.reshape(z.shape[0], -1))
+
+    def torch_values(self, theta: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
+        """Differentiable field values, flattened in (dof, component) order.
+
+        Args:
+            theta: flat parameters as a float64 tensor (may require grad).
+            points: evaluation points ``(n, gdim)``; default the owned interpolation points.
+        """
+        x = self.points if points is None else points
+        return self._point_function(theta, x).reshape(-1)
+
+    def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        """Owned coefficients ``k(θ)`` (length ``num_owned``); θ defaults to the current one."""
+        t = self._theta_tensor(self._validated(theta))
+        with torch.no_grad():
+            return parallel.numpy_from_torch(self.torch_values(t))
+
+    def evaluate(
+        self, points: npt.ArrayLike, theta: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.float64]:
+        """The field at arbitrary points ``(n, gdim)`` → ``(n, block_size)`` (local, no MPI)."""
+        x = parallel.torch_from_numpy(np.atleast_2d(np.asarray(points, dtype=np.float64)))
+        t = self._theta_tensor(self._validated(theta) if theta is not None else self._theta)
+        with torch.no_grad():
+            return parallel.numpy_from_torch(self._point_function(t, x))
+
+    def function(
+        self, theta: npt.ArrayLike | None = None, out: dolfinx.fem.Function | None = None
+    ) -> dolfinx.fem.Function:
+        """The field as a :class:`dolfinx.fem.Function` with ghosts updated. Collective.
+
+        Args:
+            theta: parameters (default: the current ones).
+            out: a Function on the same space to fill in place (a new one otherwise).
+        """
+        if out is None:
+            out = dolfinx.fem.Function(self.space, name="field")
+        elif out.function_space != self.space:
+            raise ValueError("NeuralField.function: `out` lives on another function space")
+        out.x.array[: self.num_owned] = self.values(theta)
+        out.x.scatter_forward()
+        return out
+
+    # -- derivatives --------------------------------------------------------------------------
+
+    def chunk_size(self) -> int:
+        """Points per Jacobian chunk so that a chunk's working memory fits ``jacobian_memory``.
+
+        Per point the vectorised reverse pass holds the per-point gradient rows
+        (``block_size × P``) and per-parameter temporaries of the same size; four such copies
+        is the measured upper bound (see ``bench/gram.py``).
+        """
+        per_point = 8 * self.num_parameters * self.block_size * 4 + 8 * 1024
+        return max(1, self.jacobian_memory // per_point)
+
+    def jacobian(
+        self, theta: npt.ArrayLike | None = None, out: npt.NDArray[np.float64] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """The owned rows of ``J = ∂k/∂θ``, shape ``(num_owned, P)``. Local (no MPI).
+
+        Computed point-chunk by point-chunk with ``torch.func`` (per-point reverse mode), so the
+        working memory stays within ``jacobian_memory``.
+
+        Args:
+            theta: parameters (default: the current ones).
+            out: array of shape ``(num_owned, P)`` to write into (any memory order, e.g. the
+                column-major local block of a PETSc dense matrix); a new C-ordered array if None.
+        """
+        t = self._theta_tensor(self._validated(theta))
+        if out is None:
+            out = np.empty((self.num_owned, self.num_parameters), dtype=np.float64)
+        elif out.shape != (self.num_owned, self.num_parameters):
+            raise ValueError(
+                f"jacobian: out has shape {out.shape}, expected "
+                f"({self.num_owned}, {self.num_parameters})"
+            )
+
+        def at_point(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return self._point_function(th, x.unsqueeze(0))[0]
+
+        per_point = vmap(jacrev(at_point, argnums=0), in_dims=(None, 0))
+        bs = self.block_size
+        step = self.chunk_size()
+        with torch.no_grad():
+            for start in range(0, self.num_owned_nodes, step):
+                stop = min(start + step, self.num_owned_nodes)
+                block = per_point(t, self.points[start:stop])  # (n, bs, P)
+                out[start * bs : stop * bs, :] = parallel.numpy_from_torch(
+                    block.reshape((stop - start) * bs, self.num_parameters)
+                )
+        return out
+
+    def jvp(
+        self, direction: npt.ArrayLike, theta: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.float64]:
+        """``J v`` on the owned rows (a field-space vector) for a parameter direction ``v``."""
+        t = self._theta_tensor(self._validated(theta))
+        v = parallel.torch_from_numpy(np.asarray(direction, dtype=np.float64).reshape(-1))
+        if v.shape != t.shape:
+            raise ValueError(f"jvp: direction has length {v.numel()}, expected {t.numel()}")
+        _, tangent = jvp(self.torch_values, (t,), (v,))
+        return parallel.numpy_from_torch(tangent)
+
+    def vjp(
+        self, weights: npt.ArrayLike, theta: npt.ArrayLike | None = None
+    ) -> npt.NDArray[np.float64]:
+        """``Jᵀ w`` summed over ranks, for ``w`` given on the owned rows. Collective.
+
+        The result is identical on every rank (an allreduce of the local products).
+        """
+        t = self._theta_tensor(self._validated(theta)).clone().requires_grad_(True)
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        parallel.check_all(
+            self.comm,
+            w.shape == (self.num_owned,),
+            lambda: f"vjp: weights have length {w.size}, expected {self.num_owned} owned entries",
+        )
+        values = self.torch_values(t)
+        (grad,) = torch.autograd.grad(values, t, parallel.torch_from_numpy(w))
+        return parallel.allreduce_array(self.comm, parallel.numpy_from_torch(grad))
+
+    def __repr__(self) -> str:
+        return (
+            f"NeuralField(P={self.num_parameters}, dofs={self.num_global}, "
+            f"block_size={self.block_size}, transform={self.transform})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary (sizes, transform, network)."""
+        return {
+            "parameters": self.num_parameters,
+            "dofs": self.num_global,
+            "block_size": self.block_size,
+            "transform": repr(self.transform),
+            "network": str(self.network),
+        }

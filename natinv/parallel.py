@@ -1,0 +1,183 @@
+"""MPI plumbing: import order, rank-0 output, collective errors, reductions and conversions.
+
+Everything that moves data between ranks, or between torch, numpy and PETSc, lives here, so that
+the rest of natinv never writes its own reduction or conversion.
+
+The PyPI wheel of DOLFINx (``dolfinx-solver-real``) must be imported before ``dolfinx`` and
+``petsc4py`` so that its bundled libraries are found; a conda or Docker DOLFINx has no such module,
+which is fine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+with contextlib.suppress(ImportError):
+    import dolfinx_solver  # noqa: F401  (must precede dolfinx and petsc4py)
+
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+__all__ = [
+    "CollectiveError",
+    "Comm",
+    "allgather_vec",
+    "allreduce_array",
+    "allreduce_max",
+    "allreduce_sum",
+    "bcast_array",
+    "check_all",
+    "check_replicated",
+    "collective",
+    "ensure_finite",
+    "numpy_from_torch",
+    "petsc_options",
+    "rank0_print",
+    "torch_from_numpy",
+    "world",
+]
+
+Comm = MPI.Comm
+T = TypeVar("T")
+
+DTYPE = np.float64
+TORCH_DTYPE = torch.float64
+
+
+class CollectiveError(ValueError):
+    """An input error detected on one or more ranks and raised on every rank with one message."""
+
+
+def rank0_print(comm: Comm, *args: Any, **kwargs: Any) -> None:
+    """Print on rank 0 only (flushes, so progress lines appear live under mpirun)."""
+    if comm.rank == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def check_all(comm: Comm, ok: bool, message: str | Callable[[], str]) -> None:
+    """Raise :class:`CollectiveError` on every rank if ``ok`` is false on any rank. Collective.
+
+    Args:
+        comm: communicator over which the check is made.
+        ok: this rank's verdict.
+        message: the error text, or a callable producing it (evaluated only where ``ok`` is
+            false). The text of the lowest failing rank is raised everywhere, prefixed with that
+            rank when running on more than one.
+    """
+    local = None if ok else (message() if callable(message) else message)
+    if comm.size == 1:
+        if local is not None:
+            raise CollectiveError(local)
+        return
+    failures = comm.allgather(local)
+    for rank, text in enumerate(failures):
+        if text is not None:
+            raise CollectiveError(f"{text} (on rank {rank})")
+
+
+@contextlib.contextmanager
+def collective(comm: Comm, what: str) -> Iterator[None]:
+    """Turn an exception raised on some ranks inside the block into one raised on all ranks.
+
+    Every rank must enter and leave the block (it ends with one collective check), so the block
+    must not itself contain collectives that a failing rank would skip. Use it around local work
+    such as reading a file or evaluating a network.
+    """
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:  # re-raised below on every rank
+        error = exc
+    check_all(comm, error is None, lambda: f"{what}: {error}")
+
+
+def allreduce_sum(comm: Comm, value: float) -> float:
+    """Sum a scalar over ranks (result identical everywhere). Collective."""
+    return float(comm.allreduce(float(value), op=MPI.SUM))
+
+
+def allreduce_max(comm: Comm, value: float) -> float:
+    """Maximum of a scalar over ranks. Collective."""
+    return float(comm.allreduce(float(value), op=MPI.MAX))
+
+
+def allreduce_array(comm: Comm, array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Elementwise sum of a float64 array over ranks; returns a new array. Collective."""
+    send = np.ascontiguousarray(array, dtype=DTYPE)
+    out = np.empty_like(send)
+    comm.Allreduce(send, out, op=MPI.SUM)
+    return out
+
+
+def bcast_array(
+    comm: Comm, array: npt.NDArray[np.float64], root: int = 0
+) -> npt.NDArray[np.float64]:
+    """Broadcast a float64 array from ``root``; every rank must pass an array of the same shape."""
+    buf = np.ascontiguousarray(array, dtype=DTYPE).copy()
+    comm.Bcast(buf, root=root)
+    return buf
+
+
+def check_replicated(comm: Comm, array: npt.NDArray[np.float64], name: str) -> None:
+    """Raise on every rank unless ``array`` is bitwise identical on all ranks. Collective."""
+    reference = bcast_array(comm, array)
+    same = reference.shape == np.shape(array) and bool(
+        np.array_equal(reference, array, equal_nan=True)
+    )
+    check_all(comm, same, f"{name} differs between ranks (it must be replicated)")
+
+
+def allgather_vec(vec: PETSc.Vec) -> npt.NDArray[np.float64]:
+    """All entries of a distributed PETSc vector on every rank, as a new array. Collective."""
+    comm = vec.comm.tompi4py()
+    local = np.ascontiguousarray(vec.getArray(readonly=True), dtype=DTYPE)
+    sizes = comm.allgather(local.size)
+    out = np.empty(sum(sizes), dtype=DTYPE)
+    comm.Allgatherv(local, (out, sizes))
+    return out
+
+
+def torch_from_numpy(array: npt.ArrayLike) -> torch.Tensor:
+    """A float64 torch tensor sharing memory with ``array`` where possible."""
+    return torch.as_tensor(np.asarray(array, dtype=DTYPE), dtype=TORCH_DTYPE)
+
+
+def numpy_from_torch(tensor: torch.Tensor) -> npt.NDArray[np.float64]:
+    """A float64 numpy array from a tensor (detached, on the CPU)."""
+    return np.asarray(tensor.detach().to(device="cpu", dtype=TORCH_DTYPE).numpy())
+
+
+def ensure_finite(comm: Comm, array: npt.ArrayLike, name: str) -> None:
+    """Raise on every rank if ``array`` holds a NaN or an infinity on any rank. Collective."""
+    values = np.asarray(array)
+    finite = bool(np.all(np.isfinite(values)))
+
+    def message() -> str:
+        bad = np.flatnonzero(~np.isfinite(values.ravel()))
+        return (
+            f"{name} contains {bad.size} non-finite value(s) (NaN or inf), "
+            f"first at flat index {int(bad[0])} on rank {comm.rank}"
+        )
+
+    check_all(comm, finite, message)
+
+
+def world() -> Comm:
+    """``MPI.COMM_WORLD``."""
+    return MPI.COMM_WORLD
+
+
+def petsc_options(prefix: str) -> dict[str, str]:
+    """The PETSc options currently set under ``prefix`` (without the prefix)."""
+    opts = PETSc.Options()
+    out: dict[str, str] = {}
+    for key, value in opts.getAll().items():
+        if key.startswith(prefix):
+            out[key[len(prefix) :]] = value
+    return out

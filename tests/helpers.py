@@ -1,0 +1,32 @@
+"""Dense references and gathering helpers for the tests (not part of natinv)."""
+
+from __future__ import annotations
+
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import dolfinx
+import numpy as np
+
+import natinv  # noqa: F401  (loads the DOLFINx wheel's libraries first)
+
+
+def dense_matrix(matrix: PETSc.Mat) -> np.ndarray:
+    """A distributed PETSc AIJ matrix as a dense numpy array on every rank (tests only)."""
+    comm = matrix.comm.tompi4py()
+    lo, hi = matrix.getOwnershipRange()
+    _n, m = matrix.getSize()
+    local = np.zeros((hi - lo, m))
+    indptr, indices, values = matrix.getValuesCSR()
+    for i in range(hi - lo):
+        local[i, indices[indptr[i] : indptr[i + 1]]] = values[indptr[i] : indptr[i + 1]]
+    return np.vstack(comm.allgather(local))
+
+
+def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
+    """Owned rows of every rank stacked in rank order (= PETSc's global row order)."""
+    return np.concatenate(comm.allgather(np.ascontiguousarray(local)), axis=0)
+
+
+def unit_square(comm: MPI.Comm, n: int = 6) -> dolfinx.mesh.Mesh:
+    return dolfinx.mesh.create_unit_square(comm, n, n)
