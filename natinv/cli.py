@@ -122,18 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_in)
     comm = MPI.COMM_WORLD
     if petsc_args:
-        opts = PETSc.Options()
-        key: str | None = None
-        for token in petsc_args:
-            if token.startswith("-") and not _is_number(token):
-                if key is not None:
-                    opts[key] = ""
-                key = token.lstrip("-")
-            elif key is not None:
-                opts[key] = token
-                key = None
-        if key is not None:
-            opts[key] = ""
+        PETSc.Options().insertString(" ".join(petsc_args))
 
     try:
         if args.command == "info":
@@ -163,11 +152,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         parallel.rank0_print(comm, f"natinv: error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True

@@ -392,11 +392,12 @@ class NeuralField:
     def chunk_size(self) -> int:
         """Points per Jacobian chunk so that a chunk's working memory fits ``jacobian_memory``.
 
-        Per point the vectorised reverse pass holds the per-point gradient rows
-        (``block_size × P``) and per-parameter temporaries of the same size; four such copies
-        is the measured upper bound (see ``bench/gram.py``).
+        Per point, the vectorised reverse pass holds the point's gradient rows
+        (``block_size × P`` doubles) and per-parameter temporaries of the same size; five such
+        copies bound what ``bench/gram.py`` measures (torch's own fixed workspace, about 100 MiB
+        on these machines, comes on top, so budgets below 256 MiB are not kept exactly).
         """
-        per_point = 8 * self.num_parameters * self.block_size * 4 + 8 * 1024
+        per_point = 8 * self.num_parameters * self.block_size * 5 + 8 * 1024
         return max(1, self.jacobian_memory // per_point)
 
     def jacobian(

@@ -73,7 +73,6 @@ class Gram:
         self.J.assemble()
         self.MJ: PETSc.Mat | None = None
         self.G: PETSc.Mat | None = None
-        self._theta: npt.NDArray[np.float64] | None = None
 
     @property
     def num_parameters(self) -> int:
@@ -90,7 +89,6 @@ class Gram:
         """
         self.field.jacobian(theta, out=self.jacobian_array())
         self.J.assemble()
-        self._theta = self.field.parameters if theta is None else np.array(theta, dtype=float)
         return self.J
 
     def assemble(self, theta: npt.ArrayLike | None = None, *, jacobian: bool = True) -> PETSc.Mat:
@@ -276,6 +274,11 @@ class NaturalSolver:
         if mat_type not in self.MAT_TYPES:
             raise ValueError(
                 f"Unknown Gram matrix type {mat_type!r}; choose one of {self.MAT_TYPES}"
+            )
+        if mat_type == "dense" and self.comm.size > 1:
+            raise ValueError(
+                "Gram matrix type 'dense' (LAPACK Cholesky) runs on one rank only; on "
+                f"{self.comm.size} ranks use 'scalapack' or 'aij' (MUMPS)"
             )
         self.method = method
         self.cutoff = float(cutoff)

@@ -157,6 +157,27 @@ def test_all_solvers_agree_on_a_well_conditioned_gram(comm):
     matrix.destroy()
 
 
+@pytest.mark.parametrize("mat_type", ["auto", "scalapack", "aij", "dense"])
+def test_every_cholesky_backend_gives_the_same_direction(comm, mat_type):
+    """LAPACK (one rank), ScaLAPACK and MUMPS on AIJ solve (G + λI) d = g alike (1e-10); the
+    LAPACK backend on several ranks is refused by name."""
+    _field, matrix, objective = _fit_problem(comm)
+    _, gradient = objective.value_and_gradient()
+    gram = objective.gram
+    gram.assemble()
+    if mat_type == "dense" and comm.size > 1:
+        with pytest.raises(ValueError, match="one rank only"):
+            natinv.NaturalSolver(gram, "cholesky", damping=1e-4, mat_type=mat_type)
+    else:
+        solver = natinv.NaturalSolver(gram, "cholesky", damping=1e-4, mat_type=mat_type)
+        d = solver.solve(gradient, assemble=False)
+        reference = np.linalg.solve(gram.dense() + 1e-4 * np.eye(gradient.size), gradient)
+        assert np.linalg.norm(d - reference) <= 1e-10 * np.linalg.norm(reference)
+        solver.destroy()
+    objective.destroy()
+    matrix.destroy()
+
+
 def test_matrix_free_operator_applies_the_gram(comm):
     field, matrix, objective = _fit_problem(comm)
     gram = objective.gram

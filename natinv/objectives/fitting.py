@@ -56,7 +56,7 @@ class FieldFit:
                 self.comm,
                 target.function_space == field.space
                 or (
-                    target.x.index_map.size_local * target.x.block_size == field.num_owned
+                    target.function_space.mesh is field.space.mesh
                     and target.function_space.ufl_element() == field.space.ufl_element()
                 ),
                 "the target Function lives on another function space than the field",
