@@ -390,8 +390,11 @@ class NaturalSolver:
             a.shift(self.damping)
         if target != "dense":
             a.convert(target)
-        if target != "scalapack":  # MatSetOption_ScaLAPACK rejects SPD; its Cholesky needs none
+        if target == "dense":
             a.setOption(PETSc.Mat.Option.SPD, True)
+        elif target == "aij":  # MUMPS LDLᵀ (not told SPD, which it would not check) + inertia
+            a.setOption(PETSc.Mat.Option.SYMMETRIC, True)
+        # (MatSetOption_ScaLAPACK rejects SPD; its Cholesky, pdpotrf, checks definiteness itself)
         self._factored = a
         ksp = self._ksp()
         ksp.setOperators(a)
@@ -402,18 +405,41 @@ class NaturalSolver:
         ksp.setFromOptions()
         x, b = self._vectors(a, g)
         ksp.setErrorIfNotConverged(False)
+        failure: str | None = None
         try:
+            if pc.getFactorSolverType() == "mumps":
+                pc.setFactorSetUpSolverType()
+                factor = pc.getFactorMatrix()
+                factor.setMumpsIcntl(24, 1)  # detect null pivots
+                factor.setMumpsIcntl(13, 1)  # inertia of the whole matrix in parallel
             ksp.solve(b, x)
-        except PETSc.Error as exc:
+            if pc.getFactorSolverType() == "mumps":
+                negative, zero, _ = pc.getFactorMatrix().getInertia()
+                if negative or zero:
+                    failure = f"MUMPS found {negative} negative and {zero} zero pivots"
+        except PETSc.Error as exc:  # raised where the factorisation broke: tell every rank
+            failure = str(exc).strip().splitlines()[0]
+        if parallel.allreduce_max(self.comm, failure is not None):
             x.destroy()
             b.destroy()
             parallel.check_all(
                 self.comm,
-                False,
-                f"Cholesky factorisation of G + λI (λ = {self.damping:g}) failed ({exc}); add "
-                f"damping (-{self.prefix}damping) or use -{self.prefix}method cutoff",
+                failure is None,
+                f"Cholesky factorisation of G + λI (λ = {self.damping:g}) failed ({failure}); "
+                f"add damping (-{self.prefix}damping) or use -{self.prefix}method cutoff",
             )
-        return self._finish(ksp, x, b)
+        d = self._finish(ksp, x, b)
+        # An SPD solve gives gᵀd = gᵀ(G + λI)⁻¹g > 0; some factorisations (MUMPS told the matrix
+        # is SPD) do not notice an indefinite matrix, this does.
+        curvature = float(g @ d)
+        parallel.check_all(
+            self.comm,
+            curvature > 0 or not np.any(g),
+            f"G + λI (λ = {self.damping:g}) is not positive definite (gᵀd = {curvature:.3e} "
+            f"after Cholesky); add damping (-{self.prefix}damping) or use "
+            f"-{self.prefix}method cutoff",
+        )
+        return d
 
     def _solve_cg(self, g: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if self._operator is None:

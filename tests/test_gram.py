@@ -235,6 +235,23 @@ def test_rank_deficient_gram_gives_a_finite_descent_direction(comm, method, damp
     matrix.destroy()
 
 
+@pytest.mark.parametrize("mat_type", ["auto", "aij"])
+def test_an_indefinite_gram_is_one_clear_error_on_every_rank(comm, mat_type):
+    """G − I (made indefinite on purpose) cannot be factorised: every rank raises the same
+    error naming the remedy (LAPACK or ScaLAPACK, and MUMPS)."""
+    _field, matrix, objective = _fit_problem(comm)
+    _, gradient = objective.value_and_gradient()
+    gram = objective.gram
+    gram.assemble()
+    gram.G.shift(-1.0)
+    solver = natinv.NaturalSolver(gram, "cholesky", mat_type=mat_type)
+    with pytest.raises(CollectiveError, match="add damping"):
+        solver.solve(gradient, assemble=False)
+    solver.destroy()
+    objective.destroy()
+    matrix.destroy()
+
+
 def test_petsc_options_override_the_arguments(comm, petsc_options):
     _field, matrix, objective = _fit_problem(comm)
     petsc_options["natinv_gram_method"] = "cutoff"
