@@ -398,11 +398,11 @@ class NeuralField:
         """Points per Jacobian chunk so that a chunk's working memory fits ``jacobian_memory``.
 
         Per point, the vectorised reverse pass holds the point's gradient rows
-        (``block_size × P`` doubles) and per-parameter temporaries of the same size; five such
-        copies bound what ``bench/gram.py`` measures (torch's own fixed workspace, about 100 MiB
-        on these machines, comes on top, so budgets below 256 MiB are not kept exactly).
+        (``block_size × P`` doubles) and temporaries of about the same size: ``bench/gram.py``
+        measures about two such copies per point, and three are reserved here. torch's own fixed
+        workspace (some 10–100 MiB) comes on top, so very small budgets are not kept exactly.
         """
-        per_point = 8 * self.num_parameters * self.block_size * 5 + 8 * 1024
+        per_point = 8 * self.num_parameters * self.block_size * 3 + 8 * 1024
         return max(1, self.jacobian_memory // per_point)
 
     def jacobian(
