@@ -102,8 +102,8 @@ def plot_fields(
     fields: Mapping[str, npt.NDArray[np.float64]],
     title: str = "",
 ) -> None:
-    """Scalar fields at 2D points (gathered on rank 0), side by side with a shared colour scale
-    for all but the last panel when it is named 'error'."""
+    """Scalar fields at 2D points (gathered on rank 0), side by side on one colour scale; a
+    panel named 'error' gets its own diverging scale centred on zero."""
     if comm.rank != 0:
         return
     import matplotlib
@@ -121,7 +121,11 @@ def plot_fields(
         1, len(names), figsize=(4.2 * len(names), 3.8), constrained_layout=True
     )
     for ax, name in zip(np.atleast_1d(axes), names, strict=True):
-        kwargs = {"vmin": lo, "vmax": hi} if name != "error" else {"cmap": "magma"}
+        if name == "error":
+            bound = float(np.max(np.abs(fields[name]))) or 1.0
+            kwargs = {"vmin": -bound, "vmax": bound, "cmap": "RdBu_r"}
+        else:
+            kwargs = {"vmin": lo, "vmax": hi}
         image = ax.tripcolor(tri, fields[name], shading="gouraud", **kwargs)
         ax.set_title(name)
         ax.set_aspect("equal")

@@ -65,7 +65,12 @@ stamp="$venv/.natinv-installed"
 want="$(cat "$root/pyproject.toml" <(echo "$extras") | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "natinv: installing natinv[$extras] into .venv (first time: several minutes, PyTorch is large)"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e "$root[$extras]"
+    log="$venv/install.log"
+    if ! { "$venv/bin/python" -m pip install --upgrade pip \
+           && "$venv/bin/python" -m pip install -e "$root[$extras]"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "natinv: installation failed; the whole log is in $log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
