@@ -1,7 +1,8 @@
 """Gram matrices ``G = Jᵀ M J`` and the natural direction ``(G + λI) d = g``, with PETSc.
 
-:class:`Gram` holds the Jacobian of a :class:`~natinv.fields.NeuralField` as a PETSc MPIDENSE
-matrix (rows in the field space's layout, so a rank holds only its owned rows) and forms
+:class:`Gram` holds the Jacobian of a row provider (:class:`Rows`: a
+:class:`~natinv.fields.NeuralField`, whose rows are its dofs, or the residuals of a PINN loss at
+quadrature points) as a PETSc MPIDENSE matrix (a rank holds only its owned rows) and forms
 ``G = Jᵀ (M J)`` with ``matMult`` and ``transposeMatMult``, reusing the product matrices across
 iterations. :class:`GramOperator` is the matrix-free ``x ↦ Jᵀ(M(Jx)) + λx`` for Krylov solves.
 
@@ -27,7 +28,7 @@ options of the inner solver such as ``-natinv_gram_ksp_rtol``); options override
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from petsc4py import PETSc
 
@@ -35,67 +36,90 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.fields import NeuralField
+from natinv.parallel import Comm
 
-__all__ = ["Gram", "GramOperator", "LevenbergMarquardt", "NaturalSolver"]
+__all__ = ["Gram", "GramOperator", "LevenbergMarquardt", "NaturalSolver", "Rows"]
+
+
+class Rows(Protocol):
+    """What a Gram matrix needs: a vector-valued function of θ, distributed by rows."""
+
+    comm: Comm
+    num_owned: int  # rows owned by this rank
+    num_global: int  # rows over all ranks
+    num_parameters: int
+
+    def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        """The owned rows at θ."""
+        ...
+
+    def jacobian(
+        self, theta: npt.ArrayLike | None = None, out: npt.NDArray[np.float64] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """The owned rows of ``∂rows/∂θ`` (``num_owned × P``), written into ``out``."""
+        ...
 
 
 class Gram:
-    """The Gram matrix ``G = Jᵀ M J`` of a neural field in the metric ``M``.
+    """The Gram matrix ``G = Jᵀ M J`` of a row provider (e.g. a neural field) in the metric ``M``.
 
     Args:
-        field: the neural field; its Jacobian rows follow the space's index map.
-        metric: an assembled metric matrix on the field's space (not owned: the caller keeps
-            and destroys it).
+        rows: the row provider (:class:`Rows`), e.g. a :class:`~natinv.fields.NeuralField`,
+            whose rows follow its space's index map.
+        metric: an assembled matrix on the rows' layout (not owned: the caller keeps and
+            destroys it).
 
     The object owns ``J``, ``MJ`` and ``G`` (PETSc MPIDENSE); call :meth:`destroy` when done.
     """
 
-    def __init__(self, field: NeuralField, metric: PETSc.Mat) -> None:
-        self.field = field
-        self.comm = field.comm
+    def __init__(self, rows: Rows, metric: PETSc.Mat) -> None:
+        self.rows = rows
+        self.comm = rows.comm
         self.metric = metric
-        rows, cols = metric.getLocalSize()
+        local, cols = metric.getLocalSize()
         grows, gcols = metric.getSize()
         parallel.check_all(
             self.comm,
-            (rows, cols, grows, gcols)
-            == (field.num_owned, field.num_owned, field.num_global, field.num_global),
+            (local, cols, grows, gcols)
+            == (rows.num_owned, rows.num_owned, rows.num_global, rows.num_global),
             lambda: (
-                f"metric matrix is {grows}×{gcols} with {rows} local rows, but the field's space "
-                f"has {field.num_global} dofs with {field.num_owned} owned here: the metric was "
-                "assembled on another space"
+                f"metric matrix is {grows}×{gcols} with {local} local rows, but there are "
+                f"{rows.num_global} rows (dofs or points) with {rows.num_owned} owned here: the "
+                "metric was assembled on another space"
             ),
         )
-        n, p = field.num_owned, field.num_parameters
-        self.J = PETSc.Mat().createDense(((n, field.num_global), (None, p)), comm=metric.comm)
+        n, p = rows.num_owned, rows.num_parameters
+        self.J = PETSc.Mat().createDense(((n, rows.num_global), (None, p)), comm=metric.comm)
         self.J.setUp()
         self.J.assemble()
         self.MJ: PETSc.Mat | None = None
         self.G: PETSc.Mat | None = None
+        self.version = 0  # bumped whenever J changes
+        self.assemblies = 0  # bumped whenever G is formed
 
     @property
     def num_parameters(self) -> int:
-        return self.field.num_parameters
+        return self.rows.num_parameters
 
     def jacobian_array(self) -> npt.NDArray[np.float64]:
         """The owned rows of ``J`` as a (column-major) view of the PETSc storage. Local."""
         return self.J.getDenseArray()
 
     def update_jacobian(self, theta: npt.ArrayLike | None = None) -> PETSc.Mat:
-        """Recompute ``J`` at ``θ`` (default: the field's current θ) into the PETSc matrix.
+        """Recompute ``J`` at ``θ`` (default: the rows' current θ) into the PETSc matrix.
 
         Collective (the matrix is re-assembled so PETSc sees the new state).
         """
-        self.field.jacobian(theta, out=self.jacobian_array())
+        self.rows.jacobian(theta, out=self.jacobian_array())
         self.J.assemble()
+        self.version += 1
         return self.J
 
     def assemble(self, theta: npt.ArrayLike | None = None, *, jacobian: bool = True) -> PETSc.Mat:
         """``G = Jᵀ (M J)``, reusing the product matrices. Collective.
 
         Args:
-            theta: parameters at which to evaluate ``J`` (default: the field's current θ).
+            theta: parameters at which to evaluate ``J`` (default: the rows' current θ).
             jacobian: recompute ``J`` first (``False`` reuses the one already stored).
 
         Returns:
@@ -105,6 +129,7 @@ class Gram:
             self.update_jacobian(theta)
         self.MJ = self.metric.matMult(self.J, result=self.MJ)
         self.G = self.J.transposeMatMult(self.MJ, result=self.G)
+        self.assemblies += 1
         return self.G
 
     def apply_transpose(self, weights: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -289,6 +314,10 @@ class NaturalSolver:
         self._operator: GramOperator | None = None
         self._shell: PETSc.Mat | None = None
         self._factored: PETSc.Mat | None = None
+        self._factored_key: tuple[int, int, float] | None = None
+        self._eigen: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None
+        self._eigen_key: tuple[int, int, float] | None = None
+        self.factorizations = 0  # Cholesky factorisations or eigendecompositions so far
         self.info: dict[str, Any] = {}
 
     @property
@@ -378,8 +407,18 @@ class NaturalSolver:
             )
         return d
 
+    def _key(self) -> tuple[int, int, float]:
+        """What the factorisation depends on: G's assembly and λ."""
+        return (self.gram.version, self.gram.assemblies, self.damping)
+
     def _solve_cholesky(self, g: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         assert self.gram.G is not None
+        if self._factored is not None and self._factored_key == self._key():
+            # Same G and λ: solve with the existing factors (a second right-hand side).
+            assert self.ksp is not None
+            x, b = self._vectors(self._factored, g)
+            self.ksp.solve(b, x)
+            return self._checked_spd(g, self._finish(self.ksp, x, b))
         target = self.mat_type
         if target == "auto":
             target = "dense" if self.comm.size == 1 else "scalapack"
@@ -396,6 +435,8 @@ class NaturalSolver:
             a.setOption(PETSc.Mat.Option.SYMMETRIC, True)
         # (MatSetOption_ScaLAPACK rejects SPD; its Cholesky, pdpotrf, checks definiteness itself)
         self._factored = a
+        self._factored_key = self._key()
+        self.factorizations += 1
         ksp = self._ksp()
         ksp.setOperators(a)
         ksp.setType(PETSc.KSP.Type.PREONLY)
@@ -428,9 +469,13 @@ class NaturalSolver:
                 f"Cholesky factorisation of G + λI (λ = {self.damping:g}) failed ({failure}); "
                 f"add damping (-{self.prefix}damping) or use -{self.prefix}method cutoff",
             )
-        d = self._finish(ksp, x, b)
-        # An SPD solve gives gᵀd = gᵀ(G + λI)⁻¹g > 0; some factorisations (MUMPS told the matrix
-        # is SPD) do not notice an indefinite matrix, this does.
+        return self._checked_spd(g, self._finish(ksp, x, b))
+
+    def _checked_spd(
+        self, g: npt.NDArray[np.float64], d: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        # An SPD solve gives gᵀd = gᵀ(G + λI)⁻¹g > 0; a factorisation that missed an indefinite
+        # matrix shows here.
         curvature = float(g @ d)
         parallel.check_all(
             self.comm,
@@ -460,15 +505,21 @@ class NaturalSolver:
         return self._finish(ksp, x, b)
 
     def _solve_cutoff(self, g: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        dense = self.gram.dense()
+        if self._eigen_key != self._key():  # (only rank 0 holds the eigenpairs)
+            dense = self.gram.dense()
+            self._eigen = None
+            if self.comm.rank == 0:  # one decomposition, broadcast results: ranks stay identical
+                eigenvalues, vectors = np.linalg.eigh(0.5 * (dense + dense.T))
+                top = max(float(eigenvalues[-1]), 0.0)
+                keep = eigenvalues > self.cutoff * top
+                self._eigen = (eigenvalues[keep], vectors[:, keep])
+            self._eigen_key = self._key()
+            self.factorizations += 1
         if self.comm.rank == 0:
-            dense = 0.5 * (dense + dense.T)
-            eigenvalues, vectors = np.linalg.eigh(dense)
-            top = max(float(eigenvalues[-1]), 0.0)
-            keep = eigenvalues > self.cutoff * top
-            coeffs = vectors[:, keep].T @ g / (eigenvalues[keep] + self.damping)
-            d = vectors[:, keep] @ coeffs
-            kept = int(keep.sum())
+            assert self._eigen is not None
+            values, vectors = self._eigen
+            d = vectors @ (vectors.T @ g / (values + self.damping))
+            kept = int(values.size)
         else:
             d = np.empty_like(g)
             kept = 0

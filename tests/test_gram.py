@@ -316,3 +316,26 @@ def test_h1_metric_rejects_a_discontinuous_space(comm):
     space = dolfinx.fem.functionspace(unit_square(comm), ("DG", 1))
     with pytest.raises(ValueError, match="continuous space"):
         natinv.h1(space)
+
+
+@pytest.mark.parametrize("method", ["cholesky", "cutoff"])
+def test_a_second_right_hand_side_reuses_the_factorisation(comm, method):
+    """Solving for b after g with the same G reuses the factors and is exact; re-assembling G
+    makes the solver factorise again."""
+    _field, matrix, objective = _fit_problem(comm)
+    _, gradient = objective.value_and_gradient()
+    gram = objective.gram
+    gram.assemble()
+    solver = natinv.NaturalSolver(gram, method, damping=1e-4, cutoff=1e-15)
+    solver.solve(gradient, assemble=False)
+    # b in the range of G, like a gradient Jᵀr, so the cut-off drops nothing that matters
+    b = gram.dense() @ np.random.default_rng(3).standard_normal(gradient.size)
+    d = solver.solve(b, assemble=False)
+    assert solver.factorizations == 1
+    reference = np.linalg.solve(gram.dense() + 1e-4 * np.eye(b.size), b)
+    assert np.linalg.norm(d - reference) <= 1e-10 * np.linalg.norm(reference)
+    solver.solve(b)  # assembles G again: new factors
+    assert solver.factorizations == 2
+    solver.destroy()
+    objective.destroy()
+    matrix.destroy()

@@ -42,7 +42,7 @@ class Adam:
             raise ValueError(f"Invalid epsilon: {eps}")
         self.objective = objective
         self.lr, self.betas, self.eps = float(lr), betas, float(eps)
-        field = objective.gram.field
+        field = objective.field
         start = field.parameters if theta is None else np.asarray(theta, dtype=float)
         parallel.ensure_finite(field.comm, start, "initial θ")
         self.theta = start.copy()

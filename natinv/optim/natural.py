@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
+from natinv.fields import NeuralField
 from natinv.gram import Gram, NaturalSolver
 from natinv.optim.steps import StepRule, make_step_rule
 
@@ -24,6 +25,7 @@ class Objective(Protocol):
     """What an optimizer needs of an objective (all methods collective)."""
 
     gram: Gram
+    field: NeuralField
 
     def value(self, theta: npt.ArrayLike | None = None) -> float: ...
 
@@ -56,7 +58,7 @@ class NaturalGradientDescent:
         self.solver = solver if solver is not None else NaturalSolver(self.gram)
         self._own_solver = solver is None
         self.step_rule = make_step_rule(step)
-        start = self.gram.field.parameters if theta is None else np.asarray(theta, dtype=float)
+        start = self.objective.field.parameters if theta is None else np.asarray(theta, dtype=float)
         parallel.ensure_finite(self.comm, start, "initial θ")
         self.theta = start.copy()
         self.iteration = 0
@@ -122,7 +124,7 @@ class NaturalGradientDescent:
                 callback(record)
             if record["loss"] <= tolerance or record["step"] == 0.0:
                 break
-        self.gram.field.set_parameters(self.theta)
+        self.objective.field.set_parameters(self.theta)
         return self.theta.copy()
 
     def state_dict(self) -> dict[str, Any]:
