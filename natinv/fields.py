@@ -261,14 +261,16 @@ class NeuralField:
         coords = space.tabulate_dof_coordinates()[: self.num_owned_nodes, :gdim]
         self.points = parallel.torch_from_numpy(np.ascontiguousarray(coords))
 
-        self._names = [n for n, p in self.network.named_parameters() if p.requires_grad]
-        self._shapes = [p.shape for n, p in self.network.named_parameters() if p.requires_grad]
-        self._sizes = [int(math.prod(s)) for s in self._shapes]
+        self.parameter_names = [n for n, p in self.network.named_parameters() if p.requires_grad]
+        self.parameter_shapes = [
+            p.shape for n, p in self.network.named_parameters() if p.requires_grad
+        ]
+        self.parameter_sizes = [int(math.prod(s)) for s in self.parameter_shapes]
         self._frozen = {
             n: p.detach() for n, p in self.network.named_parameters() if not p.requires_grad
         }
         self._frozen.update(dict(self.network.named_buffers()))
-        self.num_parameters = int(sum(self._sizes))
+        self.num_parameters = int(sum(self.parameter_sizes))
         parallel.check_all(
             self.comm,
             self.num_parameters > 0,
@@ -299,13 +301,15 @@ class NeuralField:
 
     def set_parameters(self, theta: npt.ArrayLike) -> None:
         """Set θ (the same vector on every rank; checked for shape and finiteness). Collective."""
-        theta = self._validated(theta)
+        theta = self.validated(theta)
         if self.check:
             parallel.check_replicated(self.comm, theta, "NeuralField parameters θ")
         self._theta = theta.copy()
         self._load_into_network(self._theta)
 
-    def _validated(self, theta: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
+    def validated(self, theta: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
+        """θ as a float64 array, checked for shape and finiteness on every rank (None: the
+        current θ). Collective."""
         if theta is None:
             return self._theta
         array = np.asarray(theta, dtype=np.float64)
@@ -320,26 +324,29 @@ class NeuralField:
     def _load_into_network(self, theta: npt.NDArray[np.float64]) -> None:
         with torch.no_grad():
             offset = 0
-            for (_, p), size in zip(self._trainable(), self._sizes, strict=True):
+            for (_, p), size in zip(self._trainable(), self.parameter_sizes, strict=True):
                 p.copy_(parallel.torch_from_numpy(theta[offset : offset + size]).reshape(p.shape))
                 offset += size
 
     def _theta_tensor(self, theta: npt.NDArray[np.float64]) -> torch.Tensor:
         return parallel.torch_from_numpy(theta)
 
-    def _unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """The trainable parameters as named views into the flat vector θ."""
         params: dict[str, torch.Tensor] = {}
         offset = 0
-        for name, shape, size in zip(self._names, self._shapes, self._sizes, strict=True):
+        for name, shape, size in zip(
+            self.parameter_names, self.parameter_shapes, self.parameter_sizes, strict=True
+        ):
             params[name] = theta[offset : offset + size].reshape(shape)
             offset += size
         return params
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def _apply(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for named parameters."""
+    def apply(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for named parameters
+        (as from :meth:`unflatten`); differentiable, for composing with ``torch.func``."""
         inputs = self.input_map(x) if self.input_map is not None else x
         z = functional_call(self.network, {**self._frozen, **params}, (inputs,))
         if z.ndim == 1:
@@ -348,7 +355,7 @@ class NeuralField:
 
     def _point_function(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for flat parameters."""
-        return self._apply(self._unflatten(theta), x)
+        return self.apply(self.unflatten(theta), x)
 
     def torch_values(self, theta: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable field values, flattened in (dof, component) order.
@@ -362,7 +369,7 @@ class NeuralField:
 
     def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """Owned coefficients ``k(θ)`` (length ``num_owned``); θ defaults to the current one."""
-        t = self._theta_tensor(self._validated(theta))
+        t = self._theta_tensor(self.validated(theta))
         with torch.no_grad():
             return parallel.numpy_from_torch(self.torch_values(t))
 
@@ -371,7 +378,7 @@ class NeuralField:
     ) -> npt.NDArray[np.float64]:
         """The field at arbitrary points ``(n, gdim)`` → ``(n, block_size)`` (local, no MPI)."""
         x = parallel.torch_from_numpy(np.atleast_2d(np.asarray(points, dtype=np.float64)))
-        t = self._theta_tensor(self._validated(theta) if theta is not None else self._theta)
+        t = self._theta_tensor(self.validated(theta) if theta is not None else self._theta)
         with torch.no_grad():
             return parallel.numpy_from_torch(self._point_function(t, x))
 
@@ -418,7 +425,7 @@ class NeuralField:
             out: array of shape ``(num_owned, P)`` to write into (any memory order, e.g. the
                 column-major local block of a PETSc dense matrix); a new C-ordered array if None.
         """
-        t = self._theta_tensor(self._validated(theta))
+        t = self._theta_tensor(self.validated(theta))
         if out is None:
             out = np.empty((self.num_owned, self.num_parameters), dtype=np.float64)
         elif out.shape != (self.num_owned, self.num_parameters):
@@ -430,10 +437,10 @@ class NeuralField:
         # Differentiate with respect to each parameter tensor, not the flat θ: the backward of
         # slicing θ would scatter every per-point gradient into a P-long zero vector (6× slower).
         def at_point(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return self._apply(params, x.unsqueeze(0))[0]
+            return self.apply(params, x.unsqueeze(0))[0]
 
         per_point = vmap(jacrev(at_point, argnums=0), in_dims=(None, 0))
-        params = {name: p.detach() for name, p in self._unflatten(t).items()}
+        params = {name: p.detach() for name, p in self.unflatten(t).items()}
         bs = self.block_size
         step = self.chunk_size()
         with torch.no_grad():
@@ -442,7 +449,7 @@ class NeuralField:
                 rows = slice(start * bs, stop * bs)
                 blocks = per_point(params, self.points[start:stop])  # name -> (n, bs, *shape)
                 offset = 0
-                for name, size in zip(self._names, self._sizes, strict=True):
+                for name, size in zip(self.parameter_names, self.parameter_sizes, strict=True):
                     out[rows, offset : offset + size] = parallel.numpy_from_torch(
                         blocks[name].reshape((stop - start) * bs, size)
                     )
@@ -453,7 +460,7 @@ class NeuralField:
         self, direction: npt.ArrayLike, theta: npt.ArrayLike | None = None
     ) -> npt.NDArray[np.float64]:
         """``J v`` on the owned rows (a field-space vector) for a parameter direction ``v``."""
-        t = self._theta_tensor(self._validated(theta))
+        t = self._theta_tensor(self.validated(theta))
         v = parallel.torch_from_numpy(np.asarray(direction, dtype=np.float64).reshape(-1))
         if v.shape != t.shape:
             raise ValueError(f"jvp: direction has length {v.numel()}, expected {t.numel()}")
@@ -467,7 +474,7 @@ class NeuralField:
 
         The result is identical on every rank (an allreduce of the local products).
         """
-        t = self._theta_tensor(self._validated(theta)).clone().requires_grad_(True)
+        t = self._theta_tensor(self.validated(theta)).clone().requires_grad_(True)
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         parallel.check_all(
             self.comm,

@@ -226,7 +226,7 @@ def test_rank_deficient_gram_gives_a_finite_descent_direction(comm, method, damp
     d = solver.solve(gradient)
     assert np.all(np.isfinite(d))
     assert gradient @ d > 0
-    eta, _, new_value = LogGridLineSearch()(objective.value, field.parameters, value, d)
+    eta, _, new_value = LogGridLineSearch()(objective, field.parameters, value, d)
     assert eta > 0 and new_value < value
     if method == "cutoff":
         assert solver.info["rank"] < field.num_parameters

@@ -1,14 +1,37 @@
-"""Natural gradient descent: ``θ ← θ − η (G + λI)⁻¹ ∇L`` with ``G = Jᵀ M J``.
+"""Natural gradient descent with momentum.
 
-One step, top to bottom: Jacobian and Gram at θ, loss and gradient, natural direction, step
-size, damping feedback. θ and every decision are identical on all ranks.
+The natural direction is ``d = (G + λI)⁻¹ ∇L`` with ``G = Jᵀ M J`` the metric pulled back to
+parameter space (natural gradient as the projection of the functional gradient onto the tangent
+space ``T_k = span(J_k)``). Momentum adds ``β m_k`` to the step ``−α d``:
+
+=============================  ===================================================================
+``momentum``                   ``m_k``
+=============================  ===================================================================
+``none``                       ``0``
+``heavy-ball``                 ``p_{k−1}`` (parameter space: the naive baseline)
+``nesterov``                   ``p_{k−1}``, gradient taken at ``y = θ_k + β p_{k−1}``
+``natural-heavy-ball``         ``G_k⁻¹ J_kᵀ M φ_{k−1}``, ``φ_{k−1} = J_{k−1} p_{k−1}``: the last
+                               velocity, as a function, re-projected onto ``T_k``
+``natural-heavy-ball-diff``    ``G_k⁻¹ J_kᵀ M (v_k − v_{k−1})``, ``v = rows(θ)``: the true (not
+                               linearised) last displacement of the function, re-projected
+``natural-nesterov``           as ``natural-heavy-ball``, gradient at ``y = θ_k + β p_{k−1}``
+=============================  ===================================================================
+
+``p_k = θ_{k+1} − θ_k = β m_k − α d`` with α from the step rule (fixed, or the ENGD log grid over
+α with the momentum part held). Restart (O'Donoghue & Candès 2015): the velocity is dropped when
+the step with momentum would not lower the loss (``restart="loss"``, the default) or when it points
+uphill, ``⟨∇L, p⟩ > 0`` (``restart="gradient"``). The re-projection costs one more solve with the
+factors of ``G_k`` and one sparse plus one dense mat-vec.
+
+One step reads top to bottom in :meth:`NaturalGradientDescent.step`. θ, the velocity and every
+decision are identical on all ranks; ``φ`` and ``v`` live on each rank's rows.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +41,16 @@ from natinv.fields import NeuralField
 from natinv.gram import Gram, NaturalSolver
 from natinv.optim.steps import StepRule, make_step_rule
 
-__all__ = ["NaturalGradientDescent", "Objective"]
+__all__ = ["MOMENTA", "NaturalGradientDescent", "Objective"]
+
+MOMENTA = (
+    "none",
+    "heavy-ball",
+    "nesterov",
+    "natural-heavy-ball",
+    "natural-heavy-ball-diff",
+    "natural-nesterov",
+)
 
 
 class Objective(Protocol):
@@ -35,78 +67,185 @@ class Objective(Protocol):
 
 
 class NaturalGradientDescent:
-    """Natural gradient descent on an objective whose ``gram`` gives the metric.
+    """Natural (or Euclidean) gradient descent with optional momentum on an objective.
 
     Args:
         objective: the loss (see :class:`Objective`).
         solver: the natural-direction solver; default a :class:`NaturalSolver` on
-            ``objective.gram`` (configurable with ``-natinv_gram_*`` PETSc options).
-        step: ``"log-grid"`` (default), a fixed step size, or a :class:`StepRule`.
+            ``objective.gram`` (configurable with ``-natinv_gram_*`` PETSc options). Its Gram
+            defines the metric, which may differ from the loss's own.
+        step: ``"log-grid"`` (default), a fixed step size α, or a :class:`StepRule`.
+        momentum: one of :data:`MOMENTA` (default ``"none"``).
+        beta: the momentum factor in [0, 1).
+        restart: ``"loss"`` (default), ``"gradient"`` or ``"none"``.
+        direction: ``"natural"`` (default) or ``"euclidean"`` (``d = ∇L``; parameter-space
+            momentum only).
         theta: the starting parameters (default: the objective field's current θ).
     """
+
+    RESTARTS: ClassVar[tuple[str, ...]] = ("loss", "gradient", "none")
+    DIRECTIONS: ClassVar[tuple[str, ...]] = ("natural", "euclidean")
 
     def __init__(
         self,
         objective: Objective,
         solver: NaturalSolver | None = None,
         step: str | float | StepRule = "log-grid",
+        *,
+        momentum: str = "none",
+        beta: float = 0.0,
+        restart: str = "loss",
+        direction: str = "natural",
         theta: npt.ArrayLike | None = None,
     ) -> None:
-        self.objective = objective
-        self.gram = objective.gram
-        self.comm = self.gram.comm
-        self.solver = solver if solver is not None else NaturalSolver(self.gram)
-        self._own_solver = solver is None
+        if momentum not in MOMENTA:
+            raise ValueError(f"Unknown momentum {momentum!r}; choose one of {MOMENTA}")
+        if not (0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid momentum factor beta: {beta} (must lie in [0, 1))")
+        if restart not in self.RESTARTS:
+            raise ValueError(f"Unknown restart rule {restart!r}; choose one of {self.RESTARTS}")
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"Unknown direction {direction!r}; choose one of {self.DIRECTIONS}")
+        if direction == "euclidean" and momentum.startswith("natural"):
+            raise ValueError(
+                f"Momentum {momentum!r} re-projects with G: it needs direction='natural'"
+            )
         self.step_rule = make_step_rule(step)
-        start = self.objective.field.parameters if theta is None else np.asarray(theta, dtype=float)
+        self.objective = objective
+        self.solver = solver if solver is not None else NaturalSolver(objective.gram)
+        self._own_solver = solver is None
+        self.gram = self.solver.gram
+        self.comm = self.gram.comm
+        self.momentum, self.beta, self.restart, self.direction = momentum, beta, restart, direction
+        start = objective.field.parameters if theta is None else np.asarray(theta, dtype=float)
         parallel.ensure_finite(self.comm, start, "initial θ")
         self.theta = start.copy()
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        self.velocity: npt.NDArray[np.float64] | None = None  # p_{k-1} (replicated)
+        self.previous: npt.NDArray[np.float64] | None = None  # θ_{k-1} (replicated)
+        self._phi: npt.NDArray[np.float64] | None = None  # J_{k-1} p_{k-1} on owned rows
+        self._rows: npt.NDArray[np.float64] | None = None  # v_{k-1} = rows(θ_{k-1})
 
     def step(self) -> dict[str, Any]:
-        """One natural-gradient step; returns its record (loss, step size, timings). Collective."""
+        """One step; returns its record (loss, step size, restart, timings). Collective."""
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        self.gram.update_jacobian(self.theta)
-        timings["jacobian"] = time.perf_counter() - t0
+        clock = time.perf_counter()
 
-        t0 = time.perf_counter()
-        value, gradient = self.objective.value_and_gradient(self.theta)
-        timings["gradient"] = time.perf_counter() - t0
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - clock
+            clock = now
 
-        t0 = time.perf_counter()
-        if self.solver.needs_gram:
+        theta, beta = self.theta, self.beta
+        has_velocity = self.velocity is not None and self.momentum != "none" and beta > 0
+        natural = self.direction == "natural"
+
+        # 1. Tangent space at θ_k, and the rows' history that momentum needs.
+        if natural:
+            self.gram.update_jacobian(theta)
+        if (
+            has_velocity
+            and self._phi is None
+            and self.momentum in ("natural-heavy-ball", "natural-nesterov")
+        ):
+            self._phi = self._linearised_velocity()
+        rows = self.gram.rows.values(theta) if self.momentum == "natural-heavy-ball-diff" else None
+        lap("jacobian")
+
+        # 2. Gradient, at the extrapolated point for Nesterov.
+        nesterov = has_velocity and self.momentum in ("nesterov", "natural-nesterov")
+        at = theta + beta * self.velocity if nesterov else theta
+        value_at, gradient = self.objective.value_and_gradient(at)
+        value = self.objective.value(theta) if nesterov else value_at
+        lap("gradient")
+
+        # 3. Natural direction d = (G + λI)⁻¹ g, and the momentum term m re-projected onto T_k.
+        if natural and self.solver.needs_gram:
             self.gram.assemble(jacobian=False)
-        timings["gram"] = time.perf_counter() - t0
+        lap("gram")
+        d = self.solver.solve(gradient, assemble=False) if natural else gradient
+        m = self._momentum_term(rows) if has_velocity else None
+        lap("solve")
 
-        t0 = time.perf_counter()
-        direction = self.solver.solve(gradient, assemble=False)
-        timings["solve"] = time.perf_counter() - t0
+        # 4. Step size along −d with β m held; restart when momentum does not pay.
+        restarted = False
+        if m is not None and self.restart == "gradient" and float(gradient @ (beta * m - d)) > 0:
+            m, restarted = None, True
+            if nesterov:
+                value, gradient = self.objective.value_and_gradient(theta)
+                d = self.solver.solve(gradient, assemble=False) if natural else gradient
+        base = theta + beta * m if m is not None else theta
+        eta, new_theta, new_value = self.step_rule(self.objective, base, value, d)
+        if m is not None and self.restart == "loss" and not (new_value < value):
+            restarted = True
+            if nesterov:  # a plain natural step: the gradient at θ_k, not at y
+                value, gradient = self.objective.value_and_gradient(theta)
+                d = self.solver.solve(gradient, assemble=False) if natural else gradient
+            eta, new_theta, new_value = self.step_rule(self.objective, theta, value, d)
+        if not np.isfinite(new_value) or (eta == 0.0 and not (new_value < value)):
+            new_theta, new_value = theta, value
+        lap("step")
 
-        t0 = time.perf_counter()
-        eta, theta, new_value = self.step_rule(self.objective.value, self.theta, value, direction)
-        timings["step"] = time.perf_counter() - t0
-        predicted = eta * float(gradient @ direction) - 0.5 * eta**2 * self.gram.quadratic(
-            direction
-        )
-        self.solver.report(value - new_value, predicted)
-
-        self.theta = theta
+        # 5. Damping feedback and the new velocity, as parameters and as a function.
+        if natural:
+            predicted = eta * float(gradient @ d) - 0.5 * eta**2 * self.gram.quadratic(d)
+            self.solver.report(value - new_value, predicted)
+        p = new_theta - theta
+        self.previous, self.velocity = theta, p
+        self._phi = self.gram.apply(p) if natural else None
+        self._rows = rows
+        self.theta = new_theta
         self.iteration += 1
+        lap("update")
+
         record = {
             "iteration": self.iteration,
             "loss": new_value,
             "loss_before": value,
             "step": eta,
-            "direction_norm": float(np.linalg.norm(direction)),
+            "restart": restarted,
+            "direction_norm": float(np.linalg.norm(d)),
             "gradient_norm": float(np.linalg.norm(gradient)),
-            "damping": self.solver.damping,
+            "velocity_norm": float(np.linalg.norm(p)),
+            "damping": self.solver.damping if natural else 0.0,
             "time": sum(timings.values()),
             **{f"time_{k}": v for k, v in timings.items()},
         }
         self.history.append(record)
         return record
+
+    def _momentum_term(self, rows: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
+        """``m_k`` of the chosen momentum (see the module docstring)."""
+        assert self.velocity is not None
+        if self.momentum in ("heavy-ball", "nesterov"):
+            return self.velocity
+        if self.momentum == "natural-heavy-ball-diff":
+            if self._rows is None:  # after a load: v_{k-1} from θ_{k-1}
+                self._rows = self.gram.rows.values(self.previous)
+            assert rows is not None
+            displacement = rows - self._rows
+        else:
+            assert self._phi is not None
+            displacement = self._phi
+        # J_kᵀ M φ: one sparse mat-vec in the rows' layout, one dense product with J's rows.
+        mphi = self.gram.metric.createVecLeft()
+        phi = self.gram.metric.createVecRight()
+        phi.array[:] = displacement
+        self.gram.metric.mult(phi, mphi)
+        rhs = self.gram.apply_transpose(mphi.array)
+        phi.destroy()
+        mphi.destroy()
+        return self.solver.solve(rhs, assemble=False)
+
+    def _linearised_velocity(self) -> npt.NDArray[np.float64]:
+        """``φ_{k−1} = J(θ_{k−1}) p_{k−1}`` when it was not kept (after a load)."""
+        assert self.previous is not None and self.velocity is not None
+        # the same memory layout as the Gram's J, so that the product rounds the same way
+        jacobian = np.empty((self.gram.rows.num_owned, self.gram.num_parameters), order="F")
+        self.gram.rows.jacobian(self.previous, out=jacobian)
+        return np.asarray(jacobian @ self.velocity)
 
     def run(
         self,
@@ -114,8 +253,8 @@ class NaturalGradientDescent:
         callback: Callable[[dict[str, Any]], None] | None = None,
         tolerance: float = 0.0,
     ) -> npt.NDArray[np.float64]:
-        """Take up to ``iterations`` steps (stop early when the loss ≤ ``tolerance`` or the step
-        size is 0); returns θ and sets it on the field. Collective."""
+        """Take up to ``iterations`` steps (stop early when the loss ≤ ``tolerance`` or no step
+        lowers the loss); returns θ and sets it on the field. Collective."""
         if iterations < 0:
             raise ValueError(f"Invalid number of iterations: {iterations}")
         for _ in range(iterations):
@@ -128,15 +267,21 @@ class NaturalGradientDescent:
         return self.theta.copy()
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (replicated arrays only)."""
         return {
             "theta": self.theta.copy(),
             "iteration": self.iteration,
+            "velocity": None if self.velocity is None else self.velocity.copy(),
+            "previous": None if self.previous is None else self.previous.copy(),
             "solver": self.solver.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.theta = np.array(state["theta"], dtype=np.float64)
         self.iteration = int(state["iteration"])
+        self.velocity = None if state["velocity"] is None else np.array(state["velocity"])
+        self.previous = None if state["previous"] is None else np.array(state["previous"])
+        self._phi = self._rows = None  # recomputed from θ_{k−1} and p_{k−1} when needed
         self.solver.load_state_dict(state["solver"])
 
     def destroy(self) -> None:

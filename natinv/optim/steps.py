@@ -1,21 +1,28 @@
 """Step-size rules: ``θ_new = θ − η d`` for a descent direction ``d``.
 
-Every rule is called with the loss (a collective callable of θ), the current θ, its loss and the
-direction, and returns ``(η, θ_new, loss_new)``. Losses are identical on all ranks, so every rank
-takes the same decision.
+Every rule is called with the objective (its ``value(θ)``, and ``value_many(Θ)`` when it can
+evaluate several θ in one pass), a base point, the loss there and a direction ``d``, and returns
+``(η, base − η d, loss there)``. Losses are identical on all ranks, so every rank takes the same
+decision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FixedStep", "LogGridLineSearch", "StepRule", "make_step_rule"]
+__all__ = ["FixedStep", "LogGridLineSearch", "StepRule", "losses", "make_step_rule"]
 
-Loss = Callable[[npt.NDArray[np.float64]], float]
 Step = tuple[float, npt.NDArray[np.float64], float]
+
+
+def losses(objective: Any, thetas: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    """The objective at several parameter vectors (one pass if it offers ``value_many``)."""
+    if hasattr(objective, "value_many"):
+        return np.asarray(objective.value_many(np.stack(thetas)), dtype=np.float64)
+    return np.array([objective.value(t) for t in thetas], dtype=np.float64)
 
 
 class StepRule:
@@ -23,7 +30,7 @@ class StepRule:
 
     def __call__(
         self,
-        loss: Loss,
+        objective: Any,
         theta: npt.NDArray[np.float64],
         value: float,
         direction: npt.NDArray[np.float64],
@@ -39,9 +46,9 @@ class FixedStep(StepRule):
             raise ValueError(f"Invalid step size: {eta} (must be a finite number > 0)")
         self.eta = float(eta)
 
-    def __call__(self, loss: Loss, theta, value, direction) -> Step:  # type: ignore[no-untyped-def]
+    def __call__(self, objective, theta, value, direction) -> Step:  # type: ignore[no-untyped-def]
         new = theta - self.eta * direction
-        return self.eta, new, loss(new)
+        return self.eta, new, float(objective.value(new))
 
 
 class LogGridLineSearch(StepRule):
@@ -57,18 +64,15 @@ class LogGridLineSearch(StepRule):
         self.etas = 0.5 ** np.arange(int(max_halvings) + 1)
         self.accept_increase = accept_increase
 
-    def __call__(self, loss: Loss, theta, value, direction) -> Step:  # type: ignore[no-untyped-def]
-        best = (0.0, theta, value)
-        trials: list[Step] = []
-        for eta in self.etas:
-            new = theta - eta * direction
-            trials.append((float(eta), new, loss(new)))
-        finite = [t for t in trials if np.isfinite(t[2])]
-        if finite:
-            candidate = min(finite, key=lambda t: t[2])
-            if candidate[2] < value or self.accept_increase:
-                best = candidate
-        return best
+    def __call__(self, objective, theta, value, direction) -> Step:  # type: ignore[no-untyped-def]
+        trials = [theta - eta * direction for eta in self.etas]
+        values = losses(objective, trials)
+        finite = np.flatnonzero(np.isfinite(values))
+        if finite.size:
+            best = int(finite[np.argmin(values[finite])])
+            if values[best] < value or self.accept_increase:
+                return float(self.etas[best]), trials[best], float(values[best])
+        return 0.0, theta, value
 
 
 def make_step_rule(spec: str | float | StepRule) -> StepRule:
