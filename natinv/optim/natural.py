@@ -9,12 +9,13 @@ space ``T_k = span(J_k)``). Momentum adds ``β m_k`` to the step ``−α d``:
 =============================  ===================================================================
 ``none``                       ``0``
 ``heavy-ball``                 ``p_{k−1}`` (parameter space: the naive baseline)
-``nesterov``                   ``p_{k−1}``, gradient taken at ``y = θ_k + β p_{k−1}``
+``nesterov``                   ``p_{k−1}``; the natural step is taken at ``y = θ_k + β p_{k−1}``
 ``natural-heavy-ball``         ``G_k⁻¹ J_kᵀ M φ_{k−1}``, ``φ_{k−1} = J_{k−1} p_{k−1}``: the last
                                velocity, as a function, re-projected onto ``T_k``
 ``natural-heavy-ball-diff``    ``G_k⁻¹ J_kᵀ M (v_k − v_{k−1})``, ``v = rows(θ)``: the true (not
                                linearised) last displacement of the function, re-projected
-``natural-nesterov``           as ``natural-heavy-ball``, gradient at ``y = θ_k + β p_{k−1}``
+``natural-nesterov``           as ``natural-heavy-ball``; the natural step is taken at
+                               ``y = θ_k + β m_k`` (loss, gradient and tangent space at y)
 =============================  ===================================================================
 
 ``p_k = θ_{k+1} − θ_k = β m_k − α d`` with α from the step rule (fixed, or the ENGD log grid over
@@ -124,6 +125,7 @@ class NaturalGradientDescent:
         self.history: list[dict[str, Any]] = []
         self.velocity: npt.NDArray[np.float64] | None = None  # p_{k-1} (replicated)
         self.previous: npt.NDArray[np.float64] | None = None  # θ_{k-1} (replicated)
+        self.anchor: npt.NDArray[np.float64] | None = None  # where J of φ was taken
         self._phi: npt.NDArray[np.float64] | None = None  # J_{k-1} p_{k-1} on owned rows
         self._rows: npt.NDArray[np.float64] | None = None  # v_{k-1} = rows(θ_{k-1})
 
@@ -138,62 +140,74 @@ class NaturalGradientDescent:
             timings[name] = timings.get(name, 0.0) + now - clock
             clock = now
 
-        theta, beta = self.theta, self.beta
-        has_velocity = self.velocity is not None and self.momentum != "none" and beta > 0
+        theta, beta, kind = self.theta, self.beta, self.momentum
         natural = self.direction == "natural"
+        has_velocity = self.velocity is not None and kind != "none" and beta > 0
+        nesterov = has_velocity and kind in ("nesterov", "natural-nesterov")
+        tangent_at: npt.NDArray[np.float64] | None = None  # where J was last evaluated
 
-        # 1. Tangent space at θ_k, and the rows' history that momentum needs.
-        if natural:
-            self.gram.update_jacobian(theta)
-        if (
-            has_velocity
-            and self._phi is None
-            and self.momentum in ("natural-heavy-ball", "natural-nesterov")
-        ):
-            self._phi = self._linearised_velocity()
-        rows = self.gram.rows.values(theta) if self.momentum == "natural-heavy-ball-diff" else None
-        lap("jacobian")
+        def tangent(point: npt.NDArray[np.float64]) -> None:
+            nonlocal tangent_at
+            if natural and (tangent_at is None or tangent_at is not point):
+                self.gram.update_jacobian(point)
+                if self.solver.needs_gram:
+                    self.gram.assemble(jacobian=False)
+                tangent_at = point
 
-        # 2. Gradient, at the extrapolated point for Nesterov.
-        nesterov = has_velocity and self.momentum in ("nesterov", "natural-nesterov")
-        at = theta + beta * self.velocity if nesterov else theta
-        value_at, gradient = self.objective.value_and_gradient(at)
-        value = self.objective.value(theta) if nesterov else value_at
-        lap("gradient")
+        def natural_step(point: npt.NDArray[np.float64]) -> tuple[float, Any, Any]:
+            """Loss, gradient and direction (G⁻¹∇L, or ∇L) with the tangent space at ``point``."""
+            tangent(point)
+            value_at, gradient = self.objective.value_and_gradient(point)
+            return (
+                value_at,
+                gradient,
+                self.solver.solve(gradient, assemble=False) if natural else gradient,
+            )
 
-        # 3. Natural direction d = (G + λI)⁻¹ g, and the momentum term m re-projected onto T_k.
-        if natural and self.solver.needs_gram:
-            self.gram.assemble(jacobian=False)
-        lap("gram")
-        d = self.solver.solve(gradient, assemble=False) if natural else gradient
-        m = self._momentum_term(rows) if has_velocity else None
-        lap("solve")
+        # 1. The momentum term m_k: the last velocity, re-projected onto T_k for natural kinds.
+        rows = self.gram.rows.values(theta) if kind == "natural-heavy-ball-diff" else None
+        m: npt.NDArray[np.float64] | None = None
+        if has_velocity:
+            if kind in ("heavy-ball", "nesterov"):
+                m = self.velocity
+            else:
+                tangent(theta)
+                m = self._momentum_term(rows)
+        lap("momentum")
 
-        # 4. Step size along −d with β m held; restart when momentum does not pay.
+        # 2. The natural step: from θ_k (heavy-ball), or from y = θ_k + β m_k (Nesterov: loss,
+        #    gradient and tangent space all at y).
+        start = theta + beta * m if nesterov and m is not None else theta
+        value_start, gradient, d = natural_step(start)
+        value = value_start if start is theta else self.objective.value(theta)
+        lap("direction")
+
+        # 3. Step size along −d from the base θ_k + β m_k (held), compared with L(θ_k); restart
+        #    with a plain natural step when the momentum does not pay.
         restarted = False
         if m is not None and self.restart == "gradient" and float(gradient @ (beta * m - d)) > 0:
-            m, restarted = None, True
-            if nesterov:
-                value, gradient = self.objective.value_and_gradient(theta)
-                d = self.solver.solve(gradient, assemble=False) if natural else gradient
-        base = theta + beta * m if m is not None else theta
+            restarted = True
+        base = theta + beta * m if m is not None and not restarted else theta
         eta, new_theta, new_value = self.step_rule(self.objective, base, value, d)
         if m is not None and self.restart == "loss" and not (new_value < value):
             restarted = True
-            if nesterov:  # a plain natural step: the gradient at θ_k, not at y
-                value, gradient = self.objective.value_and_gradient(theta)
-                d = self.solver.solve(gradient, assemble=False) if natural else gradient
+        if restarted:
+            if start is not theta:
+                value, gradient, d = natural_step(theta)
             eta, new_theta, new_value = self.step_rule(self.objective, theta, value, d)
         if not np.isfinite(new_value) or (eta == 0.0 and not (new_value < value)):
             new_theta, new_value = theta, value
         lap("step")
 
-        # 5. Damping feedback and the new velocity, as parameters and as a function.
+        # 4. Damping feedback and the new velocity, as parameters and as a function (J p).
         if natural:
             predicted = eta * float(gradient @ d) - 0.5 * eta**2 * self.gram.quadratic(d)
             self.solver.report(value - new_value, predicted)
         p = new_theta - theta
         self.previous, self.velocity = theta, p
+        # φ_k = J p_k with J where the step was taken (θ_k, or y for Nesterov): keep that point
+        # so that a resumed run rebuilds the same φ.
+        self.anchor = tangent_at if natural else None
         self._phi = self.gram.apply(p) if natural else None
         self._rows = rows
         self.theta = new_theta
@@ -227,7 +241,8 @@ class NaturalGradientDescent:
             assert rows is not None
             displacement = rows - self._rows
         else:
-            assert self._phi is not None
+            if self._phi is None:  # after a load: φ_{k−1} = J(θ_{k−1}) p_{k−1}
+                self._phi = self._linearised_velocity()
             displacement = self._phi
         # J_kᵀ M φ: one sparse mat-vec in the rows' layout, one dense product with J's rows.
         mphi = self.gram.metric.createVecLeft()
@@ -240,11 +255,11 @@ class NaturalGradientDescent:
         return self.solver.solve(rhs, assemble=False)
 
     def _linearised_velocity(self) -> npt.NDArray[np.float64]:
-        """``φ_{k−1} = J(θ_{k−1}) p_{k−1}`` when it was not kept (after a load)."""
-        assert self.previous is not None and self.velocity is not None
+        """``φ_{k−1} = J p_{k−1}`` (J at the last step's anchor) when not kept (after a load)."""
+        assert self.anchor is not None and self.velocity is not None
         # the same memory layout as the Gram's J, so that the product rounds the same way
         jacobian = np.empty((self.gram.rows.num_owned, self.gram.num_parameters), order="F")
-        self.gram.rows.jacobian(self.previous, out=jacobian)
+        self.gram.rows.jacobian(self.anchor, out=jacobian)
         return np.asarray(jacobian @ self.velocity)
 
     def run(
@@ -273,6 +288,7 @@ class NaturalGradientDescent:
             "iteration": self.iteration,
             "velocity": None if self.velocity is None else self.velocity.copy(),
             "previous": None if self.previous is None else self.previous.copy(),
+            "anchor": None if self.anchor is None else self.anchor.copy(),
             "solver": self.solver.state_dict(),
         }
 
@@ -281,6 +297,7 @@ class NaturalGradientDescent:
         self.iteration = int(state["iteration"])
         self.velocity = None if state["velocity"] is None else np.array(state["velocity"])
         self.previous = None if state["previous"] is None else np.array(state["previous"])
+        self.anchor = None if state["anchor"] is None else np.array(state["anchor"])
         self._phi = self._rows = None  # recomputed from θ_{k−1} and p_{k−1} when needed
         self.solver.load_state_dict(state["solver"])
 
