@@ -120,12 +120,12 @@ class Gram:
 
         Args:
             theta: parameters at which to evaluate ``J`` (default: the rows' current θ).
-            jacobian: recompute ``J`` first (``False`` reuses the one already stored).
+            jacobian: recompute ``J`` first (``False`` reuses the one already stored, if any).
 
         Returns:
             The Gram matrix (owned by this object; valid until the next call).
         """
-        if jacobian:
+        if jacobian or self.version == 0:  # never form G from a J that was never computed
             self.update_jacobian(theta)
         self.MJ = self.metric.matMult(self.J, result=self.MJ)
         self.G = self.J.transposeMatMult(self.MJ, result=self.G)
@@ -352,6 +352,8 @@ class NaturalSolver:
         parallel.check_all(
             self.comm, g.shape == (p,), f"gradient has length {g.size}, expected {p}"
         )
+        if self.gram.version == 0:  # J never computed: take it at the rows' current θ
+            self.gram.update_jacobian()
         if self.method == "cg":
             d = self._solve_cg(g)
         else:

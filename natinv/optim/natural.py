@@ -188,13 +188,17 @@ class NaturalGradientDescent:
         if m is not None and self.restart == "gradient" and float(gradient @ (beta * m - d)) > 0:
             restarted = True
         base = theta + beta * m if m is not None and not restarted else theta
-        eta, new_theta, new_value = self.step_rule(self.objective, base, value, d)
+        eta, new_theta, new_value = self.step_rule(
+            self.objective, base, value, d, float(gradient @ d)
+        )
         if m is not None and self.restart == "loss" and not (new_value < value):
             restarted = True
         if restarted:
             if start is not theta:
                 value, gradient, d = natural_step(theta)
-            eta, new_theta, new_value = self.step_rule(self.objective, theta, value, d)
+            eta, new_theta, new_value = self.step_rule(
+                self.objective, theta, value, d, float(gradient @ d)
+            )
         if not np.isfinite(new_value) or (eta == 0.0 and not (new_value < value)):
             new_theta, new_value = theta, value
         lap("step")

@@ -13,7 +13,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FixedStep", "LogGridLineSearch", "StepRule", "losses", "make_step_rule"]
+__all__ = [
+    "Armijo",
+    "FixedStep",
+    "LogGridLineSearch",
+    "NormConstraint",
+    "StepRule",
+    "losses",
+    "make_step_rule",
+]
 
 Step = tuple[float, npt.NDArray[np.float64], float]
 
@@ -34,7 +42,9 @@ class StepRule:
         theta: npt.NDArray[np.float64],
         value: float,
         direction: npt.NDArray[np.float64],
+        slope: float | None = None,
     ) -> Step:
+        """``slope`` is ``∇L·d`` (> 0 for a descent direction ``−d``), for rules that need it."""
         raise NotImplementedError
 
 
@@ -46,7 +56,7 @@ class FixedStep(StepRule):
             raise ValueError(f"Invalid step size: {eta} (must be a finite number > 0)")
         self.eta = float(eta)
 
-    def __call__(self, objective, theta, value, direction) -> Step:  # type: ignore[no-untyped-def]
+    def __call__(self, objective, theta, value, direction, slope=None) -> Step:  # type: ignore[no-untyped-def]
         new = theta - self.eta * direction
         return self.eta, new, float(objective.value(new))
 
@@ -64,7 +74,7 @@ class LogGridLineSearch(StepRule):
         self.etas = 0.5 ** np.arange(int(max_halvings) + 1)
         self.accept_increase = accept_increase
 
-    def __call__(self, objective, theta, value, direction) -> Step:  # type: ignore[no-untyped-def]
+    def __call__(self, objective, theta, value, direction, slope=None) -> Step:  # type: ignore[no-untyped-def]
         trials = [theta - eta * direction for eta in self.etas]
         values = losses(objective, trials)
         finite = np.flatnonzero(np.isfinite(values))
@@ -75,12 +85,61 @@ class LogGridLineSearch(StepRule):
         return 0.0, theta, value
 
 
+class Armijo(StepRule):
+    """Backtracking (Armijo 1966): the first ``η = η₀ ρʲ`` with
+    ``L(θ − η d) ≤ L(θ) − c η ∇L·d``; η = 0 (no step) if none within ``max_backtracks``."""
+
+    def __init__(
+        self, initial: float = 1.0, shrink: float = 0.5, c: float = 1e-4, max_backtracks: int = 30
+    ) -> None:
+        if not (initial > 0 and np.isfinite(initial)):
+            raise ValueError(f"Invalid initial step size: {initial} (must be > 0)")
+        if not (0 < shrink < 1):
+            raise ValueError(f"Invalid backtracking factor: {shrink} (must lie in (0, 1))")
+        if not (0 < c < 1):
+            raise ValueError(f"Invalid Armijo constant: {c} (must lie in (0, 1))")
+        self.initial, self.shrink, self.c = float(initial), float(shrink), float(c)
+        self.max_backtracks = int(max_backtracks)
+
+    def __call__(self, objective, theta, value, direction, slope=None) -> Step:  # type: ignore[no-untyped-def]
+        if slope is None:
+            raise ValueError("The Armijo rule needs the slope ∇L·d")
+        eta = self.initial
+        for _ in range(self.max_backtracks + 1):
+            new = theta - eta * direction
+            new_value = float(objective.value(new))
+            if np.isfinite(new_value) and new_value <= value - self.c * eta * slope:
+                return eta, new, new_value
+            eta *= self.shrink
+        return 0.0, theta, value
+
+
+class NormConstraint(StepRule):
+    """Caps the parameter step: ``d`` is scaled so that ``‖η d‖ ≤ radius`` for η ≤ 1, then the
+    inner rule chooses η (the reported η includes the scaling)."""
+
+    def __init__(self, rule: StepRule, radius: float) -> None:
+        if not (radius > 0 and np.isfinite(radius)):
+            raise ValueError(f"Invalid step-norm radius: {radius} (must be > 0)")
+        self.rule, self.radius = rule, float(radius)
+
+    def __call__(self, objective, theta, value, direction, slope=None) -> Step:  # type: ignore[no-untyped-def]
+        norm = float(np.linalg.norm(direction))
+        scale = min(1.0, self.radius / norm) if norm > 0 else 1.0
+        eta, new, new_value = self.rule(
+            objective, theta, value, scale * direction, None if slope is None else scale * slope
+        )
+        return eta * scale, new, new_value
+
+
 def make_step_rule(spec: str | float | StepRule) -> StepRule:
-    """A step rule from ``"log-grid"``, a number (fixed η) or a :class:`StepRule`."""
+    """A step rule from ``"log-grid"``, ``"armijo"``, a number (fixed η) or a :class:`StepRule`."""
     if isinstance(spec, StepRule):
         return spec
     if spec == "log-grid":
         return LogGridLineSearch()
+    if spec == "armijo":
+        return Armijo()
     if isinstance(spec, int | float) and not isinstance(spec, bool):
         return FixedStep(float(spec))
-    raise ValueError(f"Unknown step rule {spec!r}; use 'log-grid' or a positive number")
+    raise ValueError(f"Unknown step rule {spec!r}; use 'log-grid', 'armijo' or a positive number")

@@ -1,0 +1,70 @@
+"""Step-size rules: Armijo backtracking, the log grid, the step-norm constraint."""
+
+from __future__ import annotations
+
+import dolfinx
+import numpy as np
+import pytest
+from helpers import unit_square
+from test_gram import RandomFeatures
+
+import natinv
+from natinv.objectives import FieldFit
+from natinv.optim import Armijo, LogGridLineSearch, NormConstraint
+
+
+@pytest.fixture
+def quadratic(comm):
+    """L(θ) = ½‖Jθ − f‖²_M with J constant: the natural direction is the Newton step."""
+    space = dolfinx.fem.functionspace(unit_square(comm, 8), ("Lagrange", 1))
+    field = natinv.NeuralField(space, RandomFeatures(features=8))
+    matrix = natinv.l2(space)
+    objective = FieldFit(field, lambda x: np.cos(2 * x[0]) + x[1], matrix)
+    value, gradient = objective.value_and_gradient()
+    solver = natinv.NaturalSolver(objective.gram, "cholesky")
+    d = solver.solve(gradient)
+    yield objective, field.parameters, value, gradient, d
+    solver.destroy()
+    objective.destroy()
+    matrix.destroy()
+
+
+def test_armijo_takes_the_full_newton_step_on_a_quadratic(quadratic):
+    objective, theta, value, gradient, d = quadratic
+    eta, _new, new_value = Armijo()(objective, theta, value, d, float(gradient @ d))
+    assert eta == 1.0
+    assert new_value <= value - 1e-4 * float(gradient @ d)
+    assert new_value == pytest.approx(LogGridLineSearch()(objective, theta, value, d)[2])
+
+
+def test_armijo_backtracks_and_gives_up_on_an_ascent_direction(quadratic):
+    objective, theta, value, gradient, d = quadratic
+    eta, _, new_value = Armijo(initial=8.0)(objective, theta, value, d, float(gradient @ d))
+    assert eta in (1.0, 0.5, 0.25) and new_value < value  # 8 overshoots; halving recovers
+    eta, new, new_value = Armijo()(objective, theta, value, -d, float(gradient @ -d))
+    assert eta == 0.0 and new_value == value and np.array_equal(new, theta)
+
+
+def test_norm_constraint_caps_the_parameter_step(quadratic):
+    objective, theta, value, gradient, d = quadratic
+    radius = 0.1 * np.linalg.norm(d)
+    eta, new, new_value = NormConstraint(LogGridLineSearch(), radius)(
+        objective, theta, value, d, float(gradient @ d)
+    )
+    assert np.linalg.norm(new - theta) <= radius * (1 + 1e-12)
+    assert new_value < value and eta == pytest.approx(radius / np.linalg.norm(d))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Armijo(initial=0.0), "Invalid initial step size"),
+        (lambda: Armijo(shrink=1.0), "Invalid backtracking factor"),
+        (lambda: Armijo(c=0.0), "Invalid Armijo constant"),
+        (lambda: NormConstraint(LogGridLineSearch(), -1.0), "Invalid step-norm radius"),
+        (lambda: natinv.optim.make_step_rule("wolfe"), "Unknown step rule"),
+    ],
+)
+def test_bad_step_rule_settings_name_the_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
