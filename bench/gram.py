@@ -60,12 +60,13 @@ class PeakSampler:
 
 
 def worker(cells: int, width: int, repeats: int) -> dict[str, float]:
+    import natinv  # first: the DOLFINx wheel's libraries
+
+    # isort: split
     from mpi4py import MPI
 
     import dolfinx
     import numpy as np
-
-    import natinv  # first: the DOLFINx wheel's libraries
 
     comm = MPI.COMM_WORLD
     mesh = dolfinx.mesh.create_unit_square(comm, cells, cells)
