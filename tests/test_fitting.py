@@ -12,7 +12,7 @@ from helpers import unit_square
 import natinv
 from natinv.objectives import FieldFit
 from natinv.optim import NaturalGradientDescent
-from natinv.optim.baselines import Adam
+from natinv.optim.baselines import LBFGS, Adam
 from natinv.parallel import CollectiveError
 
 
@@ -124,5 +124,25 @@ def test_bad_step_rules_name_the_value(comm, step, message):
     _field, matrix, objective = problem(comm)
     with pytest.raises(ValueError, match=message):
         NaturalGradientDescent(objective, step=step)
+    objective.destroy()
+    matrix.destroy()
+
+
+def test_lbfgs_baseline_fits_and_resumes_identically(comm):
+    """L-BFGS (Armijo) lowers the fitting loss every step; a resumed run continues bitwise."""
+    field, matrix, objective = problem(comm)
+    theta0 = field.parameters
+    first = LBFGS(objective, memory=5, theta=theta0)
+    first.run(10)
+    state = first.state_dict()
+    first.run(5)
+    losses = [r["loss_before"] for r in first.history] + [first.history[-1]["loss"]]
+    assert all(b < a for a, b in itertools.pairwise(losses))
+    second = LBFGS(objective, memory=5, theta=theta0)
+    second.load_state_dict(state)
+    second.run(5)
+    np.testing.assert_array_equal(second.theta, first.theta)
+    with pytest.raises(ValueError, match="Invalid L-BFGS memory"):
+        LBFGS(objective, memory=0)
     objective.destroy()
     matrix.destroy()
