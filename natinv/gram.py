@@ -96,6 +96,7 @@ class Gram:
         self.G: PETSc.Mat | None = None
         self.version = 0  # bumped whenever J changes
         self.assemblies = 0  # bumped whenever G is formed
+        self._vectors: tuple[PETSc.Vec, PETSc.Vec] | None = None
 
     @property
     def num_parameters(self) -> int:
@@ -142,16 +143,29 @@ class Gram:
         """``J v`` on the owned rows for a replicated parameter vector ``v``. Local."""
         return np.asarray(self.jacobian_array() @ np.asarray(direction, dtype=np.float64))
 
+    def _work(self) -> tuple[PETSc.Vec, PETSc.Vec]:
+        """Two work vectors in the rows' layout (created once, freed by :meth:`destroy`)."""
+        if self._vectors is None:
+            self._vectors = (self.metric.createVecRight(), self.metric.createVecLeft())
+        return self._vectors
+
     def quadratic(self, direction: npt.ArrayLike) -> float:
         """``vᵀ G v = ‖J v‖²_M`` for a replicated ``v`` (two mat-vecs, no ``G``). Collective."""
-        jv = self.metric.createVecRight()
-        mjv = self.metric.createVecLeft()
+        jv, mjv = self._work()
         jv.array[:] = self.apply(direction)
         self.metric.mult(jv, mjv)
-        value = jv.dot(mjv)
-        jv.destroy()
-        mjv.destroy()
-        return float(value)
+        return float(jv.dot(mjv))
+
+    def pull_back(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``Jᵀ M w`` for a vector ``w`` on the owned rows (replicated result). Collective.
+
+        With ``w = J' p`` this is the cross-Gram ``Jᵀ M J' p`` that re-projects a velocity onto
+        the current tangent space, without forming any matrix.
+        """
+        w, mw = self._work()
+        w.array[:] = np.asarray(rows, dtype=np.float64).reshape(-1)
+        self.metric.mult(w, mw)
+        return self.apply_transpose(mw.array)
 
     def dense(self) -> npt.NDArray[np.float64]:
         """``G`` as a replicated numpy array (gathered from its distributed rows). Collective."""
@@ -169,10 +183,11 @@ class Gram:
 
     def destroy(self) -> None:
         """Free the PETSc matrices this object owns. Collective."""
-        for mat in (self.G, self.MJ, self.J):
-            if mat is not None:
-                mat.destroy()
+        for obj in (self.G, self.MJ, self.J, *(self._vectors or ())):
+            if obj is not None:
+                obj.destroy()
         self.G = self.MJ = None
+        self._vectors = None
 
 
 class GramOperator:

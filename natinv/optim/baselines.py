@@ -13,7 +13,25 @@ from natinv import parallel
 from natinv.optim.natural import Objective
 from natinv.optim.steps import StepRule, make_step_rule
 
-__all__ = ["LBFGS", "Adam"]
+__all__ = ["LBFGS", "Adam", "run_steps"]
+
+
+def run_steps(
+    optimizer: Any,
+    iterations: int,
+    callback: Callable[[dict[str, Any]], None] | None,
+    stop_on_zero_step: bool,
+) -> npt.NDArray[np.float64]:
+    """The loop of a baseline's ``run``: ``step()`` with a callback, optional early stop."""
+    if iterations < 0:
+        raise ValueError(f"Invalid number of iterations: {iterations}")
+    for _ in range(iterations):
+        record = optimizer.step()
+        if callback is not None:
+            callback(record)
+        if stop_on_zero_step and record["step"] == 0.0:
+            break
+    return np.array(optimizer.theta, dtype=np.float64)
 
 
 class Adam:
@@ -78,11 +96,8 @@ class Adam:
     def run(
         self, iterations: int, callback: Callable[[dict[str, Any]], None] | None = None
     ) -> npt.NDArray[np.float64]:
-        for _ in range(iterations):
-            record = self.step()
-            if callback is not None:
-                callback(record)
-        return self.theta.copy()
+        """Take ``iterations`` steps; returns θ. Collective."""
+        return run_steps(self, iterations, callback, stop_on_zero_step=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -180,13 +195,8 @@ class LBFGS:
     def run(
         self, iterations: int, callback: Callable[[dict[str, Any]], None] | None = None
     ) -> npt.NDArray[np.float64]:
-        for _ in range(iterations):
-            record = self.step()
-            if callback is not None:
-                callback(record)
-            if record["step"] == 0.0:
-                break
-        return self.theta.copy()
+        """Take up to ``iterations`` steps (stop when no step is found); returns θ. Collective."""
+        return run_steps(self, iterations, callback, stop_on_zero_step=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -249,13 +249,7 @@ class NaturalGradientDescent:
                 self._phi = self._linearised_velocity()
             displacement = self._phi
         # J_kᵀ M φ: one sparse mat-vec in the rows' layout, one dense product with J's rows.
-        mphi = self.gram.metric.createVecLeft()
-        phi = self.gram.metric.createVecRight()
-        phi.array[:] = displacement
-        self.gram.metric.mult(phi, mphi)
-        rhs = self.gram.apply_transpose(mphi.array)
-        phi.destroy()
-        mphi.destroy()
+        rhs = self.gram.pull_back(displacement)
         return self.solver.solve(rhs, assemble=False)
 
     def _linearised_velocity(self) -> npt.NDArray[np.float64]:
