@@ -1,11 +1,13 @@
-"""Quadrature points and weights on the cells a rank owns (for residual losses).
+"""Quadrature points and weights on the cells, or boundary facets, a rank owns.
 
-Each rank gets the physical quadrature points of its *owned* cells only, so no point is counted
-twice when cells are ghosted; the weights include the cell's Jacobian determinant.
+Each rank gets the physical quadrature points of its *owned* cells (or owned exterior facets)
+only, so no point is counted twice when entities are ghosted; the weights include the entity's
+Jacobian determinant.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import basix
@@ -17,7 +19,7 @@ import ufl
 from natinv import parallel
 from natinv.parallel import Comm
 
-__all__ = ["Quadrature", "cell_quadrature"]
+__all__ = ["Quadrature", "boundary_quadrature", "cell_quadrature"]
 
 
 @dataclass(frozen=True)
@@ -61,4 +63,53 @@ def cell_quadrature(mesh: dolfinx.mesh.Mesh, degree: int) -> Quadrature:
         mesh.comm,
         np.ascontiguousarray(points, dtype=np.float64),
         np.ascontiguousarray((scale * weights).reshape(-1), dtype=np.float64),
+    )
+
+
+def boundary_quadrature(
+    mesh: dolfinx.mesh.Mesh,
+    degree: int,
+    marker: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.bool_]] | None = None,
+) -> Quadrature:
+    """Gauss quadrature of the given degree on the owned exterior facets of a simplex mesh with
+    affine geometry. Collective.
+
+    Args:
+        mesh: an interval, triangle or tetrahedron mesh (first-order geometry).
+        degree: quadrature degree on each facet (ignored for the end points of an interval).
+        marker: optional ``x (3, n) -> bool (n,)`` selecting facets by their midpoints
+            (e.g. one side of the domain); default all exterior facets.
+    """
+    if degree < 0 or int(degree) != degree:
+        raise ValueError(f"Invalid quadrature degree {degree}: must be an integer >= 0")
+    tdim, gdim = mesh.topology.dim, mesh.geometry.dim
+    fdim = tdim - 1
+    parallel.check_all(
+        mesh.comm,
+        mesh.topology.cell_name() in ("interval", "triangle", "tetrahedron")
+        and mesh.geometry.cmaps[0].degree == 1,
+        "boundary quadrature needs a simplex mesh with first-order (affine) geometry",
+    )
+    mesh.topology.create_connectivity(fdim, tdim)
+    facets = dolfinx.mesh.exterior_facet_indices(mesh.topology)
+    facets = facets[facets < mesh.topology.index_map(fdim).size_local]
+    nodes = dolfinx.mesh.entities_to_geometry(mesh, fdim, facets)
+    corners = mesh.geometry.x[nodes][:, : fdim + 1, :gdim]  # (facets, fdim + 1, gdim)
+    if marker is not None and corners.shape[0]:
+        midpoints = np.zeros((3, corners.shape[0]))
+        midpoints[:gdim] = corners.mean(axis=1).T
+        corners = corners[np.asarray(marker(midpoints), dtype=bool)]
+    if fdim == 0:
+        points, weights = corners[:, 0, :], np.ones(corners.shape[0])
+    else:
+        facet_cell = basix.CellType.interval if fdim == 1 else basix.CellType.triangle
+        reference, ref_weights = basix.make_quadrature(facet_cell, max(int(degree), 1))
+        edges = corners[:, 1:, :] - corners[:, :1, :]  # (facets, fdim, gdim)
+        points = (corners[:, :1, :] + np.einsum("qk,fkg->fqg", reference, edges)).reshape(-1, gdim)
+        scale = np.sqrt(np.linalg.det(np.einsum("fkg,flg->fkl", edges, edges)))
+        weights = (scale[:, None] * ref_weights[None, :]).reshape(-1)
+    return Quadrature(
+        mesh.comm,
+        np.ascontiguousarray(points, dtype=np.float64).reshape(-1, gdim),
+        np.ascontiguousarray(weights, dtype=np.float64),
     )
