@@ -78,6 +78,21 @@ def _widths(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _count(minimum: int):  # type: ignore[no-untyped-def]
+    """An argparse type: an integer >= ``minimum``, named in the error otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser that reports errors on rank 0 only and exits on every rank."""
 
@@ -94,11 +109,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions of natinv, DOLFINx, PETSc, torch, MPI; number of ranks")
     demo = sub.add_parser("demo", help="fit a neural field to a target field (NGD vs Adam)")
     demo.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
-    demo.add_argument("--cells", type=int, default=32, help="cells per side of the unit square")
-    demo.add_argument("--degree", type=int, default=1, help="Lagrange degree of the field space")
+    demo.add_argument(
+        "--cells", type=_count(1), default=32, help="cells per side of the unit square"
+    )
+    demo.add_argument(
+        "--degree", type=_count(1), default=1, help="Lagrange degree of the field space"
+    )
     demo.add_argument("--metric", choices=["l2", "h1"], default="l2")
     demo.add_argument("--widths", type=_widths, default=(2, 20, 20, 1), help="e.g. 2,20,20,1")
-    demo.add_argument("--iterations", type=int, default=60, help="natural-gradient steps")
+    demo.add_argument("--iterations", type=_count(0), default=60, help="natural-gradient steps")
     demo.add_argument(
         "--method",
         choices=["cholesky", "cg", "cutoff", "lm"],

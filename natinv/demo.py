@@ -121,6 +121,7 @@ def run_demo(config: DemoConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict[str, A
         "metric": config.metric,
         "initial_relative_error": error0,
         "ngd": {
+            "solver": {"method": solver.method, "damping": solver.damping},
             "iterations": ngd.iteration,
             "loss": ngd.history[-1]["loss"],
             "relative_error": error_ngd,

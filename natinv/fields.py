@@ -281,7 +281,9 @@ class NeuralField:
         self._theta = parallel.bcast_array(self.comm, local)
         self._load_into_network(self._theta)
 
-        with parallel.collective(self.comm, "NeuralField: evaluating the network"):
+        with parallel.collective(
+            self.comm, f"NeuralField: evaluating the network at points of shape (n, {gdim})"
+        ):
             probe = self._point_function(self._theta_tensor(self._theta), self.points[:1])
             if probe.shape != (1, self.block_size):
                 raise ValueError(

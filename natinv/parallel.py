@@ -37,10 +37,8 @@ __all__ = [
     "collective",
     "ensure_finite",
     "numpy_from_torch",
-    "petsc_options",
     "rank0_print",
     "torch_from_numpy",
-    "world",
 ]
 
 Comm = MPI.Comm
@@ -166,18 +164,3 @@ def ensure_finite(comm: Comm, array: npt.ArrayLike, name: str) -> None:
         )
 
     check_all(comm, finite, message)
-
-
-def world() -> Comm:
-    """``MPI.COMM_WORLD``."""
-    return MPI.COMM_WORLD
-
-
-def petsc_options(prefix: str) -> dict[str, str]:
-    """The PETSc options currently set under ``prefix`` (without the prefix)."""
-    opts = PETSc.Options()
-    out: dict[str, str] = {}
-    for key, value in opts.getAll().items():
-        if key.startswith(prefix):
-            out[key[len(prefix) :]] = value
-    return out

@@ -11,27 +11,9 @@ import numpy.typing as npt
 
 from natinv import parallel
 from natinv.optim.natural import Objective
-from natinv.optim.steps import StepRule, make_step_rule
+from natinv.optim.steps import StepRule, make_step_rule, run_steps
 
-__all__ = ["LBFGS", "Adam", "run_steps"]
-
-
-def run_steps(
-    optimizer: Any,
-    iterations: int,
-    callback: Callable[[dict[str, Any]], None] | None,
-    stop_on_zero_step: bool,
-) -> npt.NDArray[np.float64]:
-    """The loop of a baseline's ``run``: ``step()`` with a callback, optional early stop."""
-    if iterations < 0:
-        raise ValueError(f"Invalid number of iterations: {iterations}")
-    for _ in range(iterations):
-        record = optimizer.step()
-        if callback is not None:
-            callback(record)
-        if stop_on_zero_step and record["step"] == 0.0:
-            break
-    return np.array(optimizer.theta, dtype=np.float64)
+__all__ = ["LBFGS", "Adam"]
 
 
 class Adam:
@@ -96,7 +78,7 @@ class Adam:
     def run(
         self, iterations: int, callback: Callable[[dict[str, Any]], None] | None = None
     ) -> npt.NDArray[np.float64]:
-        """Take ``iterations`` steps; returns θ. Collective."""
+        """Take ``iterations`` steps; returns θ and sets it on the field. Collective."""
         return run_steps(self, iterations, callback, stop_on_zero_step=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -195,7 +177,8 @@ class LBFGS:
     def run(
         self, iterations: int, callback: Callable[[dict[str, Any]], None] | None = None
     ) -> npt.NDArray[np.float64]:
-        """Take up to ``iterations`` steps (stop when no step is found); returns θ. Collective."""
+        """Take up to ``iterations`` steps (stop when no step is found); returns θ and sets it
+        on the field. Collective."""
         return run_steps(self, iterations, callback, stop_on_zero_step=True)
 
     def state_dict(self) -> dict[str, Any]:

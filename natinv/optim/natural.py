@@ -40,7 +40,7 @@ import numpy.typing as npt
 from natinv import parallel
 from natinv.fields import NeuralField
 from natinv.gram import Gram, NaturalSolver
-from natinv.optim.steps import StepRule, make_step_rule
+from natinv.optim.steps import StepRule, make_step_rule, run_steps
 
 __all__ = ["MOMENTA", "NaturalGradientDescent", "Objective"]
 
@@ -268,16 +268,7 @@ class NaturalGradientDescent:
     ) -> npt.NDArray[np.float64]:
         """Take up to ``iterations`` steps (stop early when the loss ≤ ``tolerance`` or no step
         lowers the loss); returns θ and sets it on the field. Collective."""
-        if iterations < 0:
-            raise ValueError(f"Invalid number of iterations: {iterations}")
-        for _ in range(iterations):
-            record = self.step()
-            if callback is not None:
-                callback(record)
-            if record["loss"] <= tolerance or record["step"] == 0.0:
-                break
-        self.objective.field.set_parameters(self.theta)
-        return self.theta.copy()
+        return run_steps(self, iterations, callback, tolerance=tolerance)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs (replicated arrays only)."""

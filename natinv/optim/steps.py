@@ -8,6 +8,7 @@ decision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = [
     "StepRule",
     "losses",
     "make_step_rule",
+    "run_steps",
 ]
 
 Step = tuple[float, npt.NDArray[np.float64], float]
@@ -143,3 +145,26 @@ def make_step_rule(spec: str | float | StepRule) -> StepRule:
     if isinstance(spec, int | float) and not isinstance(spec, bool):
         return FixedStep(float(spec))
     raise ValueError(f"Unknown step rule {spec!r}; use 'log-grid', 'armijo' or a positive number")
+
+
+def run_steps(
+    optimizer: Any,
+    iterations: int,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    tolerance: float = -np.inf,
+    stop_on_zero_step: bool = True,
+) -> npt.NDArray[np.float64]:
+    """The loop behind every optimizer's ``run``: up to ``iterations`` calls of ``step()``, each
+    record passed to ``callback``; stops when the loss is ≤ ``tolerance`` or (optionally) when no
+    step was taken. Sets the final θ on the objective's field and returns a copy. Collective."""
+    if iterations < 0 or int(iterations) != iterations:
+        raise ValueError(f"Invalid number of iterations: {iterations} (an integer >= 0)")
+    for _ in range(int(iterations)):
+        record = optimizer.step()
+        if callback is not None:
+            callback(record)
+        if record["loss"] <= tolerance or (stop_on_zero_step and record["step"] == 0.0):
+            break
+    optimizer.objective.field.set_parameters(optimizer.theta)
+    return np.array(optimizer.theta, dtype=np.float64)
