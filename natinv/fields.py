@@ -218,7 +218,11 @@ class NeuralField:
         transform: output transform, a name (``"identity"``, ``"exp"``, ``"softplus"``),
             ``("bounded", a, b)`` or a :class:`Transform`.
         input_map: optional ``(x: Tensor (n, gdim)) -> Tensor (n, d)`` applied before the network
-            (e.g. scaling to ``[-1, 1]``); must be a torch function.
+            (e.g. scaling to ``[-1, 1]``); must be a torch function. For a parametric field it
+            receives the points and the PDE parameters side by side, ``(n, gdim + q)``.
+        mu: for a *parametric* field ``k(x; μ)``: the value of the ``q`` PDE parameters ``μ``
+            at which the field is evaluated on its space (:meth:`set_mu` changes it). The
+            network then takes ``(x, μ)``, ``gdim + q`` inputs per point.
         jacobian_memory: bytes of working memory a Jacobian chunk may use (default 1 GiB); the
             result array itself is the caller's and not counted.
         check: verify at construction and on every :meth:`set_parameters` that θ is identical on
@@ -237,6 +241,7 @@ class NeuralField:
         input_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
         jacobian_memory: int = 2**30,
         check: bool = False,
+        mu: npt.ArrayLike | None = None,
     ) -> None:
         self.comm: Comm = space.mesh.comm
         with parallel.collective(self.comm, "NeuralField"):
@@ -260,6 +265,14 @@ class NeuralField:
         gdim = space.mesh.geometry.dim
         coords = space.tabulate_dof_coordinates()[: self.num_owned_nodes, :gdim]
         self.points = parallel.torch_from_numpy(np.ascontiguousarray(coords))
+        self.mu: torch.Tensor | None = None
+        self.num_mu = 0
+        if mu is not None:
+            self.num_mu = int(np.asarray(mu).size)
+            parallel.check_all(
+                self.comm, self.num_mu > 0, "NeuralField: mu= needs at least one PDE parameter"
+            )
+            self.set_mu(mu)
 
         self.parameter_names = [n for n, p in self.network.named_parameters() if p.requires_grad]
         self.parameter_shapes = [
@@ -282,7 +295,8 @@ class NeuralField:
         self._load_into_network(self._theta)
 
         with parallel.collective(
-            self.comm, f"NeuralField: evaluating the network at points of shape (n, {gdim})"
+            self.comm,
+            f"NeuralField: evaluating the network at inputs of shape (n, {gdim + self.num_mu})",
         ):
             probe = self._point_function(self._theta_tensor(self._theta), self.points[:1])
             if probe.shape != (1, self.block_size):
@@ -330,6 +344,21 @@ class NeuralField:
                 p.copy_(parallel.torch_from_numpy(theta[offset : offset + size]).reshape(p.shape))
                 offset += size
 
+    def set_mu(self, mu: npt.ArrayLike) -> None:
+        """Evaluate a parametric field at the PDE parameters ``μ`` (``q`` values, the same on
+        every rank) from now on: :meth:`values`, :meth:`jacobian`, :meth:`function`... Collective."""
+        array = np.asarray(mu, dtype=np.float64).reshape(-1)
+        parallel.check_all(
+            self.comm,
+            self.num_mu > 0 and array.size == self.num_mu,
+            lambda: (
+                f"μ has {array.size} values, but the field takes {self.num_mu} PDE parameters"
+                + ("" if self.num_mu else " (it was built without mu=)")
+            ),
+        )
+        parallel.ensure_finite(self.comm, array, "the PDE parameters μ")
+        self.mu = parallel.torch_from_numpy(array.copy())
+
     def _theta_tensor(self, theta: npt.NDArray[np.float64]) -> torch.Tensor:
         return parallel.torch_from_numpy(theta)
 
@@ -346,9 +375,21 @@ class NeuralField:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def apply(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def apply(
+        self,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        mu: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for named parameters
-        (as from :meth:`unflatten`); differentiable, for composing with ``torch.func``."""
+        (as from :meth:`unflatten`); differentiable, for composing with ``torch.func``.
+
+        A parametric field takes ``mu`` as ``(q,)`` (one μ for all points) or ``(n, q)``;
+        default the field's current μ."""
+        if self.num_mu:
+            mu = self.mu if mu is None else mu
+            assert mu is not None
+            x = torch.cat([x, mu.expand(x.shape[0], self.num_mu)], dim=1)
         inputs = self.input_map(x) if self.input_map is not None else x
         z = functional_call(self.network, {**self._frozen, **params}, (inputs,))
         if z.ndim == 1:
@@ -490,7 +531,9 @@ class NeuralField:
     def __repr__(self) -> str:
         return (
             f"NeuralField(P={self.num_parameters}, dofs={self.num_global}, "
-            f"block_size={self.block_size}, transform={self.transform})"
+            f"block_size={self.block_size}, transform={self.transform}"
+            + (f", mu={self.mu.tolist()}" if self.mu is not None else "")
+            + ")"
         )
 
     def describe(self) -> dict[str, Any]:
@@ -501,4 +544,5 @@ class NeuralField:
             "block_size": self.block_size,
             "transform": repr(self.transform),
             "network": str(self.network),
+            **({"mu": self.mu.tolist()} if self.mu is not None else {}),
         }

@@ -5,5 +5,7 @@ matching its natural metric, the protocol the optimizers drive.
 """
 
 from natinv.objectives.fitting import FieldFit
+from natinv.objectives.pinn import PINN, Term
+from natinv.objectives.ritz import Ritz
 
-__all__ = ["FieldFit"]
+__all__ = ["PINN", "FieldFit", "Ritz", "Term"]

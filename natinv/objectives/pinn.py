@@ -14,6 +14,12 @@ path as any other metric.
 Boundary conditions: either as residual terms on boundary points, or exactly through
 ``u(x) = lift(x) + multiplier(x) · N(x)`` with a multiplier that vanishes on the boundary, e.g.
 ``x(1 − x)`` on ``[0, 1]``.
+
+Parametric PDEs: with a parametric field (``NeuralField(..., mu=...)``, a network of ``(x, μ)``)
+and ``samples`` of μ, every term is evaluated at every (point, sample) pair, the loss and the
+Gram matrix are the mean over the samples, and residuals receive μ: ``residual(u, x, mu)``.
+The trained network is a surrogate ``u(x; μ)``: :meth:`PINN.solution` and :meth:`PINN.l2_error`
+evaluate it at any μ.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ class Term:
     Args:
         quadrature: the points and weights (owned by this rank).
         residual: ``(u, x) -> r`` for one point ``x`` of shape ``(gdim,)``; ``u`` is the
-            solution as a point function; ``r`` a scalar or a vector tensor.
+            solution as a point function; ``r`` a scalar or a vector tensor. For a parametric
+            PINN, ``(u, x, mu) -> r`` with ``mu`` of shape ``(q,)``.
         weight: a positive factor (a penalty for boundary terms).
         name: a label for histories.
     """
@@ -82,6 +89,7 @@ class PINN:
         multiplier: ``x -> m(x)`` (one point, torch): ``u = lift + m · N`` imposes the boundary
             values exactly where ``m = 0``.
         lift: ``x -> g(x)`` (one point, torch), the boundary data for a multiplier.
+        samples: for a parametric field, the μ samples ``(S, q)`` the loss averages over.
 
     Also a row provider (:class:`~natinv.gram.Rows`): the rows are the residuals at the owned
     points, and ``gram`` is the Gauss–Newton Gram ``Jᵀ W J``. Call :meth:`destroy` when done.
@@ -94,6 +102,7 @@ class PINN:
         *,
         multiplier: PointFunction | None = None,
         lift: PointFunction | None = None,
+        samples: npt.ArrayLike | None = None,
     ) -> None:
         self.field = field
         self.comm = field.comm
@@ -108,12 +117,20 @@ class PINN:
                 f"term {term.name!r}: invalid weight {term.weight} (must be a finite number > 0)",
             )
             parallel.ensure_finite(self.comm, term.quadrature.points, f"term {term.name!r} points")
+        self.samples = self._checked_samples(samples)
         self.num_parameters = field.num_parameters
-        self._points = [parallel.torch_from_numpy(t.quadrature.points) for t in self.terms]
+        count = self.samples.shape[0]
+        self._points = [
+            parallel.torch_from_numpy(np.tile(t.quadrature.points, (count, 1))) for t in self.terms
+        ]
+        self._mus = [
+            parallel.torch_from_numpy(np.repeat(self.samples, t.quadrature.points.shape[0], 0))
+            for t in self.terms
+        ]
         with parallel.collective(self.comm, "evaluating the residuals"):
             self._components = [self._probe(i) for i in range(len(self.terms))]
         weights = [
-            np.repeat(t.quadrature.weights * t.weight, c)
+            np.repeat(np.tile(t.quadrature.weights, count) * (t.weight / count), c)
             for t, c in zip(self.terms, self._components, strict=True)
         ]
         self.weights = np.concatenate(weights) if weights else np.zeros(0)
@@ -123,11 +140,43 @@ class PINN:
         self.gram = Gram(self, self.metric)
         self.evaluations = 0
 
+    def _checked_samples(self, samples: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
+        """The μ samples ``(S, q)``; ``(1, 0)`` (one empty sample) for a plain PINN."""
+        q = self.field.num_mu
+        if samples is None:
+            parallel.check_all(
+                self.comm,
+                q == 0,
+                f"the field is parametric (q = {q}): the PINN needs samples of μ, shape (S, {q})",
+            )
+            return np.zeros((1, 0))
+        array = np.asarray(samples, dtype=np.float64)
+        if array.ndim == 1 and q == 1:
+            array = array[:, None]
+        parallel.check_all(
+            self.comm,
+            q > 0 and array.ndim == 2 and array.shape[0] > 0 and array.shape[1] == q,
+            lambda: (
+                f"samples of μ have shape {array.shape}, expected (S, {q}) with S > 0"
+                if q
+                else "samples of μ given, but the field is not parametric (build it with mu=)"
+            ),
+        )
+        parallel.ensure_finite(self.comm, array, "samples of μ")
+        parallel.check_replicated(self.comm, array, "samples of μ")
+        return array
+
+    @property
+    def parametric(self) -> bool:
+        return self.field.num_mu > 0
+
     # -- the model ----------------------------------------------------------------------------
 
-    def _solution(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """``u(x)`` at one point (scalar for a scalar field, else ``(block_size,)``)."""
-        value = self.field.apply(params, x.unsqueeze(0))[0]
+    def _solution(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, mu: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``u(x; μ)`` at one point (scalar for a scalar field, else ``(block_size,)``)."""
+        value = self.field.apply(params, x.unsqueeze(0), mu)[0]
         if self.multiplier is not None:
             value = self.multiplier(x) * value
         if self.lift is not None:
@@ -136,21 +185,26 @@ class PINN:
 
     def _point_residual(
         self, index: int
-    ) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    ) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]:
         residual = self.terms[index].residual
+        parametric = self.parametric
 
-        def at(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            r = residual(lambda y: self._solution(params, y), x)
+        def at(params: dict[str, torch.Tensor], x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+            if parametric:
+                r = residual(lambda y: self._solution(params, y, mu), x, mu)
+            else:
+                r = residual(lambda y: self._solution(params, y), x)
             return torch.as_tensor(r, dtype=torch.float64).reshape(-1)
 
         return at
 
     def _probe(self, index: int) -> int:
-        x = self._points[index][:1]
+        x, mu = self._points[index][:1], self._mus[index][:1]
         if x.shape[0] == 0:  # no point here: ask a point of the domain's bounding box instead
             x = parallel.torch_from_numpy(np.zeros((1, self.field.points.shape[1])))
+            mu = parallel.torch_from_numpy(self.samples[:1])
         params = self.field.unflatten(parallel.torch_from_numpy(self.field.parameters))
-        r = self._point_residual(index)(params, x[0])
+        r = self._point_residual(index)(params, x[0], mu[0])
         return int(r.numel())
 
     def _params(self, theta: npt.ArrayLike | None) -> dict[str, torch.Tensor]:
@@ -159,8 +213,8 @@ class PINN:
 
     def _residuals(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         blocks = [
-            vmap(self._point_residual(i), in_dims=(None, 0))(params, x).reshape(-1)
-            for i, x in enumerate(self._points)
+            vmap(self._point_residual(i), in_dims=(None, 0, 0))(params, x, mu).reshape(-1)
+            for i, (x, mu) in enumerate(zip(self._points, self._mus, strict=True))
         ]
         return torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
 
@@ -185,14 +239,16 @@ class PINN:
         names, sizes = self.field.parameter_names, self.field.parameter_sizes
         gdim = self.field.points.shape[1]
         row = 0
-        for index, (x, c) in enumerate(zip(self._points, self._components, strict=True)):
-            per_point = vmap(jacrev(self._point_residual(index), argnums=0), in_dims=(None, 0))
+        for index, (x, mu, c) in enumerate(
+            zip(self._points, self._mus, self._components, strict=True)
+        ):
+            per_point = vmap(jacrev(self._point_residual(index), argnums=0), in_dims=(None, 0, 0))
             # second derivatives in x keep about gdim + 2 copies of each gradient row alive
             budget = 8 * self.num_parameters * c * 3 * (gdim + 2) + 8 * 1024
             step = max(1, self.field.jacobian_memory // budget)
             for start in range(0, x.shape[0], step):
                 stop = min(start + step, x.shape[0])
-                blocks = per_point(params, x[start:stop])
+                blocks = per_point(params, x[start:stop], mu[start:stop])
                 rows = slice(row + start * c, row + stop * c)
                 offset = 0
                 for name, size in zip(names, sizes, strict=True):
@@ -255,13 +311,28 @@ class PINN:
         return value, parallel.allreduce_array(self.comm, parallel.numpy_from_torch(grad))
 
     def solution(
-        self, points: npt.ArrayLike, theta: npt.ArrayLike | None = None
+        self,
+        points: npt.ArrayLike,
+        theta: npt.ArrayLike | None = None,
+        mu: npt.ArrayLike | None = None,
     ) -> npt.NDArray[np.float64]:
-        """``u_θ`` at points ``(n, gdim)`` (local, no MPI), shape ``(n,)`` or ``(n, bs)``."""
+        """``u_θ`` at points ``(n, gdim)`` (local, no MPI), shape ``(n,)`` or ``(n, bs)``; for a
+        parametric PINN at ``mu`` (``q`` values; default the field's current μ)."""
         params = self._params(theta)
         x = parallel.torch_from_numpy(np.atleast_2d(np.asarray(points, dtype=np.float64)))
+        m = self.field.mu
+        if mu is not None:
+            m = parallel.torch_from_numpy(np.asarray(mu, dtype=np.float64).reshape(-1))
+            if not self.parametric or m.numel() != self.field.num_mu:
+                raise ValueError(
+                    f"solution: μ has {m.numel()} values, the field takes {self.field.num_mu}"
+                )
+            if not bool(torch.isfinite(m).all()):
+                raise ValueError(f"solution: μ is not finite: {m.tolist()}")
         with torch.no_grad():
-            return parallel.numpy_from_torch(vmap(self._solution, in_dims=(None, 0))(params, x))
+            return parallel.numpy_from_torch(
+                vmap(self._solution, in_dims=(None, 0, None))(params, x, m)
+            )
 
     def l2_error(
         self,
@@ -269,13 +340,15 @@ class PINN:
         quadrature: Quadrature,
         theta: npt.ArrayLike | None = None,
         relative: bool = False,
+        mu: npt.ArrayLike | None = None,
     ) -> float:
         """``‖u_θ − u‖²_L2`` (or ``‖u_θ − u‖_L2 / ‖u‖_L2`` if ``relative``) by ``quadrature``.
 
-        ``exact`` maps points ``(n, gdim)`` to values ``(n,)``. Collective.
+        ``exact`` maps points ``(n, gdim)`` to values ``(n,)``; ``mu`` as for :meth:`solution`.
+        Collective.
         """
         u = exact(quadrature.points)
-        diff = quadrature.integrate((self.solution(quadrature.points, theta) - u) ** 2)
+        diff = quadrature.integrate((self.solution(quadrature.points, theta, mu) - u) ** 2)
         if not relative:
             return diff
         return float(np.sqrt(diff / quadrature.integrate(u**2)))

@@ -264,7 +264,7 @@ class NaturalGradientDescent:
         self,
         iterations: int,
         callback: Callable[[dict[str, Any]], None] | None = None,
-        tolerance: float = 0.0,
+        tolerance: float = -np.inf,
     ) -> npt.NDArray[np.float64]:
         """Take up to ``iterations`` steps (stop early when the loss ≤ ``tolerance`` or no step
         lowers the loss); returns θ and sets it on the field. Collective."""
