@@ -346,7 +346,7 @@ class NeuralField:
 
     def set_mu(self, mu: npt.ArrayLike) -> None:
         """Evaluate a parametric field at the PDE parameters ``μ`` (``q`` values, the same on
-        every rank) from now on: :meth:`values`, :meth:`jacobian`, :meth:`function`... Collective."""
+        every rank) from now on: values, Jacobians, functions. Collective."""
         array = np.asarray(mu, dtype=np.float64).reshape(-1)
         parallel.check_all(
             self.comm,

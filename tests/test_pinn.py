@@ -124,3 +124,85 @@ def test_bad_terms_are_one_clear_error(comm):
         PINN(field, [])
     with pytest.raises(ValueError, match="Invalid quadrature degree"):
         cell_quadrature(mesh, -1)
+
+
+def parametric_reaction_diffusion(comm, samples, cells=40, widths=(2, 8, 8, 1)):
+    """−εu″ + u′ = 1 on (0, 1) for ε = μ, a network of (x, μ), u = x(1 − x)·N(x, μ)."""
+    mesh = dolfinx.mesh.create_unit_interval(comm, cells)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    field = natinv.NeuralField(space, natinv.mlp(widths, seed=0), mu=[0.5])
+    term = Term(
+        cell_quadrature(mesh, 2),
+        lambda u, x, mu: -mu[0] * laplacian(u, x) + gradient(u, x)[0] - 1.0,
+    )
+    return PINN(field, [term], multiplier=lambda x: x[0] * (1 - x[0]), samples=samples)
+
+
+def test_parametric_loss_and_gram_are_the_means_over_the_samples(comm):
+    """For samples μ₁..μ_S, L and G of the parametric PINN are the means of the single-sample
+    ones (relative 1e-12), and a single-sample residual equals the plain PINN's residual for a
+    network with μ fixed."""
+    samples = [0.1, 0.3, 0.7]
+    whole = parametric_reaction_diffusion(comm, samples)
+    whole.gram.assemble()
+    values, grams = [], []
+    for mu in samples:
+        single = parametric_reaction_diffusion(comm, [mu])
+        single.gram.assemble()
+        values.append(single.value())
+        grams.append(single.gram.dense())
+        single.destroy()
+    np.testing.assert_allclose(whole.value(), np.mean(values), rtol=1e-12)
+    reference = np.mean(grams, axis=0)
+    assert np.abs(whole.gram.dense() - reference).max() <= 1e-12 * np.abs(reference).max()
+    q = whole.terms[0].quadrature
+    points, weights = gather_rows(comm, q.points), gather_rows(comm, q.weights)
+    theta = torch.tensor(whole.field.parameters)
+    x = torch.tensor(points, dtype=torch.float64, requires_grad=True)
+    inputs = torch.cat([x, torch.full_like(x, samples[1])], dim=1)
+    net = torch.func.functional_call(whole.field.network, whole.field.unflatten(theta), (inputs,))
+    u = x[:, 0] * (1 - x[:, 0]) * net[:, 0]
+    (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+    (d2u,) = torch.autograd.grad(du[:, 0].sum(), x)
+    r = (-samples[1] * d2u[:, 0] + du[:, 0] - 1.0).detach().numpy()
+    np.testing.assert_allclose(values[1], 0.5 * np.dot(weights, r * r), rtol=1e-12)
+    whole.destroy()
+
+
+def test_a_parametric_surrogate_is_accurate_at_an_unseen_parameter(comm):
+    """Trained by ENGD on ε ∈ {0.2, 0.35, 0.5, 0.65, 0.8} (60 steps), u(x; ε) at ε = 0.425,
+    between the samples, has a relative L2 error below 1e-3 (the start is at ~100 %)."""
+    samples = np.linspace(0.2, 0.8, 5)
+    pinn = parametric_reaction_diffusion(comm, samples, cells=100, widths=(2, 16, 16, 1))
+    quadrature = cell_quadrature(pinn.field.space.mesh, 6)
+    eps = 0.425
+
+    def exact(x):
+        return x[:, 0] - np.expm1(x[:, 0] / eps) / np.expm1(1 / eps)
+
+    assert pinn.l2_error(exact, quadrature, relative=True, mu=[eps]) > 0.5
+    solver = natinv.NaturalSolver(pinn.gram, "cholesky", damping=1e-10)
+    optimizer = NaturalGradientDescent(pinn, solver)
+    optimizer.run(60)
+    assert pinn.l2_error(exact, quadrature, optimizer.theta, relative=True, mu=[eps]) < 1e-3
+    solver.destroy()
+    pinn.destroy()
+
+
+def test_bad_parametric_input_is_one_clear_error(comm):
+    mesh = dolfinx.mesh.create_unit_interval(comm, 8)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    q = cell_quadrature(mesh, 1)
+    field = natinv.NeuralField(space, natinv.mlp([2, 4, 1]), mu=[1.0])
+    term = Term(q, lambda u, x, mu: u(x))
+    with pytest.raises(CollectiveError, match=r"needs samples of μ, shape \(S, 1\)"):
+        PINN(field, [term])
+    with pytest.raises(CollectiveError, match=r"samples of μ have shape \(2, 2\)"):
+        PINN(field, [term], samples=[[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(CollectiveError, match="samples of μ"):
+        PINN(field, [term], samples=[1.0, np.nan])
+    with pytest.raises(CollectiveError, match="takes 1 PDE parameters"):
+        field.set_mu([1.0, 2.0])
+    plain = natinv.NeuralField(space, natinv.mlp([1, 4, 1]))
+    with pytest.raises(CollectiveError, match="the field is not parametric"):
+        PINN(plain, [Term(q, lambda u, x: u(x))], samples=[[1.0]])
