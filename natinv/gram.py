@@ -21,6 +21,10 @@ iterations. :class:`GramOperator` is the matrix-free ``x ↦ Jᵀ(M(Jx)) + λx``
     Cholesky with a Levenberg–Marquardt damping adapted from the gain ratio the caller
     reports through :meth:`NaturalSolver.report`.
 
+:class:`SampleSpaceSolver` solves in *sample space* instead, for a diagonal metric (residual
+losses) with fewer rows than parameters: ``(G + λI)⁻¹ Jᵀ M w = J̃ᵀ (J̃ J̃ᵀ + λI)⁻¹ M^½ w`` with
+``J̃ = M^½ J`` (Woodbury), an ``N × N`` factorisation instead of ``P × P`` (SPRING's form).
+
 Every choice is also a PETSc option under the prefix ``natinv_gram_`` (``-natinv_gram_method``,
 ``-natinv_gram_damping``, ``-natinv_gram_cutoff``, ``-natinv_gram_mat_type``, and the KSP/PC
 options of the inner solver such as ``-natinv_gram_ksp_rtol``); options override arguments.
@@ -34,11 +38,19 @@ from petsc4py import PETSc
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from natinv import parallel
 from natinv.parallel import Comm
 
-__all__ = ["Gram", "GramOperator", "LevenbergMarquardt", "NaturalSolver", "Rows"]
+__all__ = [
+    "Gram",
+    "GramOperator",
+    "LevenbergMarquardt",
+    "NaturalSolver",
+    "Rows",
+    "SampleSpaceSolver",
+]
 
 
 class Rows(Protocol):
@@ -564,3 +576,110 @@ class NaturalSolver:
         if self._operator is not None:
             self._operator.free()
         self.ksp = self._shell = self._factored = self._operator = None
+
+
+class SampleSpaceSolver:
+    """``(G + λI)⁻¹ Jᵀ M w`` in sample space, for a diagonal metric ``M`` (Woodbury).
+
+    With ``J̃ = M^½ J`` (``N × P``), ``(J̃ᵀJ̃ + λI)⁻¹ J̃ᵀ = J̃ᵀ (J̃J̃ᵀ + λI)⁻¹``: the solve costs an
+    ``N × N`` Cholesky factorisation instead of a ``P × P`` one, the right choice when there are
+    fewer residual rows than parameters (SPRING, Goldshlager et al. 2024). Right-hand sides come
+    as row vectors ``w`` (e.g. the residuals, since ``∇L = Jᵀ M r``), which keeps the solve exact
+    for any λ > 0 (the general Woodbury formula for a parameter-space right-hand side divides
+    by λ and cancels catastrophically for small λ).
+
+    Parallel: the rows of ``J̃`` are gathered on every rank (``N × P`` doubles, at most ``P²``
+    when ``N < P``); each rank forms its block of rows of ``J̃J̃ᵀ``, the blocks are gathered and
+    every rank factorises the same ``N × N`` matrix.
+
+    Args:
+        gram: a Gram whose metric is diagonal with entries ``>= 0`` (a residual loss's weights).
+        damping: λ > 0.
+    """
+
+    method = "sample-space"
+    needs_gram = False
+
+    def __init__(self, gram: Gram, damping: float = 1e-10) -> None:
+        if not (damping > 0 and np.isfinite(damping)):
+            raise ValueError(f"Invalid damping {damping}: the sample-space solver needs λ > 0")
+        self.gram = gram
+        self.comm = gram.comm
+        diagonal = gram.metric.getDiagonal()
+        weights = diagonal.array.copy()
+        diagonal.destroy()
+        total = parallel.allreduce_sum(self.comm, float(weights @ weights))
+        off_diagonal = gram.metric.norm(PETSc.NormType.FROBENIUS) ** 2 - total
+        parallel.check_all(
+            self.comm,
+            off_diagonal <= 1e-12 * max(total, 1e-300) and bool(np.all(weights >= 0)),
+            "the sample-space solver needs a diagonal metric with entries >= 0 (a residual "
+            "loss's weights); use NaturalSolver for other metrics",
+        )
+        self._sqrt_weights = np.sqrt(weights)
+        self._damping = float(damping)
+        self._key: int | None = None
+        self._rows: torch.Tensor | None = None  # J̃, all rows
+        self._factor: torch.Tensor | None = None  # Cholesky factor of J̃J̃ᵀ + λI
+        self.factorizations = 0
+        self.info: dict[str, Any] = {}
+
+    @property
+    def damping(self) -> float:
+        return self._damping
+
+    def report(self, actual: float, predicted: float) -> None:
+        """(Fixed damping: nothing to adapt.)"""
+
+    def _factorise(self) -> None:
+        if self.gram.version == 0:
+            self.gram.update_jacobian()
+        if self._key == self.gram.version:
+            return
+        local = self._sqrt_weights[:, None] * self.gram.jacobian_array()
+        everything = np.vstack(self.comm.allgather(np.ascontiguousarray(local)))
+        kernel = np.vstack(self.comm.allgather(local @ everything.T))
+        kernel[np.diag_indices_from(kernel)] += self._damping
+        factor, info = torch.linalg.cholesky_ex(torch.from_numpy(kernel))
+        parallel.check_all(
+            self.comm,
+            int(info) == 0,
+            f"sample-space Cholesky of J̃J̃ᵀ + λI (λ = {self._damping:g}) failed",
+        )
+        self._rows, self._factor = torch.from_numpy(everything), factor
+        self._key = self.gram.version
+        self.factorizations += 1
+
+    def solve_rows(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``(G + λI)⁻¹ Jᵀ M w`` for ``w`` on the owned rows (replicated result). Collective."""
+        w = np.asarray(rows, dtype=np.float64).reshape(-1)
+        parallel.check_all(
+            self.comm,
+            w.shape == self._sqrt_weights.shape,
+            lambda: f"row vector has {w.size} entries, expected {self._sqrt_weights.size}",
+        )
+        self._factorise()
+        assert self._rows is not None and self._factor is not None
+        scaled = np.concatenate(self.comm.allgather(self._sqrt_weights * w))
+        z = torch.cholesky_solve(torch.from_numpy(scaled)[:, None], self._factor)[:, 0]
+        x = (self._rows.T @ z).numpy()
+        self.info = {"method": self.method, "damping": self._damping, "rows": z.numel()}
+        parallel.check_all(
+            self.comm, bool(np.all(np.isfinite(x))), "the sample-space direction is not finite"
+        )
+        return x
+
+    def solve(self, gradient: npt.ArrayLike, *, assemble: bool = True) -> npt.NDArray[np.float64]:
+        raise TypeError(
+            "the sample-space solver takes right-hand sides as row vectors (solve_rows); use it "
+            "with momentum='spring' on an objective that offers row_residual"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def destroy(self) -> None:
+        self._rows = self._factor = None

@@ -95,6 +95,10 @@ class FieldFit:
         value = self._residual(theta)
         return value, self.field.vjp(self._mr.array, theta)
 
+    def row_residual(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        """``ρ = k(θ) − f`` with ``∇L = Jᵀ M ρ`` (owned rows; for sample-space solvers)."""
+        return self.field.values(theta) - self.target
+
     def error(self, theta: npt.ArrayLike | None = None) -> float:
         """Relative error ``‖k − f‖_M / ‖f‖_M``. Collective."""
         self._r.array[:] = self.target

@@ -229,6 +229,10 @@ class PINN:
         with torch.no_grad():
             return parallel.numpy_from_torch(self._residuals(self._params(theta)))
 
+    def row_residual(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        """``ρ`` with ``∇L = Jᵀ W ρ``: the residuals themselves (for sample-space solvers)."""
+        return self.values(theta)
+
     def jacobian(
         self, theta: npt.ArrayLike | None = None, out: npt.NDArray[np.float64] | None = None
     ) -> npt.NDArray[np.float64]:

@@ -16,6 +16,11 @@ space ``T_k = span(J_k)``). Momentum adds ``β m_k`` to the step ``−α d``:
                                linearised) last displacement of the function, re-projected
 ``natural-nesterov``           as ``natural-heavy-ball``; the natural step is taken at
                                ``y = θ_k + β m_k`` (loss, gradient and tangent space at y)
+``spring``                     SPRING (Goldshlager et al. 2024): the *direction* carries the
+                               momentum, ``φ_k = (G_k + λI)⁻¹(∇L − β G_k φ_{k−1}) + β φ_{k−1}``
+                               and ``θ_{k+1} = θ_k − α φ_k``; in sample space with a
+                               :class:`~natinv.gram.SampleSpaceSolver`,
+                               ``φ_k = J̃ᵀ(J̃J̃ᵀ + λI)⁻¹(ρ̃ − β J̃ φ_{k−1}) + β φ_{k−1}``
 =============================  ===================================================================
 
 ``p_k = θ_{k+1} − θ_k = β m_k − α d`` with α from the step rule (fixed, or the ENGD log grid over
@@ -23,6 +28,10 @@ space ``T_k = span(J_k)``). Momentum adds ``β m_k`` to the step ``−α d``:
 the step with momentum would not lower the loss (``restart="loss"``, the default) or when it points
 uphill, ``⟨∇L, p⟩ > 0`` (``restart="gradient"``). The re-projection costs one more solve with the
 factors of ``G_k`` and one sparse plus one dense mat-vec.
+
+Loss-adapted metric: ``projection`` (a second solver, on another Gram) re-projects the momentum
+in its own metric while the gradient part keeps the loss's metric, e.g. the ENGD (residual
+Gauss–Newton) metric for ``∇L`` and the L2 metric of the solution for the velocity.
 
 One step reads top to bottom in :meth:`NaturalGradientDescent.step`. θ, the velocity and every
 decision are identical on all ranks; ``φ`` and ``v`` live on each rank's rows.
@@ -39,7 +48,7 @@ import numpy.typing as npt
 
 from natinv import parallel
 from natinv.fields import NeuralField
-from natinv.gram import Gram, NaturalSolver
+from natinv.gram import Gram, NaturalSolver, SampleSpaceSolver
 from natinv.optim.steps import StepRule, make_step_rule, run_steps
 
 __all__ = ["MOMENTA", "NaturalGradientDescent", "Objective"]
@@ -51,6 +60,7 @@ MOMENTA = (
     "natural-heavy-ball",
     "natural-heavy-ball-diff",
     "natural-nesterov",
+    "spring",
 )
 
 
@@ -82,6 +92,9 @@ class NaturalGradientDescent:
         direction: ``"natural"`` (default) or ``"euclidean"`` (``d = ∇L``; parameter-space
             momentum only).
         theta: the starting parameters (default: the objective field's current θ).
+        projection: a solver on a second Gram (same parameters) that re-projects the momentum
+            of the ``natural-*`` kinds in its metric (the loss-adapted variant); default the
+            direction's own solver.
     """
 
     RESTARTS: ClassVar[tuple[str, ...]] = ("loss", "gradient", "none")
@@ -98,6 +111,7 @@ class NaturalGradientDescent:
         restart: str = "loss",
         direction: str = "natural",
         theta: npt.ArrayLike | None = None,
+        projection: NaturalSolver | None = None,
     ) -> None:
         if momentum not in MOMENTA:
             raise ValueError(f"Unknown momentum {momentum!r}; choose one of {MOMENTA}")
@@ -107,15 +121,38 @@ class NaturalGradientDescent:
             raise ValueError(f"Unknown restart rule {restart!r}; choose one of {self.RESTARTS}")
         if direction not in self.DIRECTIONS:
             raise ValueError(f"Unknown direction {direction!r}; choose one of {self.DIRECTIONS}")
-        if direction == "euclidean" and momentum.startswith("natural"):
+        if direction == "euclidean" and (momentum.startswith("natural") or momentum == "spring"):
             raise ValueError(
                 f"Momentum {momentum!r} re-projects with G: it needs direction='natural'"
             )
+        if isinstance(solver, SampleSpaceSolver):
+            if momentum != "spring":
+                raise ValueError(
+                    "The sample-space solver serves momentum='spring' only (it solves for "
+                    f"right-hand sides given as rows); got momentum {momentum!r}"
+                )
+            if not hasattr(objective, "row_residual"):
+                raise ValueError(
+                    f"The sample-space solver needs an objective with row_residual(θ) "
+                    f"(∇L = Jᵀ M ρ); {type(objective).__name__} has none"
+                )
+        if projection is not None:
+            if not momentum.startswith("natural"):
+                raise ValueError(
+                    f"A projection metric re-projects natural momentum; momentum {momentum!r} "
+                    "has none to project"
+                )
+            if projection.gram.num_parameters != objective.field.num_parameters:
+                raise ValueError(
+                    f"The projection's Gram has {projection.gram.num_parameters} parameters, "
+                    f"the objective {objective.field.num_parameters}"
+                )
         self.step_rule = make_step_rule(step)
         self.objective = objective
         self.solver = solver if solver is not None else NaturalSolver(objective.gram)
         self._own_solver = solver is None
         self.gram = self.solver.gram
+        self.projector = projection if projection is not None else self.solver
         self.comm = self.gram.comm
         self.momentum, self.beta, self.restart, self.direction = momentum, beta, restart, direction
         start = objective.field.parameters if theta is None else np.asarray(theta, dtype=float)
@@ -123,7 +160,7 @@ class NaturalGradientDescent:
         self.theta = start.copy()
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
-        self.velocity: npt.NDArray[np.float64] | None = None  # p_{k-1} (replicated)
+        self.velocity: npt.NDArray[np.float64] | None = None  # p_{k-1}, φ_{k-1} (SPRING)
         self.previous: npt.NDArray[np.float64] | None = None  # θ_{k-1} (replicated)
         self.anchor: npt.NDArray[np.float64] | None = None  # where J of φ was taken
         self._phi: npt.NDArray[np.float64] | None = None  # J_{k-1} p_{k-1} on owned rows
@@ -149,10 +186,15 @@ class NaturalGradientDescent:
         def tangent(point: npt.NDArray[np.float64]) -> None:
             nonlocal tangent_at
             if natural and (tangent_at is None or tangent_at is not point):
-                self.gram.update_jacobian(point)
-                if self.solver.needs_gram:
-                    self.gram.assemble(jacobian=False)
+                for solver in {id(s): s for s in (self.solver, self.projector)}.values():
+                    solver.gram.update_jacobian(point)
+                    if solver.needs_gram:
+                        solver.gram.assemble(jacobian=False)
                 tangent_at = point
+
+        if kind == "spring":
+            tangent(theta)
+            return self._spring_step(theta, lap, timings)
 
         def natural_step(point: npt.NDArray[np.float64]) -> tuple[float, Any, Any]:
             """Loss, gradient and direction (G⁻¹∇L, or ∇L) with the tangent space at ``point``."""
@@ -165,7 +207,7 @@ class NaturalGradientDescent:
             )
 
         # 1. The momentum term m_k: the last velocity, re-projected onto T_k for natural kinds.
-        rows = self.gram.rows.values(theta) if kind == "natural-heavy-ball-diff" else None
+        rows = self.projector.gram.rows.values(theta) if kind == "natural-heavy-ball-diff" else None
         m: npt.NDArray[np.float64] | None = None
         if has_velocity:
             if kind in ("heavy-ball", "nesterov"):
@@ -212,12 +254,24 @@ class NaturalGradientDescent:
         # φ_k = J p_k with J where the step was taken (θ_k, or y for Nesterov): keep that point
         # so that a resumed run rebuilds the same φ.
         self.anchor = tangent_at if natural else None
-        self._phi = self.gram.apply(p) if natural else None
+        self._phi = self.projector.gram.apply(p) if natural else None
         self._rows = rows
         self.theta = new_theta
         self.iteration += 1
         lap("update")
+        return self._record(new_value, value, eta, restarted, d, gradient, p, timings)
 
+    def _record(
+        self,
+        new_value: float,
+        value: float,
+        eta: float,
+        restarted: bool,
+        d: npt.NDArray[np.float64],
+        gradient: npt.NDArray[np.float64],
+        velocity: npt.NDArray[np.float64],
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
         record = {
             "iteration": self.iteration,
             "loss": new_value,
@@ -226,22 +280,77 @@ class NaturalGradientDescent:
             "restart": restarted,
             "direction_norm": float(np.linalg.norm(d)),
             "gradient_norm": float(np.linalg.norm(gradient)),
-            "velocity_norm": float(np.linalg.norm(p)),
-            "damping": self.solver.damping if natural else 0.0,
+            "velocity_norm": float(np.linalg.norm(velocity)),
+            "damping": self.solver.damping if self.direction == "natural" else 0.0,
             "time": sum(timings.values()),
             **{f"time_{k}": v for k, v in timings.items()},
         }
         self.history.append(record)
         return record
 
+    def _spring_step(
+        self,
+        theta: npt.NDArray[np.float64],
+        lap: Callable[[str], None],
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        """One SPRING step (the tangent space at θ is current). Collective."""
+        value, gradient = self.objective.value_and_gradient(theta)
+        sample_space = isinstance(self.solver, SampleSpaceSolver)
+        rho = self.objective.row_residual(theta) if sample_space else None  # type: ignore[attr-defined]
+
+        def direction(previous: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
+            beta = self.beta if previous is not None else 0.0
+            if sample_space:
+                assert isinstance(self.solver, SampleSpaceSolver) and rho is not None
+                rows = rho if previous is None else rho - beta * self.gram.apply(previous)
+                phi = self.solver.solve_rows(rows)
+            else:
+                rhs = gradient
+                if previous is not None:  # ∇L − β G φ_{k−1}, G applied without forming it
+                    rhs = gradient - beta * self.gram.pull_back(self.gram.apply(previous))
+                phi = self.solver.solve(rhs, assemble=False)
+            return phi + beta * previous if previous is not None else phi
+
+        previous = self.velocity if self.beta > 0 else None
+        phi = direction(previous)
+        lap("direction")
+        restarted = False
+        slope = float(gradient @ phi)
+        if previous is not None and self.restart == "gradient" and not slope > 0:
+            restarted = True
+        if not restarted:
+            eta, new_theta, new_value = self.step_rule(self.objective, theta, value, phi, slope)
+        if previous is not None and (
+            restarted or (self.restart == "loss" and not (new_value < value))
+        ):
+            restarted = True
+            phi = direction(None)
+            slope = float(gradient @ phi)
+            eta, new_theta, new_value = self.step_rule(self.objective, theta, value, phi, slope)
+        if not np.isfinite(new_value) or (eta == 0.0 and not (new_value < value)):
+            new_theta, new_value = theta, value
+        lap("step")
+        predicted = eta * slope - 0.5 * eta**2 * self.gram.quadratic(phi)
+        self.solver.report(value - new_value, predicted)
+        self.previous, self.velocity, self.anchor = theta, phi, theta
+        self.theta = new_theta
+        self.iteration += 1
+        lap("update")
+        return self._record(
+            new_value, value, eta, restarted, phi, gradient, new_theta - theta, timings
+        )
+
     def _momentum_term(self, rows: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
-        """``m_k`` of the chosen momentum (see the module docstring)."""
+        """``m_k`` of the chosen momentum (see the module docstring), re-projected with the
+        projection solver (by default the direction's own)."""
         assert self.velocity is not None
+        gram = self.projector.gram
         if self.momentum in ("heavy-ball", "nesterov"):
             return self.velocity
         if self.momentum == "natural-heavy-ball-diff":
             if self._rows is None:  # after a load: v_{k-1} from θ_{k-1}
-                self._rows = self.gram.rows.values(self.previous)
+                self._rows = gram.rows.values(self.previous)
             assert rows is not None
             displacement = rows - self._rows
         else:
@@ -249,15 +358,16 @@ class NaturalGradientDescent:
                 self._phi = self._linearised_velocity()
             displacement = self._phi
         # J_kᵀ M φ: one sparse mat-vec in the rows' layout, one dense product with J's rows.
-        rhs = self.gram.pull_back(displacement)
-        return self.solver.solve(rhs, assemble=False)
+        rhs = gram.pull_back(displacement)
+        return self.projector.solve(rhs, assemble=False)
 
     def _linearised_velocity(self) -> npt.NDArray[np.float64]:
         """``φ_{k−1} = J p_{k−1}`` (J at the last step's anchor) when not kept (after a load)."""
         assert self.anchor is not None and self.velocity is not None
         # the same memory layout as the Gram's J, so that the product rounds the same way
-        jacobian = np.empty((self.gram.rows.num_owned, self.gram.num_parameters), order="F")
-        self.gram.rows.jacobian(self.anchor, out=jacobian)
+        gram = self.projector.gram
+        jacobian = np.empty((gram.rows.num_owned, gram.num_parameters), order="F")
+        gram.rows.jacobian(self.anchor, out=jacobian)
         return np.asarray(jacobian @ self.velocity)
 
     def run(
