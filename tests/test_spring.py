@@ -65,9 +65,9 @@ def test_spring_without_momentum_is_natural_gradient_descent(comm):
 
 
 def test_spring_in_sample_space_takes_the_parameter_space_steps(comm):
-    """SPRING with μ = 0.9 (fixed step 0.5, no restart): the sample-space (N × N) and the parameter-space
-    (P × P) forms give the same iterates over 5 steps (relative 1e-8), and the momentum acts
-    (the iterates differ from β = 0)."""
+    """SPRING with μ = 0.9 (fixed step 0.5, no restart): the sample-space (N × N) and the
+    parameter-space (P × P) forms give the same iterates over 5 steps (relative 1e-8), and the
+    momentum acts (the iterates differ from β = 0)."""
     pinn = few_rows(comm)
     sample = SampleSpaceSolver(pinn.gram, damping=1e-3)
     parameter = natinv.NaturalSolver(pinn.gram, "cholesky", damping=1e-3)
