@@ -29,6 +29,8 @@ class Quadrature:
     comm: Comm
     points: npt.NDArray[np.float64]
     weights: npt.NDArray[np.float64]
+    mesh: dolfinx.mesh.Mesh | None = None  # cell quadratures: where the points lie
+    reference: npt.NDArray[np.float64] | None = None  # cell quadratures: reference points
 
     @property
     def num_local(self) -> int:
@@ -41,6 +43,17 @@ class Quadrature:
     def integrate(self, values: npt.ArrayLike) -> float:
         """``Σ w_i v_i`` over all ranks (the integral of a function sampled at the points)."""
         return parallel.allreduce_sum(self.comm, float(np.dot(self.weights, values)))
+
+    def evaluate(self, expression: ufl.core.expr.Expr) -> npt.NDArray[np.float64]:
+        """A scalar UFL expression on the mesh (e.g. a :class:`dolfinx.fem.Function`) at the
+        points, in their order (cell quadratures only). Local."""
+        if self.mesh is None or self.reference is None:
+            raise ValueError("Quadrature.evaluate: only cell quadratures know their cells")
+        cells = np.arange(self.mesh.topology.index_map(self.mesh.topology.dim).size_local)
+        values = dolfinx.fem.Expression(expression, self.reference).eval(
+            self.mesh, cells.astype(np.int32)
+        )
+        return np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
 
 
 def cell_quadrature(mesh: dolfinx.mesh.Mesh, degree: int) -> Quadrature:
@@ -63,6 +76,8 @@ def cell_quadrature(mesh: dolfinx.mesh.Mesh, degree: int) -> Quadrature:
         mesh.comm,
         np.ascontiguousarray(points, dtype=np.float64),
         np.ascontiguousarray((scale * weights).reshape(-1), dtype=np.float64),
+        mesh,
+        reference,
     )
 
 

@@ -56,3 +56,14 @@ def test_a_boundary_penalty_term_imposes_dirichlet_values(comm):
     assert error < 1e-4
     solver.destroy()
     pinn.destroy()
+
+
+def test_cell_quadrature_evaluates_a_function_at_its_points(comm):
+    """A P2 function interpolating x² + xy is exact at the quadrature points (1e-13)."""
+    mesh = dolfinx.mesh.create_unit_square(comm, 4, 4)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    u = dolfinx.fem.Function(space)
+    u.interpolate(lambda x: x[0] ** 2 + x[0] * x[1])
+    q = cell_quadrature(mesh, 3)
+    x = q.points
+    np.testing.assert_allclose(q.evaluate(u), x[:, 0] ** 2 + x[:, 0] * x[:, 1], atol=1e-13)
