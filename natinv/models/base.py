@@ -1,0 +1,319 @@
+"""Finite-element models ``F(u, m; v) = 0`` from UFL residual forms: solve, adjoint, tangent.
+
+A :class:`Model` takes a residual form in the state ``u ∈ V`` and a parameter field ``m ∈ W``
+(a :class:`dolfinx.fem.Function`) and derives everything else from it with ``ufl.derivative``:
+
+- the state solve: one linear solve when ``F`` is affine in ``u`` (detected from the form), else
+  Newton (PETSc SNES); both under the model's PETSc options prefix;
+- ``A = ∂F/∂u`` at the solution, factorised once (MUMPS LU by default) and reused for
+- the adjoint solve ``Aᵀ λ = −g_u`` and the parameter gradient ``(∂F/∂m)ᵀ λ``, and
+- the tangent (sensitivity) solves ``A (S X) = −(∂F/∂m) X`` for many columns at once
+  (``KSPMatSolve``): the Gauss–Newton metric ``(BSJ)ᵀ W (BSJ)``.
+
+Dirichlet conditions are imposed on the state; adjoint and tangent solutions vanish on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import numpy as np
+import numpy.typing as npt
+import ufl
+from ufl.algorithms import expand_derivatives
+
+from natinv import parallel
+
+__all__ = ["Model"]
+
+Residual = Callable[[dolfinx.fem.Function, dolfinx.fem.Function, ufl.Argument], ufl.Form]
+Check = Callable[[dolfinx.fem.Function], str | None]
+
+DEFAULT_OPTIONS = {
+    "ksp_type": "preonly",
+    "pc_type": "lu",
+    "pc_factor_mat_solver_type": "mumps",
+    "snes_type": "newtonls",
+    "snes_linesearch_type": "basic",
+    "snes_rtol": 1e-10,
+    "snes_atol": 1e-12,
+    "snes_max_it": 50,
+}
+
+
+class Model:
+    """A finite-element model ``F(u, m; v) = 0`` for the state ``u`` given the field ``m``.
+
+    Args:
+        state_space: ``V``, where ``u`` lives.
+        parameter: ``m``, a Function on the parameter space ``W`` (the model reads its current
+            values; :meth:`set_parameter` changes them).
+        residual: ``(u, m, v) -> F``, a UFL form linear in the test function ``v``.
+        bcs: Dirichlet conditions on ``V``.
+        options_prefix: PETSc options prefix of the solvers (``natinv_model_`` by default);
+            ``-<prefix>ksp_type``, ``-<prefix>pc_type``, ``-<prefix>snes_rtol``... override the
+            defaults (LU with MUMPS, Newton with full steps).
+        petsc_options: defaults for options not set on the command line.
+        check: ``m -> message or None``; a message stops the solve with an error on every rank
+            (e.g. a diffusion coefficient that is not positive).
+        name: a label for messages.
+
+    Call :meth:`destroy` when done (PETSc objects).
+    """
+
+    def __init__(
+        self,
+        state_space: dolfinx.fem.FunctionSpace,
+        parameter: dolfinx.fem.Function,
+        residual: Residual,
+        bcs: Sequence[dolfinx.fem.DirichletBC] = (),
+        *,
+        options_prefix: str = "natinv_model_",
+        petsc_options: dict[str, Any] | None = None,
+        check: Check | None = None,
+        name: str = "model",
+    ) -> None:
+        self.comm = state_space.mesh.comm
+        self.space = state_space
+        self.m = parameter
+        self.parameter_space = parameter.function_space
+        self.bcs = list(bcs)
+        self.prefix = options_prefix
+        self.check = check
+        self.name = name
+        self.u = dolfinx.fem.Function(state_space, name="u")
+        self.p = dolfinx.fem.Function(state_space, name="adjoint")
+        v = ufl.TestFunction(state_space)
+        with parallel.collective(self.comm, f"{name}: the residual form"):
+            self.residual = residual(self.u, self.m, v)
+            if not isinstance(self.residual, ufl.Form) or len(self.residual.arguments()) != 1:
+                raise ValueError("the residual must be a UFL form linear in the test function")
+        du = ufl.TrialFunction(state_space)
+        dm = ufl.TrialFunction(self.parameter_space)
+        jacobian = ufl.derivative(self.residual, self.u, du)
+        sensitivity = ufl.derivative(self.residual, self.m, dm)
+        self.linear = self.u not in expand_derivatives(jacobian).coefficients()
+        self._F = dolfinx.fem.form(self.residual)
+        self._dFdu = dolfinx.fem.form(jacobian)
+        self._dFdm = dolfinx.fem.form(sensitivity)
+        self._gradient = dolfinx.fem.form(ufl.action(ufl.adjoint(sensitivity), self.p))
+        self._options = {**DEFAULT_OPTIONS, **(petsc_options or {})}
+        self.A = dolfinx.fem.petsc.create_matrix(self._dFdu)
+        self.ksp = PETSc.KSP().create(self.comm)
+        self.ksp.setOptionsPrefix(options_prefix)
+        self.ksp.setType(str(self._options["ksp_type"]))
+        self.ksp.getPC().setType(str(self._options["pc_type"]))
+        if self._options.get("pc_factor_mat_solver_type"):
+            self.ksp.getPC().setFactorSolverType(str(self._options["pc_factor_mat_solver_type"]))
+        self.ksp.setFromOptions()  # the user's -<prefix>ksp_*/pc_* options win
+        self._b = dolfinx.fem.petsc.create_vector(state_space)
+        self._du = self._b.duplicate()
+        self._nonlinear: Any = None
+        # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
+        size = self.u.x.array.size
+        values, shifted = np.zeros(size), np.zeros(size)
+        for bc in self.bcs:
+            bc.set(values)
+            bc.set(shifted, x0=np.ones(size))
+        owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
+        self._constrained = (values - shifted)[:owned] > 0.5
+        self._state_of_A: int | None = None  # solve counter A was assembled for
+        self.solves = 0  # forward solves
+        self.linear_solves = 0  # solves with A (forward steps, adjoints, tangent blocks)
+        self.info: dict[str, Any] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def set_parameter(self, values: npt.ArrayLike) -> None:
+        """Set the owned coefficients of ``m`` (ghosts updated). Collective."""
+        owned = self.parameter_space.dofmap.index_map.size_local
+        owned *= self.parameter_space.dofmap.index_map_bs
+        self.m.x.array[:owned] = np.asarray(values, dtype=np.float64)
+        self.m.x.scatter_forward()
+
+    def _zero_bc_rows(self, vector: PETSc.Vec) -> None:
+        """Zero the owned entries of the Dirichlet dofs (homogeneous conditions)."""
+        vector.array[: self._constrained.size][self._constrained] = 0.0
+
+    def _assemble_operator(self) -> None:
+        """``A = ∂F/∂u`` at the current ``u``, with the Dirichlet rows and columns replaced by
+        the identity; the KSP refactorises on its next solve."""
+        self.A.zeroEntries()
+        dolfinx.fem.petsc.assemble_matrix(self.A, self._dFdu, bcs=self.bcs)
+        self.A.assemble()
+        self.ksp.setOperators(self.A)
+        self._state_of_A = self.solves
+
+    def _linear_solve(self, rhs: PETSc.Vec, out: PETSc.Vec, transpose: bool = False) -> None:
+        failure = None
+        try:
+            (self.ksp.solveTranspose if transpose else self.ksp.solve)(rhs, out)
+        except PETSc.Error as exc:
+            failure = str(exc).strip().splitlines()[0]
+        reason = self.ksp.getConvergedReason()
+        self.linear_solves += 1
+        parallel.check_all(
+            self.comm,
+            failure is None and reason >= 0,
+            lambda: (
+                f"{self.name}: the {'adjoint' if transpose else 'linear'} solve failed "
+                f"({failure or _reason(PETSc.KSP.ConvergedReason, reason)}); the operator may be "
+                "singular or indefinite for this parameter field"
+            ),
+        )
+
+    def _checked_parameter(self) -> None:
+        owned = self.parameter_space.dofmap.index_map.size_local
+        parallel.ensure_finite(
+            self.comm,
+            self.m.x.array[: owned * self.parameter_space.dofmap.index_map_bs],
+            f"{self.name}: the parameter field",
+        )
+        if self.check is not None:
+            message = self.check(self.m)
+            parallel.check_all(self.comm, message is None, lambda: f"{self.name}: {message}")
+
+    # -- solves --------------------------------------------------------------------------------
+
+    def solve(self) -> dolfinx.fem.Function:
+        """Solve ``F(u, m; v) = 0`` for the current ``m``; returns ``u`` (ghosts updated).
+
+        Starts from the last solution (Newton) or zero (linear). Collective.
+
+        Raises:
+            CollectiveError: the parameter is not admissible, the solve diverged or gave NaN.
+        """
+        self._checked_parameter()
+        if self.linear:
+            self.u.x.array[:] = 0.0
+            for bc in self.bcs:
+                bc.set(self.u.x.array)
+            self._assemble_operator()
+            with self._b.localForm() as local:  # ghosts too: they are summed into owners
+                local.set(0.0)
+            dolfinx.fem.petsc.assemble_vector(self._b, self._F)
+            self._b.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+            self._b.scale(-1.0)
+            self._zero_bc_rows(self._b)
+            self._linear_solve(self._b, self._du)
+            self.u.x.petsc_vec.axpy(1.0, self._du)
+            self.u.x.scatter_forward()
+            self.info = {"iterations": 1}
+        else:
+            self._solve_nonlinear()
+        owned = self.space.dofmap.index_map.size_local * self.space.dofmap.index_map_bs
+        parallel.check_all(
+            self.comm,
+            bool(np.all(np.isfinite(self.u.x.array[:owned]))),
+            f"{self.name}: the state solve gave non-finite values",
+        )
+        self.solves += 1
+        if not self.linear:
+            self._assemble_operator()  # A at the solution, for adjoints and tangents
+        else:
+            self._state_of_A = self.solves
+        return self.u
+
+    def _solve_nonlinear(self) -> None:
+        if self._nonlinear is None:
+            self._nonlinear = dolfinx.fem.petsc.NonlinearProblem(
+                self.residual,
+                self.u,
+                bcs=self.bcs,
+                J=ufl.derivative(self.residual, self.u, ufl.TrialFunction(self.space)),
+                petsc_options_prefix=self.prefix,
+                petsc_options={
+                    key: value
+                    for key, value in self._options.items()
+                    if not PETSc.Options().hasName(f"{self.prefix}{key}")
+                },
+            )
+        snes = self._nonlinear.solver
+        failure = None
+        try:
+            self._nonlinear.solve()
+        except PETSc.Error as exc:
+            failure = str(exc).strip().splitlines()[0]
+        reason = snes.getConvergedReason()
+        self.info = {"iterations": snes.getIterationNumber(), "reason": int(reason)}
+        parallel.check_all(
+            self.comm,
+            failure is None and reason > 0,
+            lambda: (
+                f"{self.name}: Newton did not converge "
+                f"({failure or _reason(PETSc.SNES.ConvergedReason, reason)} after "
+                f"{snes.getIterationNumber()} iterations); check the parameter field, or tune "
+                f"-{self.prefix}snes_* options"
+            ),
+        )
+        self.u.x.scatter_forward()
+
+    def _require_solution(self) -> None:
+        if self.solves == 0 or self._state_of_A != self.solves:
+            raise RuntimeError(f"{self.name}: call solve() before adjoint or tangent solves")
+
+    def adjoint(self, state_gradient: PETSc.Vec) -> dolfinx.fem.Function:
+        """Solve ``Aᵀ λ = −g`` for ``g = ∂J/∂u`` (state layout); returns λ (ghosts updated),
+        zero on Dirichlet dofs. Collective."""
+        self._require_solution()
+        rhs = state_gradient.copy()
+        rhs.scale(-1.0)
+        self._zero_bc_rows(rhs)
+        self._linear_solve(rhs, self.p.x.petsc_vec, transpose=True)
+        self.p.x.scatter_forward()
+        rhs.destroy()
+        return self.p
+
+    def parameter_gradient(self) -> PETSc.Vec:
+        """``(∂F/∂m)ᵀ λ`` for the last adjoint λ, as a vector on ``W`` (owned entries summed
+        over ranks); the caller destroys it. Collective."""
+        vector = dolfinx.fem.petsc.assemble_vector(self._gradient)
+        vector.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+        return vector
+
+    def sensitivity_matrix(self) -> PETSc.Mat:
+        """``C = ∂F/∂m`` at the current solution (V × W, AIJ); the caller destroys it."""
+        matrix = dolfinx.fem.petsc.assemble_matrix(self._dFdm)
+        matrix.assemble()
+        return matrix
+
+    def tangent(self, directions: PETSc.Mat) -> PETSc.Mat:
+        """``S X = −A⁻¹ (∂F/∂m) X`` for a dense matrix ``X`` of parameter directions (W × k),
+        all columns with one factorisation; a new dense matrix (V × k). Collective."""
+        self._require_solution()
+        sensitivity = self.sensitivity_matrix()
+        rhs = sensitivity.matMult(directions)
+        sensitivity.destroy()
+        rhs.scale(-1.0)
+        if self._constrained.any():
+            rhs.getDenseArray()[self._constrained, :] = 0.0
+        rhs.assemble()
+        solution = rhs.duplicate()
+        failure = None
+        try:
+            self.ksp.matSolve(rhs, solution)
+        except PETSc.Error as exc:
+            failure = str(exc).strip().splitlines()[0]
+        self.linear_solves += 1
+        parallel.check_all(
+            self.comm,
+            failure is None,
+            lambda: f"{self.name}: the tangent solves failed ({failure})",
+        )
+        rhs.destroy()
+        return solution
+
+    def destroy(self) -> None:
+        for obj in (self.A, self.ksp, self._b, self._du):
+            obj.destroy()
+        self._nonlinear = None
+
+
+def _reason(kind: Any, value: int) -> str:
+    names = {v: k for k, v in vars(kind).items() if isinstance(v, int)}
+    return names.get(value, str(value))

@@ -1,0 +1,175 @@
+"""Built-in models, each a residual form on top of :class:`~natinv.models.base.Model`.
+
+=========================  ==================================================  ================
+model                      equation (weak form ``F(u, m; v) = 0``)             parameter ``m``
+=========================  ==================================================  ================
+:func:`diffusion`          ``−∇·(m ∇u) = f``                                   coefficient > 0
+:func:`source`             ``−∇·(κ ∇u) = m``                                   source
+:func:`elasticity`         ``−∇·σ(u) = f``, ``σ = 2μ(m) ε(u) + λ(m) tr ε(u) I``   Young's modulus
+:func:`nonlinear_diffusion` ``−∇·(m (1 + u²) ∇u) = f``                         coefficient > 0
+=========================  ==================================================  ================
+
+Each takes the state space, the parameter Function, a source ``f`` (a number, a UFL expression of
+the mesh coordinates, or a Function), the Dirichlet conditions (default: ``u = 0`` on the whole
+boundary, see :func:`dirichlet`), an optional Neumann flux ``g`` on the boundary, and the keyword
+arguments of :class:`~natinv.models.base.Model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dolfinx
+import numpy as np
+import numpy.typing as npt
+import ufl
+
+from natinv import parallel
+from natinv.models.base import Model
+
+__all__ = ["diffusion", "dirichlet", "elasticity", "nonlinear_diffusion", "positive", "source"]
+
+Data = float | ufl.core.expr.Expr | Sequence[float]
+
+
+def dirichlet(
+    space: dolfinx.fem.FunctionSpace,
+    value: float | Sequence[float] = 0.0,
+    where: Callable[[npt.NDArray[np.float64]], npt.NDArray[np.bool_]] | None = None,
+) -> dolfinx.fem.DirichletBC:
+    """``u = value`` on the boundary facets (all, or those whose midpoints satisfy ``where``,
+    a function of ``x (3, n)`` returning booleans)."""
+    mesh = space.mesh
+    fdim = mesh.topology.dim - 1
+    mesh.topology.create_connectivity(fdim, mesh.topology.dim)
+    if where is None:
+        facets = dolfinx.mesh.exterior_facet_indices(mesh.topology)
+    else:
+        facets = dolfinx.mesh.locate_entities_boundary(mesh, fdim, where)
+    dofs = dolfinx.fem.locate_dofs_topological(space, fdim, facets)
+    bs = space.dofmap.index_map_bs
+    constant = np.full(bs, value, dtype=np.float64) if np.ndim(value) == 0 and bs > 1 else value
+    return dolfinx.fem.dirichletbc(np.asarray(constant, dtype=np.float64), dofs, space)
+
+
+def positive(what: str) -> Callable[[dolfinx.fem.Function], str | None]:
+    """A parameter check: ``m > 0`` at every dof (one verdict on all ranks)."""
+
+    def check(m: dolfinx.fem.Function) -> str | None:
+        owned = m.function_space.dofmap.index_map.size_local * m.function_space.dofmap.index_map_bs
+        values = m.x.array[:owned]
+        low = -parallel.allreduce_max(
+            m.function_space.mesh.comm, float(-values.min(initial=np.inf))
+        )
+        bad = parallel.allreduce_sum(m.function_space.mesh.comm, float(np.sum(values <= 0)))
+        if bad:
+            return (
+                f"{what} must be > 0, but is ≤ 0 at {int(bad)} dof(s) (min {low:.3g}); use a "
+                "positive output transform (exp, softplus) or bounds"
+            )
+        return None
+
+    return check
+
+
+def _expr(mesh: dolfinx.mesh.Mesh, value: Data) -> Any:
+    if isinstance(value, int | float):
+        return dolfinx.fem.Constant(mesh, float(value))
+    if isinstance(value, list | tuple):
+        return dolfinx.fem.Constant(mesh, np.asarray(value, dtype=np.float64))
+    return value
+
+
+def _bcs(space: dolfinx.fem.FunctionSpace, bcs: Sequence[dolfinx.fem.DirichletBC] | None) -> list:
+    return [dirichlet(space)] if bcs is None else list(bcs)
+
+
+def diffusion(
+    space: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    f: Data = 1.0,
+    bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
+    flux: Data | None = None,
+    **options: Any,
+) -> Model:
+    """``−∇·(m ∇u) = f`` with ``m > 0`` (checked), ``m ∇u·n = flux`` where no condition is set."""
+    mesh = space.mesh
+    source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
+
+    def residual(u, m, v):  # type: ignore[no-untyped-def]
+        form = ufl.inner(m * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
+        return form - g * v * ufl.ds if g is not None else form
+
+    options.setdefault("check", positive("the diffusion coefficient"))
+    options.setdefault("name", "diffusion")
+    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+
+
+def source(
+    space: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    kappa: Data = 1.0,
+    bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
+    **options: Any,
+) -> Model:
+    """``−∇·(κ ∇u) = m``: identify a source from the state."""
+    k = _expr(space.mesh, kappa)
+
+    def residual(u, m, v):  # type: ignore[no-untyped-def]
+        return ufl.inner(k * ufl.grad(u), ufl.grad(v)) * ufl.dx - m * v * ufl.dx
+
+    options.setdefault("name", "source")
+    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+
+
+def elasticity(
+    space: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    f: Data | None = None,
+    bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
+    traction: Data | None = None,
+    poisson_ratio: float = 0.3,
+    **options: Any,
+) -> Model:
+    """Linear elasticity with a Young's-modulus field ``E = m > 0`` (checked) and Poisson ratio
+    ν: ``−∇·σ(u) = f``, ``σ n = traction`` where no condition is set (vector state)."""
+    mesh = space.mesh
+    gdim = mesh.geometry.dim
+    if not (-1.0 < poisson_ratio < 0.5):
+        raise ValueError(f"Invalid Poisson ratio {poisson_ratio}: must lie in (−1, 0.5)")
+    nu = poisson_ratio
+    body = _expr(mesh, f if f is not None else [0.0] * gdim)
+    t = None if traction is None else _expr(mesh, traction)
+
+    def residual(u, m, v):  # type: ignore[no-untyped-def]
+        mu = m / (2 * (1 + nu))
+        lmbda = m * nu / ((1 + nu) * (1 - 2 * nu))
+        eps = ufl.sym(ufl.grad(u))
+        sigma = 2 * mu * eps + lmbda * ufl.tr(eps) * ufl.Identity(gdim)
+        form = ufl.inner(sigma, ufl.sym(ufl.grad(v))) * ufl.dx - ufl.inner(body, v) * ufl.dx
+        return form - ufl.inner(t, v) * ufl.ds if t is not None else form
+
+    options.setdefault("check", positive("Young's modulus"))
+    options.setdefault("name", "elasticity")
+    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+
+
+def nonlinear_diffusion(
+    space: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    f: Data = 1.0,
+    bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
+    **options: Any,
+) -> Model:
+    """``−∇·(m (1 + u²) ∇u) = f`` with ``m > 0`` (checked), solved by Newton."""
+    source_term = _expr(space.mesh, f)
+
+    def residual(u, m, v):  # type: ignore[no-untyped-def]
+        return (
+            ufl.inner(m * (1 + u**2) * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
+        )
+
+    options.setdefault("check", positive("the diffusion coefficient"))
+    options.setdefault("name", "nonlinear-diffusion")
+    return Model(space, parameter, residual, _bcs(space, bcs), **options)

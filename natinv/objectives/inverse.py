@@ -1,0 +1,340 @@
+"""Inverse problems: the misfit of measurements through finite-element models.
+
+For a parameter field ``m`` (coefficients on ``W``) and experiments ``e`` (a model and its
+observations, all sharing ``m``),
+
+    L(m) = Σ_e Σ_o ½ (B_o u_e(m) − d_o)ᵀ W_o (B_o u_e(m) − d_o) + ½ α mᵀ R m,
+
+with ``u_e(m)`` the solution of experiment ``e``'s model and ``R`` the mass (``l2``) or stiffness
+(``h1``, the ``H¹`` seminorm) matrix of the Tikhonov term. The gradient takes one adjoint solve
+per experiment, reusing the forward factorisation (:class:`~natinv.models.base.Model`).
+
+:class:`InverseProblem` works on the coefficients of ``m`` (distributed, one parameter per dof:
+the classical finite-element inversion); :class:`InverseObjective` composes it with a neural
+field ``m = k(θ)`` and is an objective for the optimizers. Its Gauss–Newton metric
+``G = (BSJ)ᵀ W (BSJ)`` is a :class:`~natinv.gram.Gram` whose rows are the predicted observations
+(:class:`ObservationRows`), computed by tangent solves for all parameters at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import numpy as np
+import numpy.typing as npt
+import ufl
+
+from natinv import metrics, parallel
+from natinv.fields import NeuralField
+from natinv.gram import Gram
+from natinv.models.base import Model
+from natinv.observations import Observations
+
+__all__ = ["Experiment", "InverseObjective", "InverseProblem", "ObservationRows"]
+
+REGULARIZATIONS = ("l2", "h1")
+
+
+@dataclass
+class Experiment:
+    """One load case: a model and what is measured of its state."""
+
+    model: Model
+    observations: Sequence[Observations]
+    name: str = field(default="experiment")
+
+
+class InverseProblem:
+    """The misfit (plus Tikhonov term) as a function of the coefficients of ``m``.
+
+    Args:
+        experiments: the experiments; their models share one parameter space ``W``.
+        regularization: ``None``, or ``(kind, α)`` with kind ``l2`` (``½α‖m‖²_L2``) or ``h1``
+            (``½α|m|²_H1``), α ≥ 0.
+
+    Call :meth:`destroy` to free the regularisation matrix (models and observations stay the
+    caller's).
+    """
+
+    def __init__(
+        self,
+        experiments: Sequence[Experiment],
+        regularization: tuple[str, float] | None = None,
+    ) -> None:
+        self.experiments = list(experiments)
+        if not self.experiments:
+            raise ValueError("An inverse problem needs at least one experiment")
+        first = self.experiments[0].model
+        self.comm = first.comm
+        self.space = first.parameter_space
+        for experiment in self.experiments:
+            parallel.check_all(
+                self.comm,
+                experiment.model.parameter_space == self.space,
+                f"experiment {experiment.name!r}: its model's parameter lives on another space",
+            )
+            for obs in experiment.observations:
+                parallel.check_all(
+                    self.comm,
+                    obs.space == experiment.model.space,
+                    f"experiment {experiment.name!r}: observations {obs.name!r} are of another "
+                    "state space than the model's",
+                )
+        self.num_owned = self.space.dofmap.index_map.size_local * self.space.dofmap.index_map_bs
+        self.R: PETSc.Mat | None = None
+        self.alpha = 0.0
+        if regularization is not None:
+            kind, alpha = regularization
+            if kind not in REGULARIZATIONS:
+                raise ValueError(
+                    f"Unknown regularization {kind!r}; choose one of {REGULARIZATIONS}"
+                )
+            if not (np.isfinite(alpha) and alpha >= 0):
+                raise ValueError(f"Invalid regularization weight α = {alpha}: must be >= 0")
+            self.alpha = float(alpha)
+            if kind == "l2":
+                self.R = metrics.l2(self.space)
+            else:
+                w, z = ufl.TrialFunction(self.space), ufl.TestFunction(self.space)
+                form = ufl.inner(ufl.grad(w), ufl.grad(z)) * ufl.dx
+                self.R = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(form))
+                self.R.assemble()
+            self.R.scale(self.alpha)
+        self._m = self.R.createVecRight() if self.R is not None else None
+        self._rm = self.R.createVecLeft() if self.R is not None else None
+        self.solves = 0
+        self.last: dict[str, float] = {}
+
+    def set_parameter(self, m: npt.ArrayLike) -> None:
+        """Set the owned coefficients of ``m`` in every model. Collective."""
+        values = np.asarray(m, dtype=np.float64).reshape(-1)
+        parallel.check_all(
+            self.comm,
+            values.size == self.num_owned,
+            lambda: f"parameter has {values.size} owned entries, expected {self.num_owned}",
+        )
+        parallel.ensure_finite(self.comm, values, "the parameter field")
+        for experiment in self.experiments:
+            experiment.model.set_parameter(values)
+
+    def _regularization(self, m: npt.NDArray[np.float64]) -> float:
+        if self.R is None:
+            return 0.0
+        assert self._m is not None and self._rm is not None
+        self._m.array[:] = m
+        self.R.mult(self._m, self._rm)
+        return 0.5 * float(self._m.dot(self._rm))
+
+    def value(self, m: npt.ArrayLike) -> float:
+        """``L(m)`` (forward solves only). Collective."""
+        m = np.asarray(m, dtype=np.float64).reshape(-1)
+        self.set_parameter(m)
+        misfit = 0.0
+        for experiment in self.experiments:
+            u = experiment.model.solve().x.petsc_vec
+            misfit += sum(obs.misfit(u) for obs in experiment.observations)
+        self.solves += 1
+        regularization = self._regularization(m)
+        self.last = {"misfit": misfit, "regularization": regularization}
+        return misfit + regularization
+
+    def value_and_gradient(self, m: npt.ArrayLike) -> tuple[float, npt.NDArray[np.float64]]:
+        """``L(m)`` and ``∂L/∂m`` on the owned coefficients (forward and adjoint solves).
+        Collective."""
+        m = np.asarray(m, dtype=np.float64).reshape(-1)
+        self.set_parameter(m)
+        misfit = 0.0
+        gradient = np.zeros(self.num_owned)
+        for experiment in self.experiments:
+            model = experiment.model
+            u = model.solve().x.petsc_vec
+            state_gradient = model.A.createVecLeft()
+            for obs in experiment.observations:
+                misfit += obs.misfit(u, state_gradient)
+            model.adjoint(state_gradient)
+            state_gradient.destroy()
+            vector = model.parameter_gradient()
+            gradient += vector.array_r[: self.num_owned]
+            vector.destroy()
+        self.solves += 1
+        regularization = self._regularization(m)
+        if self._rm is not None:
+            gradient += self._rm.array_r
+        self.last = {"misfit": misfit, "regularization": regularization}
+        return misfit + regularization, gradient
+
+    @property
+    def observations(self) -> list[Observations]:
+        return [obs for e in self.experiments for obs in e.observations]
+
+    def destroy(self) -> None:
+        for obj in (self.R, self._m, self._rm):
+            if obj is not None:
+                obj.destroy()
+
+
+class InverseObjective:
+    """The inverse problem for a neural field ``m = k(θ)``: an objective for the optimizers.
+
+    Args:
+        field: the neural field on the models' parameter space.
+        problem: the :class:`InverseProblem`.
+        metric: the matrix of the natural metric on the field's space for :attr:`gram`
+            (default: the L2 mass matrix, owned and destroyed here).
+
+    :meth:`gauss_newton` builds the Gauss–Newton Gram instead. Call :meth:`destroy` when done.
+    """
+
+    def __init__(
+        self, field: NeuralField, problem: InverseProblem, metric: PETSc.Mat | None = None
+    ) -> None:
+        self.field = field
+        self.problem = problem
+        self.comm = field.comm
+        parallel.check_all(
+            self.comm,
+            field.space == problem.space
+            or (
+                field.space.mesh is problem.space.mesh
+                and field.space.ufl_element() == problem.space.ufl_element()
+            ),
+            "the neural field lives on another space than the models' parameter",
+        )
+        self._own_metric = metric is None
+        self.metric = metrics.l2(field.space) if metric is None else metric
+        self.gram = Gram(field, self.metric)
+        self.evaluations = 0
+
+    def value(self, theta: npt.ArrayLike | None = None) -> float:
+        """``L(k(θ))``. Collective."""
+        self.evaluations += 1
+        return self.problem.value(self.field.values(theta))
+
+    def value_and_gradient(
+        self, theta: npt.ArrayLike | None = None
+    ) -> tuple[float, npt.NDArray[np.float64]]:
+        """``L`` and ``∇θ L = Jᵀ ∂L/∂m`` (replicated). Collective."""
+        self.evaluations += 1
+        value, gradient = self.problem.value_and_gradient(self.field.values(theta))
+        return value, self.field.vjp(gradient, theta)
+
+    def gauss_newton(self) -> Gram:
+        """The Gauss–Newton Gram ``(BSJ)ᵀ W (BSJ)`` of the data misfit (the caller destroys
+        it and its :attr:`~natinv.gram.Gram.metric`)."""
+        rows = ObservationRows(self.field, self.problem)
+        return Gram(rows, rows.metric())
+
+    def destroy(self) -> None:
+        self.gram.destroy()
+        if self._own_metric:
+            self.metric.destroy()
+
+
+class ObservationRows:
+    """The predicted observations ``B u(k(θ))`` of every experiment as rows (a
+    :class:`~natinv.gram.Rows` provider); their Jacobian is ``B S J`` by tangent solves."""
+
+    def __init__(self, field: NeuralField, problem: InverseProblem) -> None:
+        self.field = field
+        self.problem = problem
+        self.comm = field.comm
+        self.num_parameters = field.num_parameters
+        self.blocks = problem.observations
+        self.num_owned = int(sum(obs.num_owned for obs in self.blocks))
+        self.num_global = int(sum(obs.num_global for obs in self.blocks))
+        self._theta: npt.NDArray[np.float64] | None = None
+
+    @property
+    def parameters(self) -> npt.NDArray[np.float64]:
+        return self.field.parameters
+
+    def _solve(self, theta: npt.ArrayLike | None) -> None:
+        t = self.field.validated(theta)
+        if self._theta is not None and np.array_equal(t, self._theta):
+            return
+        self.problem.set_parameter(self.field.values(t))
+        for experiment in self.problem.experiments:
+            experiment.model.solve()
+        self._theta = t.copy()
+
+    def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        """The owned predicted observations, experiment by experiment. Collective."""
+        self._theta = None
+        self._solve(theta)
+        parts = [
+            obs.predict(e.model.u.x.petsc_vec)
+            for e in self.problem.experiments
+            for obs in e.observations
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def jacobian(
+        self, theta: npt.ArrayLike | None = None, out: npt.NDArray[np.float64] | None = None
+    ) -> npt.NDArray[np.float64]:
+        """``B S J`` on the owned rows (one tangent solve block per experiment). Collective."""
+        self._theta = None
+        self._solve(theta)
+        if out is None:
+            out = np.empty((self.num_owned, self.num_parameters))
+        field_jacobian = PETSc.Mat().createDense(
+            ((self.field.num_owned, self.field.num_global), (None, self.num_parameters)),
+            comm=self.comm,
+        )
+        field_jacobian.setUp()
+        self.field.jacobian(self._theta, out=field_jacobian.getDenseArray())
+        field_jacobian.assemble()
+        row = 0
+        for experiment in self.problem.experiments:
+            sensitivity = experiment.model.tangent(field_jacobian)
+            for obs in experiment.observations:
+                observed = obs.apply(sensitivity)
+                out[row : row + obs.num_owned] = observed.getDenseArray(readonly=True)[
+                    : obs.num_owned
+                ]
+                row += obs.num_owned
+                observed.destroy()
+            sensitivity.destroy()
+        field_jacobian.destroy()
+        return out
+
+    def metric(self) -> PETSc.Mat:
+        """The block-diagonal noise metric of all observations, in the rows' layout."""
+        return _block_diagonal(self.comm, [obs.metric for obs in self.blocks])
+
+
+def _block_diagonal(comm: parallel.Comm, blocks: Sequence[PETSc.Mat]) -> PETSc.Mat:
+    """``diag(W_1, W_2, ...)`` with each rank's rows of every block consecutive. Collective."""
+    sizes = [b.getLocalSize()[0] for b in blocks]
+    local = int(sum(sizes))
+    starts = comm.allgather([b.getOwnershipRange()[0] for b in blocks])  # [rank][block]
+    counts = comm.allgather(sizes)  # [rank][block]
+    totals = [int(sum(c)) for c in counts]
+    combined_start = np.concatenate([[0], np.cumsum(totals)])[:-1]
+    ends = [
+        [s + c for s, c in zip(rs, rc, strict=True)] for rs, rc in zip(starts, counts, strict=True)
+    ]
+    csr = [block.getValuesCSR() for block in blocks]
+    width = max([int(np.diff(c[0]).max(initial=0)) for c in csr] + [1])
+    total = int(sum(totals))
+    matrix = PETSc.Mat().createAIJ(((local, total), (local, total)), nnz=(width, width), comm=comm)
+    matrix.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, False)
+    matrix.setUp()
+    row = int(combined_start[comm.rank])
+    for index, (indptr, indices, values) in enumerate(csr):
+        # a column c of block `index` is owned by the rank whose range holds it
+        block_starts = np.array([s[index] for s in starts])
+        block_ends = np.array([e[index] for e in ends])
+        offset = np.array([sum(counts[r][:index]) for r in range(comm.size)])
+        for i in range(indptr.size - 1):
+            cols = indices[indptr[i] : indptr[i + 1]]
+            owner = np.searchsorted(block_ends, cols, side="right")
+            mapped = combined_start[owner] + offset[owner] + cols - block_starts[owner]
+            matrix.setValues(row, mapped.astype(PETSc.IntType), values[indptr[i] : indptr[i + 1]])
+            row += 1
+    matrix.assemble()
+    return matrix

@@ -1,0 +1,357 @@
+"""Measurements of a finite-element state: ``d ≈ B u`` with Gaussian noise.
+
+An :class:`Observations` holds a linear observation operator ``B`` (a PETSc matrix from the state
+space to the observation rows, or the identity), the data ``d`` and the noise metric ``W`` of the
+misfit
+
+    ½ (B u − d)ᵀ W (B u − d).
+
+Built in:
+
+- :func:`point_sensors` — point values at any coordinates; each sensor's row lives on the rank
+  that owns the cell containing it (DOLFINx point ownership); ``W = diag(1/σ²)``.
+- :func:`averages` — means over subdomains or boundary parts (``∫_ω u / |ω|``, one row each, on
+  rank 0); ``W = diag(1/σ²)``.
+- :func:`full_field` — the whole state as data (``B = I``) in the L2 norm: ``W = M/σ²`` with
+  ``M`` the mass matrix, the misfit ``½‖u − d‖²_L2/σ²``.
+
+The rows of ``B`` are distributed (a rank owns the rows of its sensors), so ``W`` is the metric of
+a Gauss–Newton Gram ``(BSJ)ᵀ W (BSJ)`` through the same :class:`~natinv.gram.Gram` path as any
+other metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import numpy as np
+import numpy.typing as npt
+import ufl
+
+from natinv import parallel
+
+__all__ = ["Observations", "averages", "full_field", "locate_points", "point_sensors"]
+
+
+class Observations:
+    """Data ``d`` of ``B u`` for a state in ``space``, with the noise metric ``W``.
+
+    Args:
+        space: the state space.
+        operator: ``B`` (rows × state dofs, distributed rows), or ``None`` for the identity.
+        data: the owned entries of ``d`` (in the row order of ``B``).
+        metric: ``W`` on the rows (rows × rows).
+        name: a label for messages and histories.
+        index: for each owned row, its index in the user's ordering (e.g. the sensor's line in
+            a file), or ``None``.
+
+    The object owns ``B`` and ``W``; call :meth:`destroy` when done.
+    """
+
+    def __init__(
+        self,
+        space: dolfinx.fem.FunctionSpace,
+        operator: PETSc.Mat | None,
+        data: npt.ArrayLike,
+        metric: PETSc.Mat,
+        name: str = "observations",
+        index: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        self.space = space
+        self.comm = space.mesh.comm
+        self.operator = operator
+        self.metric = metric
+        self.name = name
+        self.data = np.asarray(data, dtype=np.float64).reshape(-1)
+        self.num_owned = int(metric.getLocalSize()[0])
+        self.num_global = int(metric.getSize()[0])
+        self.index = index
+        parallel.check_all(
+            self.comm,
+            self.data.size == self.num_owned,
+            lambda: f"{name}: {self.data.size} data values here, expected {self.num_owned}",
+        )
+        parallel.ensure_finite(self.comm, self.data, f"{name}: the data")
+        self._r = metric.createVecRight()
+        self._wr = metric.createVecLeft()
+        self._bu = metric.createVecRight()
+
+    def predict(self, u: PETSc.Vec) -> npt.NDArray[np.float64]:
+        """``B u`` on the owned rows for a state vector (PETSc, the state's layout). Collective."""
+        if self.operator is None:
+            return np.array(u.array_r[: self.num_owned])
+        self.operator.mult(u, self._bu)
+        return np.array(self._bu.array_r)
+
+    def apply(self, columns: PETSc.Mat) -> PETSc.Mat:
+        """``B X`` for a dense matrix of state columns (a new matrix; caller destroys)."""
+        if self.operator is None:
+            return columns.copy()
+        return self.operator.matMult(columns)
+
+    def misfit(self, u: PETSc.Vec, gradient: PETSc.Vec | None = None) -> float:
+        """``½ (Bu − d)ᵀ W (Bu − d)``; adds ``Bᵀ W (Bu − d)`` to ``gradient`` if given.
+        Collective."""
+        self._r.array[:] = self.predict(u) - self.data
+        self.metric.mult(self._r, self._wr)
+        value = 0.5 * self._r.dot(self._wr)
+        if gradient is not None:
+            if self.operator is None:
+                gradient.array[: self.num_owned] += self._wr.array_r
+            else:
+                self.operator.multTransposeAdd(self._wr, gradient, gradient)
+        return float(value)
+
+    def destroy(self) -> None:
+        for obj in (self.operator, self.metric, self._r, self._wr, self._bu):
+            if obj is not None:
+                obj.destroy()
+
+
+def _diagonal(comm: parallel.Comm, weights: npt.NDArray[np.float64]) -> PETSc.Mat:
+    n = weights.size
+    total = int(comm.allreduce(n))
+    matrix = PETSc.Mat().createAIJ(((n, total), (n, total)), nnz=(1, 0), comm=comm)
+    matrix.setUp()
+    diagonal = matrix.createVecLeft()
+    diagonal.array[:] = weights
+    matrix.setDiagonal(diagonal)
+    matrix.assemble()
+    diagonal.destroy()
+    return matrix
+
+
+def _sigmas(
+    comm: parallel.Comm, sigma: float | npt.ArrayLike, count: int, name: str
+) -> npt.NDArray[np.float64]:
+    values = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (count,)).copy()
+    bad = np.where(~(np.isfinite(values) & (values > 0)))[0]
+    parallel.check_all(
+        comm,
+        bad.size == 0,
+        lambda: f"{name}: σ must be finite and > 0; not at entries {bad[:10].tolist()}",
+    )
+    return values
+
+
+def locate_points(
+    mesh: dolfinx.mesh.Mesh, points: npt.ArrayLike, name: str = "sensors"
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]:
+    """The points (replicated, ``(n, gdim)``) owned by this rank: their indices, cells and
+    coordinates (``(k, 3)``). A point is owned by exactly one rank. Collective.
+
+    Raises:
+        CollectiveError: some points lie outside the mesh (listed, at most 10).
+    """
+    comm = mesh.comm
+    gdim = mesh.geometry.dim
+    array = np.asarray(points, dtype=np.float64)
+    if array.ndim == 1:
+        array = array.reshape(-1, gdim) if gdim > 1 else array[:, None]
+    parallel.check_all(
+        comm,
+        array.ndim == 2 and array.shape[1] == gdim,
+        lambda: f"{name}: coordinates have shape {array.shape}, expected (n, {gdim})",
+    )
+    parallel.ensure_finite(comm, array, f"{name}: coordinates")
+    parallel.check_replicated(comm, array, f"{name}: coordinates")
+    padded = np.zeros((array.shape[0], 3))
+    padded[:, :gdim] = array
+    extent = np.ptp(mesh.geometry.x, axis=0).max() if mesh.geometry.x.size else 1.0
+    extent = parallel.allreduce_max(comm, float(extent))
+    send = padded if comm.rank == 0 else np.zeros((0, 3))
+    ownership = dolfinx.geometry.determine_point_ownership(mesh, send, 1e-10 * extent)
+    owners = comm.bcast(np.asarray(ownership.src_owner) if comm.rank == 0 else None, root=0)
+    outside = np.where(owners < 0)[0]
+    parallel.check_all(
+        comm,
+        outside.size == 0,
+        lambda: (
+            f"{name}: {outside.size} point(s) lie outside the mesh: "
+            + ", ".join(f"#{i} at {array[i].tolist()}" for i in outside[:10])
+            + (" ..." if outside.size > 10 else "")
+        ),
+    )
+    mine = np.where(owners == comm.rank)[0]
+    cells = np.asarray(ownership.dest_cells, dtype=np.int32)
+    coords = np.asarray(ownership.dest_points).reshape(-1, 3)
+    # points arrive from rank 0 in the order sent: check, so rows match the right data
+    ok = cells.size == mine.size and np.allclose(coords, padded[mine])
+    parallel.check_all(comm, ok, f"{name}: point ownership came back out of order")
+    return mine.astype(np.int64), cells, coords
+
+
+def point_sensors(
+    space: dolfinx.fem.FunctionSpace,
+    points: npt.ArrayLike,
+    values: npt.ArrayLike,
+    sigma: float | npt.ArrayLike = 1.0,
+    components: Sequence[int] | None = None,
+    name: str = "sensors",
+) -> Observations:
+    """Point values of the state at ``points`` (``(n, gdim)``, the same on every rank).
+
+    Args:
+        space: a Lagrange state space (scalar or blocked).
+        points: the sensor coordinates.
+        values: the measured values, one per sensor (``(n,)``), or ``(n, len(components))``.
+        sigma: the noise standard deviation, one number or one per value.
+        components: for a blocked space, which components each sensor measures (default all).
+        name: a label for messages.
+
+    Raises:
+        CollectiveError: sensors outside the mesh (listed), NaN data, shape mismatches, σ ≤ 0.
+    """
+    comm = space.mesh.comm
+    element = space.element
+    parallel.check_all(
+        comm,
+        not element.needs_dof_transformations and element.interpolation_ident,
+        f"{name}: point sensors need a Lagrange state space",
+    )
+    bs = int(space.dofmap.index_map_bs)
+    comps = list(range(bs)) if components is None else [int(c) for c in components]
+    parallel.check_all(
+        comm,
+        len(comps) > 0 and all(0 <= c < bs for c in comps),
+        f"{name}: components {comps} out of range for {bs} component(s)",
+    )
+    owned, cells, coords = locate_points(space.mesh, points, name)
+    npoints = int(
+        np.asarray(points, dtype=np.float64).reshape(-1, space.mesh.geometry.dim).shape[0]
+    )
+    data = np.asarray(values, dtype=np.float64)
+    if data.ndim == 1 and len(comps) == 1:
+        data = data[:, None]
+    parallel.check_all(
+        comm,
+        data.shape == (npoints, len(comps)),
+        lambda: (
+            f"{name}: values have shape {np.shape(values)}, expected ({npoints},)"
+            + (f" or ({npoints}, {len(comps)})" if len(comps) > 1 else "")
+        ),
+    )
+    parallel.ensure_finite(comm, data, f"{name}: the data")
+    sig = _sigmas(comm, sigma, data.size, name).reshape(data.shape)
+
+    geometry = space.mesh.geometry
+    gdim = geometry.dim
+    basis = element.basix_element
+    index_map = space.dofmap.index_map
+    rows_here = owned.size * len(comps)
+    row_start = int(comm.exscan(rows_here) or 0)
+    total_rows = int(comm.allreduce(rows_here))
+    ncols_local = index_map.size_local * bs
+    ncols = index_map.size_global * bs
+    matrix = PETSc.Mat().createAIJ(
+        ((rows_here, total_rows), (ncols_local, ncols)),
+        nnz=(basis.dim, basis.dim),
+        comm=comm,
+    )
+    matrix.setUp()
+    for k, (cell, x) in enumerate(zip(cells, coords, strict=True)):
+        nodes = geometry.x[geometry.dofmaps[0][cell], :gdim]
+        reference = geometry.cmaps[0].pull_back(x[None, :gdim], nodes)
+        phi = basis.tabulate(0, reference)[0, 0, :, 0]
+        dofs = index_map.local_to_global(space.dofmap.cell_dofs(cell).astype(np.int32))
+        for j, c in enumerate(comps):
+            matrix.setValues(
+                row_start + k * len(comps) + j, (dofs * bs + c).astype(PETSc.IntType), phi
+            )
+    matrix.assemble()
+    order = np.repeat(owned, len(comps))
+    local_data = data[owned].reshape(-1)
+    weights = 1.0 / sig[owned].reshape(-1) ** 2
+    return Observations(space, matrix, local_data, _diagonal(comm, weights), name, order)
+
+
+def averages(
+    space: dolfinx.fem.FunctionSpace,
+    measures: Sequence[ufl.Measure],
+    values: npt.ArrayLike,
+    sigma: float | npt.ArrayLike = 1.0,
+    name: str = "averages",
+) -> Observations:
+    """Means of a scalar state over parts of the domain or boundary, ``∫_ω u / |ω|``.
+
+    Args:
+        measures: one UFL measure per average, e.g. ``ufl.ds(domain=mesh, subdomain_data=tags,
+            subdomain_id=1)`` or ``ufl.dx(domain=mesh)``.
+        values: the measured means (one each).
+        sigma: the noise standard deviation, one number or one per average.
+
+    The rows live on rank 0. Raises CollectiveError for an empty region, NaN, σ ≤ 0.
+    """
+    comm = space.mesh.comm
+    parallel.check_all(
+        comm, int(space.dofmap.index_map_bs) == 1, f"{name}: averages need a scalar state"
+    )
+    data = np.asarray(values, dtype=np.float64).reshape(-1)
+    parallel.check_all(
+        comm,
+        data.size == len(measures) and len(measures) > 0,
+        lambda: f"{name}: {data.size} values for {len(measures)} region(s)",
+    )
+    parallel.ensure_finite(comm, data, f"{name}: the data")
+    sig = _sigmas(comm, sigma, data.size, name)
+    index_map = space.dofmap.index_map
+    n_local, n_global = index_map.size_local, index_map.size_global
+    rows_here = len(measures) if comm.rank == 0 else 0
+    matrix = PETSc.Mat().createAIJ(((rows_here, len(measures)), (n_local, n_global)), comm=comm)
+    matrix.setPreallocationNNZ((n_local if comm.rank == 0 else 0, n_global))
+    matrix.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, False)
+    matrix.setUp()
+    v = ufl.TestFunction(space)
+    one = dolfinx.fem.Constant(space.mesh, 1.0)
+    lo = index_map.local_range[0]
+    for i, measure in enumerate(measures):
+        size = comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(one * measure)))
+        parallel.check_all(comm, size > 0, f"{name}: region {i} has zero size")
+        vector = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(v * measure))
+        vector.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+        entries = vector.array_r[:n_local] / size
+        nonzero = np.nonzero(entries)[0]
+        matrix.setValues(
+            i,
+            (lo + nonzero).astype(PETSc.IntType),
+            entries[nonzero],
+            addv=PETSc.InsertMode.ADD_VALUES,
+        )
+        vector.destroy()
+    matrix.assemble()
+    local = data if comm.rank == 0 else np.zeros(0)
+    weights = 1.0 / sig**2 if comm.rank == 0 else np.zeros(0)
+    index = np.arange(len(measures)) if comm.rank == 0 else np.zeros(0, dtype=np.int64)
+    return Observations(space, matrix, local, _diagonal(comm, weights), name, index)
+
+
+def full_field(
+    space: dolfinx.fem.FunctionSpace,
+    data: dolfinx.fem.Function,
+    sigma: float = 1.0,
+    name: str = "field",
+) -> Observations:
+    """The whole state as data, ``½‖u − d‖²_L2 / σ²`` (``B = I``, ``W = M/σ²``)."""
+    comm = space.mesh.comm
+    parallel.check_all(
+        comm, np.isfinite(sigma) and sigma > 0, f"{name}: σ must be finite and > 0, got {sigma}"
+    )
+    parallel.check_all(
+        comm,
+        data.function_space == space
+        or (
+            data.function_space.mesh is space.mesh
+            and data.function_space.ufl_element() == space.ufl_element()
+        ),
+        f"{name}: the data Function lives on another space than the state",
+    )
+    w, z = ufl.TrialFunction(space), ufl.TestFunction(space)
+    scale = dolfinx.fem.Constant(space.mesh, 1.0 / float(sigma) ** 2)
+    metric = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(scale * ufl.inner(w, z) * ufl.dx))
+    metric.assemble()
+    owned = space.dofmap.index_map.size_local * space.dofmap.index_map_bs
+    return Observations(space, None, data.x.array[:owned], metric, name)

@@ -1,0 +1,220 @@
+"""FE-coupled inverse problems: models, observations, adjoint gradients, Gauss–Newton rows."""
+
+from __future__ import annotations
+
+from mpi4py import MPI
+
+import dolfinx
+import numpy as np
+import pytest
+import ufl
+from helpers import gather_rows, unit_square
+
+import natinv
+from natinv import models
+from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.observations import averages, full_field, point_sensors
+from natinv.parallel import CollectiveError
+
+LEFT = 1
+
+
+def left(x):
+    return np.isclose(x[0], 0.0)
+
+
+def sensor_points(count=12, seed=3):
+    return 0.05 + 0.9 * np.random.default_rng(seed).random((count, 2))
+
+
+def build(comm, kind, observation, n=6, regularization=("h1", 1e-3)):
+    """One experiment of a built-in model on the unit square, clamped on the left edge, with a
+    load that makes the state nonzero, and one observation kind with made-up data."""
+    mesh = unit_square(comm, n)
+    parameter_space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    m = dolfinx.fem.Function(parameter_space)
+    m.interpolate(lambda x: 1.0 + 0.5 * x[0] + 0.3 * np.sin(3 * x[1]))
+    x = ufl.SpatialCoordinate(mesh)
+    if kind == "elasticity":
+        space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (2,)))
+        bcs = [models.dirichlet(space, 0.0, left)]
+        model = models.elasticity(space, m, f=ufl.as_vector([0.0, -1.0]), bcs=bcs)
+    else:
+        space = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+        bcs = [models.dirichlet(space, 0.0, left)]
+        if kind == "diffusion":
+            model = models.diffusion(space, m, f=1 + x[1], bcs=bcs)
+        elif kind == "source":
+            model = models.source(space, m, kappa=2.0, bcs=bcs)
+        else:
+            model = models.nonlinear_diffusion(space, m, f=1 + x[1], bcs=bcs)
+    bs = space.dofmap.index_map_bs
+    if observation == "points":
+        points = sensor_points()
+        values = np.linspace(0.0, 0.1, points.shape[0] * bs).reshape(-1, bs)
+        obs = point_sensors(space, points, values if bs > 1 else values[:, 0], sigma=0.05)
+    elif observation == "averages":
+        fdim = mesh.topology.dim - 1
+        facets = dolfinx.mesh.locate_entities_boundary(mesh, fdim, lambda x: np.isclose(x[0], 1))
+        tags = dolfinx.mesh.meshtags(mesh, fdim, facets, np.full(facets.size, 2, dtype=np.int32))
+        measures = [ufl.dx(domain=mesh), ufl.ds(domain=mesh, subdomain_data=tags, subdomain_id=2)]
+        obs = averages(space, measures, [0.02, 0.05], sigma=[0.01, 0.02])
+    else:
+        data = dolfinx.fem.Function(space)
+        data.interpolate(lambda x: 0.05 * np.tile(x[0] * x[1], (bs, 1)) if bs > 1 else 0.05 * x[0])
+        obs = full_field(space, data, sigma=0.1)
+    problem = InverseProblem([Experiment(model, [obs])], regularization=regularization)
+    return problem, m
+
+
+CASES = [
+    (kind, observation)
+    for kind in ("diffusion", "source", "elasticity", "nonlinear")
+    for observation in ("points", "averages", "full")
+    if not (kind == "elasticity" and observation == "averages")
+]
+
+
+def free(problem):
+    for experiment in problem.experiments:
+        for obs in experiment.observations:
+            obs.destroy()
+        experiment.model.destroy()
+    problem.destroy()
+
+
+@pytest.mark.parametrize(("kind", "observation"), CASES)
+def test_adjoint_gradient_passes_the_taylor_test(comm, kind, observation):
+    """|L(m + hv) − L(m) − h ∇L·v| decays like h² (observed order ≥ 1.9) for every built-in
+    model and observation kind, with an H1 Tikhonov term."""
+    problem, m = build(comm, kind, observation)
+    m0 = m.x.array[: problem.num_owned].copy()
+    value, gradient = problem.value_and_gradient(m0)
+    v = np.random.default_rng(comm.rank).standard_normal(m0.size) * 0.5
+    slope = comm.allreduce(float(gradient @ v))
+    hs = [1e-2 / 2**i for i in range(4)]
+    remainders = [abs(problem.value(m0 + h * v) - value - h * slope) for h in hs]
+    orders = np.log2(np.array(remainders[:-1]) / np.array(remainders[1:]))
+    assert np.all(orders >= 1.9), orders
+    assert abs(slope) > 1e-8  # the gradient is not trivially zero
+    free(problem)
+
+
+def nn_problem(comm, widths=(2, 4, 1)):
+    """Diffusion with κ = exp(N(x)) and 12 point sensors."""
+    problem, m = build(comm, "diffusion", "points", regularization=None)
+    field = natinv.NeuralField(m.function_space, natinv.mlp(widths, seed=5), "exp")
+    return InverseObjective(field, problem), problem
+
+
+def test_neural_field_gradient_passes_the_taylor_test(comm):
+    objective, problem = nn_problem(comm)
+    theta = objective.field.parameters
+    value, gradient = objective.value_and_gradient(theta)
+    v = np.random.default_rng(0).standard_normal(theta.size)
+    hs = [1e-2 / 2**i for i in range(4)]
+    remainders = [abs(objective.value(theta + h * v) - value - h * gradient @ v) for h in hs]
+    orders = np.log2(np.array(remainders[:-1]) / np.array(remainders[1:]))
+    assert np.all(orders >= 1.9), orders
+    objective.destroy()
+    free(problem)
+
+
+def test_gauss_newton_rows_equal_finite_difference_sensitivities(comm):
+    """The tangent-solve Jacobian B S J equals central differences of the predicted sensor
+    values (relative 1e-6), and the Gram equals (BSJ)ᵀ W (BSJ) built from them (1e-6)."""
+    objective, problem = nn_problem(comm)
+    gram = objective.gauss_newton()
+    rows = gram.rows
+    theta = objective.field.parameters
+    gram.assemble(theta)
+    jac = gather_rows(comm, rows.jacobian(theta))
+    h = 1e-6
+    columns = []
+    for j in range(theta.size):
+        e = np.zeros_like(theta)
+        e[j] = h
+        columns.append((rows.values(theta + e) - rows.values(theta - e)) / (2 * h))
+    reference = gather_rows(comm, np.stack(columns, axis=1))
+    assert np.abs(jac - reference).max() <= 1e-6 * np.abs(reference).max()
+    weights = 1.0 / 0.05**2
+    assert np.allclose(gram.dense(), weights * reference.T @ reference, rtol=1e-6, atol=1e-8)
+    gram.destroy()
+    gram.metric.destroy()
+    objective.destroy()
+    free(problem)
+
+
+def test_one_and_two_ranks_give_the_same_misfit_and_gradient(comm):
+    """The objective and its θ-gradient on COMM_WORLD equal those on COMM_SELF (1e-10)."""
+    results = []
+    for c in (comm, MPI.COMM_SELF):
+        objective, problem = nn_problem(c)
+        results.append(objective.value_and_gradient())
+        objective.destroy()
+        free(problem)
+    (v1, g1), (v2, g2) = results
+    assert abs(v1 - v2) <= 1e-10 * abs(v2)
+    assert np.linalg.norm(g1 - g2) <= 1e-10 * np.linalg.norm(g2)
+
+
+def test_natural_gradient_steps_lower_the_misfit(comm):
+    """Ten Gauss–Newton natural steps on the NN field reduce the sensor misfit by 10×."""
+    objective, problem = nn_problem(comm, widths=(2, 6, 1))
+    gram = objective.gauss_newton()
+    solver = natinv.NaturalSolver(gram, "lm", damping=1e-3)
+    start = objective.value()
+    optimizer = natinv.optim.NaturalGradientDescent(objective, solver)
+    optimizer.run(10)
+    assert optimizer.history[-1]["loss"] < 0.1 * start
+    solver.destroy()
+    gram.destroy()
+    gram.metric.destroy()
+    objective.destroy()
+    free(problem)
+
+
+def test_sensors_outside_the_mesh_are_listed(comm):
+    mesh = unit_square(comm, 4)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    points = np.array([[0.5, 0.5], [1.5, 0.2], [0.1, -0.3]])
+    with pytest.raises(CollectiveError, match=r"2 point\(s\) lie outside the mesh: #1 at \[1.5"):
+        point_sensors(space, points, [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("values", "sigma", "message"),
+    [
+        ([0.0, np.nan], 1.0, "the data"),
+        ([0.0], 1.0, r"values have shape \(1,\), expected \(2,\)"),
+        ([0.0, 0.0], [1.0, -1.0], "σ must be finite and > 0; not at entries \\[1\\]"),
+    ],
+)
+def test_bad_sensor_data_is_one_clear_error(comm, values, sigma, message):
+    mesh = unit_square(comm, 4)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    with pytest.raises(CollectiveError, match=message):
+        point_sensors(space, [[0.2, 0.2], [0.7, 0.4]], values, sigma)
+
+
+def test_a_non_positive_coefficient_stops_the_solve_on_every_rank(comm):
+    problem, m = build(comm, "diffusion", "points")
+    bad = m.x.array[: problem.num_owned].copy()
+    bad -= 2.0  # now negative on part of the domain
+    with pytest.raises(CollectiveError, match=r"diffusion coefficient must be > 0, but is ≤ 0"):
+        problem.value(bad)
+    free(problem)
+
+
+def test_a_diverging_newton_solve_is_one_clear_error(comm, petsc_options):
+    """Newton limited to one iteration cannot solve the nonlinear model: the SNES reason is
+    reported, on every rank."""
+    petsc_options["capped_snes_max_it"] = 1
+    mesh = unit_square(comm, 4)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    m = dolfinx.fem.Function(space)
+    m.x.array[:] = 1.0
+    model = models.nonlinear_diffusion(space, m, f=50.0, options_prefix="capped_")
+    with pytest.raises(CollectiveError, match="Newton did not converge"):
+        model.solve()
+    model.destroy()
