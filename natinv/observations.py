@@ -106,6 +106,15 @@ class Observations:
                 self.operator.multTransposeAdd(self._wr, gradient, gradient)
         return float(value)
 
+    def normal(self, du: PETSc.Vec, out: PETSc.Vec) -> None:
+        """Add ``Bᵀ W B δu`` to ``out`` (the Gauss–Newton product in the state). Collective."""
+        self._r.array[:] = self.predict(du)
+        self.metric.mult(self._r, self._wr)
+        if self.operator is None:
+            out.array[: self.num_owned] += self._wr.array_r
+        else:
+            self.operator.multTransposeAdd(self._wr, out, out)
+
     def destroy(self) -> None:
         for obj in (self.operator, self.metric, self._r, self._wr, self._bu):
             if obj is not None:

@@ -114,6 +114,8 @@ class Model:
         self._b = dolfinx.fem.petsc.create_vector(state_space)
         self._du = self._b.duplicate()
         self._nonlinear: Any = None
+        self._C: PETSc.Mat | None = None
+        self._C_state: int | None = None
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         size = self.u.x.array.size
         values, shifted = np.zeros(size), np.zeros(size)
@@ -282,6 +284,22 @@ class Model:
         matrix.assemble()
         return matrix
 
+    def tangent_vector(self, direction: PETSc.Vec, out: PETSc.Vec) -> None:
+        """``δu = S v = −A⁻¹ (∂F/∂m) v`` for one direction ``v`` on ``W`` (one solve with the
+        existing factors; ``∂F/∂m`` is assembled once per state). Collective."""
+        self._require_solution()
+        if self._C is None or self._C_state != self.solves:
+            if self._C is not None:
+                self._C.destroy()
+            self._C = self.sensitivity_matrix()
+            self._C_state = self.solves
+        rhs = self._C.createVecLeft()
+        self._C.mult(direction, rhs)
+        rhs.scale(-1.0)
+        self._zero_bc_rows(rhs)
+        self._linear_solve(rhs, out)
+        rhs.destroy()
+
     def tangent(self, directions: PETSc.Mat) -> PETSc.Mat:
         """``S X = −A⁻¹ (∂F/∂m) X`` for a dense matrix ``X`` of parameter directions (W × k),
         all columns with one factorisation; a new dense matrix (V × k). Collective."""
@@ -309,8 +327,9 @@ class Model:
         return solution
 
     def destroy(self) -> None:
-        for obj in (self.A, self.ksp, self._b, self._du):
-            obj.destroy()
+        for obj in (self.A, self.ksp, self._b, self._du, self._C):
+            if obj is not None:
+                obj.destroy()
         self._nonlinear = None
 
 

@@ -168,6 +168,25 @@ class InverseProblem:
         self.last = {"misfit": misfit, "regularization": regularization}
         return misfit + regularization, gradient
 
+    def gauss_newton_product(self, v: PETSc.Vec, out: PETSc.Vec) -> None:
+        """``out = H_GN v = Σ_e S_eᵀ Bᵀ W B S_e v + R v`` at the last solved state: one tangent
+        and one adjoint solve per experiment, with the existing factors. Collective."""
+        out.zeroEntries()
+        for experiment in self.experiments:
+            model = experiment.model
+            du = model.A.createVecRight()
+            model.tangent_vector(v, du)
+            y = model.A.createVecLeft()
+            for obs in experiment.observations:
+                obs.normal(du, y)
+            model.adjoint(y)  # Aᵀ λ = −Bᵀ W B δu, and Cᵀ λ = Sᵀ Bᵀ W B δu
+            vector = model.parameter_gradient()
+            out.array[:] += vector.array_r[: self.num_owned]
+            for obj in (du, y, vector):
+                obj.destroy()
+        if self.R is not None:
+            self.R.multAdd(v, out, out)
+
     @property
     def observations(self) -> list[Observations]:
         return [obs for e in self.experiments for obs in e.observations]
