@@ -8,7 +8,8 @@ way reduced-space inversions are done with hIPPYlib or dolfin-adjoint.
 
 Methods: ``lmvm`` (L-BFGS with TAO's default scaled-identity initial Hessian: the preconditioner
 matrix, of the regularisation's small scale, would make the first step enormous), ``nls``
-(Newton–CG with line search), ``ntr`` (Newton trust region). Every TAO/KSP option applies under ``-natinv_tao_``.
+(Newton–CG with line search), ``ntr`` (Newton trust region). Every TAO/KSP option applies
+under ``-natinv_tao_``.
 """
 
 from __future__ import annotations
