@@ -248,6 +248,10 @@ class LevenbergMarquardt:
 
     ρ > 0 (the step decreased the loss): ``λ ← λ · max(1/3, 1 − (2ρ − 1)³)``; otherwise
     ``λ ← λ · ν`` and ``ν ← 2ν``. λ stays within ``[minimum, maximum]``.
+
+    With a line search the accepted step always lowers the loss, so ρ alone would only ever
+    shrink λ: a step the line search had to shorten (η < ½) counts as a rejected full step and
+    raises λ, so that λ finds the scale of ``G`` where the full step is trusted.
     """
 
     def __init__(self, initial: float = 1e-3, minimum: float = 1e-14, maximum: float = 1e8) -> None:
@@ -260,9 +264,9 @@ class LevenbergMarquardt:
         self.minimum, self.maximum = float(minimum), float(maximum)
         self.nu = 2.0
 
-    def update(self, actual: float, predicted: float) -> None:
+    def update(self, actual: float, predicted: float, step: float = 1.0) -> None:
         rho = actual / predicted if predicted > 0 else -1.0
-        if rho > 0:
+        if rho > 0 and step >= 0.5:
             self.value *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             self.nu = 2.0
         else:
@@ -357,10 +361,11 @@ class NaturalSolver:
         """Whether :meth:`solve` uses the assembled ``G`` (all methods except ``cg``)."""
         return self.method != "cg"
 
-    def report(self, actual: float, predicted: float) -> None:
-        """Feed back a step's actual and predicted loss decrease (adapts λ for ``lm``)."""
+    def report(self, actual: float, predicted: float, step: float = 1.0) -> None:
+        """Feed back a step's actual and predicted loss decrease and the step size taken along
+        the direction (adapts λ for ``lm``)."""
         if self.lm is not None:
-            self.lm.update(actual, predicted)
+            self.lm.update(actual, predicted, step)
 
     def solve(self, gradient: npt.ArrayLike, *, assemble: bool = True) -> npt.NDArray[np.float64]:
         """The natural direction for a replicated gradient ``g``; replicated result. Collective.
@@ -628,7 +633,7 @@ class SampleSpaceSolver:
     def damping(self) -> float:
         return self._damping
 
-    def report(self, actual: float, predicted: float) -> None:
+    def report(self, actual: float, predicted: float, step: float = 1.0) -> None:
         """(Fixed damping: nothing to adapt.)"""
 
     def _factorise(self) -> None:

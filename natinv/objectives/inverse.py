@@ -230,9 +230,13 @@ class InverseObjective:
         self.evaluations = 0
 
     def value(self, theta: npt.ArrayLike | None = None) -> float:
-        """``L(k(θ))``. Collective."""
+        """``L(k(θ))``, or ``inf`` where the model cannot be solved (a non-finite or
+        inadmissible field, a diverging solve: trial points of a line search). Collective."""
         self.evaluations += 1
-        return self.problem.value(self.field.values(theta))
+        try:
+            return self.problem.value(self.field.values(theta))
+        except parallel.CollectiveError:  # raised on every rank alike
+            return float("inf")
 
     def value_and_gradient(
         self, theta: npt.ArrayLike | None = None

@@ -248,7 +248,7 @@ class NaturalGradientDescent:
         # 4. Damping feedback and the new velocity, as parameters and as a function (J p).
         if natural:
             predicted = eta * float(gradient @ d) - 0.5 * eta**2 * self.gram.quadratic(d)
-            self.solver.report(value - new_value, predicted)
+            self.solver.report(value - new_value, predicted, eta)
         p = new_theta - theta
         self.previous, self.velocity = theta, p
         # φ_k = J p_k with J where the step was taken (θ_k, or y for Nesterov): keep that point
@@ -332,7 +332,7 @@ class NaturalGradientDescent:
             new_theta, new_value = theta, value
         lap("step")
         predicted = eta * slope - 0.5 * eta**2 * self.gram.quadratic(phi)
-        self.solver.report(value - new_value, predicted)
+        self.solver.report(value - new_value, predicted, eta)
         self.previous, self.velocity, self.anchor = theta, phi, theta
         self.theta = new_theta
         self.iteration += 1
