@@ -34,7 +34,14 @@ import ufl
 
 from natinv import parallel
 
-__all__ = ["Observations", "averages", "full_field", "locate_points", "point_sensors"]
+__all__ = [
+    "Observations",
+    "averages",
+    "full_field",
+    "locate_points",
+    "point_sensors",
+    "point_values",
+]
 
 
 class Observations:
@@ -364,3 +371,29 @@ def full_field(
     metric.assemble()
     owned = space.dofmap.index_map.size_local * space.dofmap.index_map_bs
     return Observations(space, None, data.x.array[:owned], metric, name)
+
+
+def point_values(
+    u: dolfinx.fem.Function, points: npt.ArrayLike, name: str = "points"
+) -> npt.NDArray[np.float64]:
+    """The values of ``u`` at ``points`` (``(n, gdim)``, replicated), gathered on every rank in
+    the points' order, shape ``(n,)`` or ``(n, block_size)`` (e.g. to synthesize sensor data).
+    Collective."""
+    space = u.function_space
+    bs = int(space.dofmap.index_map_bs)
+    npoints = int(
+        np.asarray(points, dtype=np.float64).reshape(-1, space.mesh.geometry.dim).shape[0]
+    )
+    probe = point_sensors(space, points, np.zeros((npoints, bs)) if bs > 1 else np.zeros(npoints))
+    values = np.zeros(npoints * bs)
+    local = probe.predict(u.x.petsc_vec)
+    assert probe.index is not None
+    rows = (
+        probe.index * bs + np.tile(np.arange(bs), probe.index.size // bs) if bs > 1 else probe.index
+    )
+    for index, value in zip(
+        space.mesh.comm.allgather(rows), space.mesh.comm.allgather(local), strict=True
+    ):
+        values[index] = value
+    probe.destroy()
+    return values.reshape(npoints, bs) if bs > 1 else values

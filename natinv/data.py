@@ -1,0 +1,186 @@
+"""Measurement files: sensor CSV files, read and validated once, shared by every rank.
+
+A sensor file is a CSV table with a header naming its columns:
+
+=============  =========================================================================
+column         meaning
+=============  =========================================================================
+``x, y, z``    sensor coordinates (as many as the mesh's geometric dimension)
+``value``      the measured value
+``sigma``      optional: the noise standard deviation of that value (> 0)
+``experiment`` optional: the experiment (load case) the value belongs to (any label)
+=============  =========================================================================
+
+Lines starting with ``#`` and blank lines are skipped. Rank 0 reads the file; every problem
+(missing file, unknown or missing column, a field that is not a number, NaN/inf, σ ≤ 0, a
+row of the wrong length) is raised on every rank naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from natinv import parallel
+from natinv.output import atomic_path
+from natinv.parallel import Comm
+
+__all__ = ["SensorData", "read_sensors", "write_sensors"]
+
+COORDINATES = ("x", "y", "z")
+
+
+@dataclass
+class SensorData:
+    """Sensor coordinates ``(n, gdim)``, values ``(n,)``, σ ``(n,)`` or None, experiment
+    labels ``(n,)`` or None, and each row's line in its file (for messages)."""
+
+    points: npt.NDArray[np.float64]
+    values: npt.NDArray[np.float64]
+    sigma: npt.NDArray[np.float64] | None
+    experiment: npt.NDArray[np.str_] | None
+    lines: npt.NDArray[np.int64]
+    source: str = "<memory>"
+
+    def experiments(self, names: list[str] | None = None) -> dict[str, SensorData]:
+        """The rows of each experiment (all rows under ``""`` if the file has no experiment
+        column). With ``names``, every label in the file must be one of them.
+
+        Raises:
+            ValueError: a label that is not among ``names`` (file and line named).
+        """
+        if self.experiment is None:
+            return {"": self}
+        if names is not None:
+            unknown = [i for i, e in enumerate(self.experiment) if e not in names]
+            if unknown:
+                i = unknown[0]
+                raise ValueError(
+                    f"{self.source}:{self.lines[i]}: experiment {str(self.experiment[i])!r} is not "
+                    f"one of the case's experiments {names} ({len(unknown)} such row(s))"
+                )
+        groups = {}
+        for label in dict.fromkeys(self.experiment.tolist()):
+            mask = self.experiment == label
+            groups[label] = SensorData(
+                self.points[mask],
+                self.values[mask],
+                None if self.sigma is None else self.sigma[mask],
+                self.experiment[mask],
+                self.lines[mask],
+                self.source,
+            )
+        return groups
+
+
+def _parse(text: str, source: str, gdim: int) -> SensorData:
+    rows = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not rows:
+        raise ValueError(f"{source}: no header line (expected columns x, y, value, ...)")
+    header_line, header = rows[0]
+    columns = [c.strip().lower() for c in next(csv.reader([header]))]
+    allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment"}
+    required = [*COORDINATES[:gdim], "value"]
+    unknown = [c for c in columns if c not in allowed]
+    if unknown:
+        raise ValueError(
+            f"{source}:{header_line}: unknown column(s) {unknown}; a {gdim}D sensor file has "
+            f"columns {sorted(allowed)}"
+        )
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"{source}:{header_line}: missing column(s) {missing}")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"{source}:{header_line}: repeated column names {columns}")
+    numeric = [c for c in columns if c != "experiment"]
+    table: dict[str, list] = {c: [] for c in columns}
+    lines = []
+    for number, line in rows[1:]:
+        fields = [f.strip() for f in next(csv.reader([line]))]
+        if len(fields) != len(columns):
+            raise ValueError(
+                f"{source}:{number}: {len(fields)} field(s), expected {len(columns)} ({columns})"
+            )
+        for name, text_value in zip(columns, fields, strict=True):
+            if name not in numeric:
+                table[name].append(text_value)
+                continue
+            try:
+                value = float(text_value)
+            except ValueError:
+                raise ValueError(
+                    f"{source}:{number}: column {name!r}: {text_value!r} is not a number"
+                ) from None
+            if not math.isfinite(value):
+                raise ValueError(f"{source}:{number}: column {name!r} is {text_value}")
+            if name == "sigma" and value <= 0:
+                raise ValueError(f"{source}:{number}: sigma must be > 0, got {text_value}")
+            table[name].append(value)
+        lines.append(number)
+    if not lines:
+        raise ValueError(f"{source}: no sensor rows after the header")
+    return SensorData(
+        points=np.column_stack([table[c] for c in COORDINATES[:gdim]]).astype(np.float64),
+        values=np.asarray(table["value"], dtype=np.float64),
+        sigma=np.asarray(table["sigma"], dtype=np.float64) if "sigma" in table else None,
+        experiment=np.asarray(table["experiment"], dtype=str) if "experiment" in table else None,
+        lines=np.asarray(lines, dtype=np.int64),
+        source=source,
+    )
+
+
+def read_sensors(comm: Comm, path: str | Path, gdim: int) -> SensorData:
+    """Read a sensor CSV file on rank 0 and share it. Collective.
+
+    Raises:
+        CollectiveError: on every rank, naming the file (and line) at fault.
+    """
+    path = Path(path)
+    data: SensorData | None = None
+    error: str | None = None
+    if comm.rank == 0:
+        try:
+            data = _parse(path.read_text(), str(path), gdim)
+        except FileNotFoundError:
+            error = f"{path}: no such sensor file"
+        except (OSError, UnicodeDecodeError) as exc:
+            error = f"{path}: cannot be read ({exc})"
+        except ValueError as exc:
+            error = str(exc)
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise parallel.CollectiveError(error)
+    return comm.bcast(data, root=0)
+
+
+def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
+    """Write a sensor CSV file (rank 0, atomically: a reader never sees half a file).
+    Collective."""
+    if comm.rank == 0:
+        gdim = data.points.shape[1]
+        columns = [*COORDINATES[:gdim], "value"]
+        columns += ["sigma"] if data.sigma is not None else []
+        columns += ["experiment"] if data.experiment is not None else []
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for i in range(data.values.size):
+            row = [repr(float(c)) for c in data.points[i]] + [repr(float(data.values[i]))]
+            if data.sigma is not None:
+                row.append(repr(float(data.sigma[i])))
+            if data.experiment is not None:
+                row.append(str(data.experiment[i]))
+            writer.writerow(row)
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(buffer.getvalue())
+    comm.Barrier()

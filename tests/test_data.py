@@ -1,0 +1,76 @@
+"""Sensor files: round trip, validation with file and line, experiments; point values."""
+
+from __future__ import annotations
+
+import dolfinx
+import numpy as np
+import pytest
+from helpers import unit_square
+
+from natinv.data import SensorData, read_sensors, write_sensors
+from natinv.observations import point_values
+from natinv.parallel import CollectiveError
+
+
+def test_sensor_file_round_trip_is_exact(comm, shared_tmp):
+    data = SensorData(
+        points=np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]),
+        values=np.array([1.0 / 3.0, -2.5e-7, 4.0]),
+        sigma=np.array([0.1, 0.2, 0.3]),
+        experiment=np.array(["a", "b", "a"]),
+        lines=np.array([2, 3, 4]),
+    )
+    path = shared_tmp / "sensors.csv"
+    write_sensors(comm, path, data)
+    back = read_sensors(comm, path, 2)
+    np.testing.assert_array_equal(back.points, data.points)
+    np.testing.assert_array_equal(back.values, data.values)
+    np.testing.assert_array_equal(back.sigma, data.sigma)
+    groups = back.experiments(["a", "b"])
+    assert list(groups) == ["a", "b"]
+    np.testing.assert_array_equal(groups["a"].values, data.values[[0, 2]])
+    with pytest.raises(ValueError, match=r"sensors.csv:3: experiment 'b' is not one of"):
+        back.experiments(["a"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x,y,value\n0.1,0.2,1.0\n0.3,abc,2.0\n", r":3: column 'y': 'abc' is not a number"),
+        ("x,y,value\n# comment\n0.1,0.2,nan\n", r":3: column 'value' is nan"),
+        ("x,y,value,sigma\n0.1,0.2,1.0,0\n", r":2: sigma must be > 0"),
+        ("x,y,value\n0.1,0.2\n", r":2: 2 field\(s\), expected 3"),
+        ("x,y,temperature\n0.1,0.2,1.0\n", r":1: unknown column\(s\) \['temperature'\]"),
+        ("x,value\n0.1,1.0\n", r":1: missing column\(s\) \['y'\]"),
+        ("x,y,value\n", r": no sensor rows after the header"),
+    ],
+)
+def test_bad_sensor_files_name_file_and_line(comm, shared_tmp, text, message):
+    path = shared_tmp / "bad.csv"
+    if comm.rank == 0:
+        path.write_text(text)
+    comm.Barrier()
+    with pytest.raises(CollectiveError, match=r"bad\.csv" + message):
+        read_sensors(comm, path, 2)
+
+
+def test_a_missing_sensor_file_is_named(comm, shared_tmp):
+    with pytest.raises(CollectiveError, match=r"nothere\.csv: no such sensor file"):
+        read_sensors(comm, shared_tmp / "nothere.csv", 2)
+
+
+def test_point_values_are_the_function_at_the_points_on_every_rank(comm):
+    """A P2 function x² + y is exact at any point; the gathered values follow the points'
+    order whichever rank owns each point (1e-13)."""
+    mesh = unit_square(comm, 5)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    u = dolfinx.fem.Function(space)
+    u.interpolate(lambda x: x[0] ** 2 + x[1])
+    points = np.random.default_rng(1).random((20, 2))
+    np.testing.assert_allclose(
+        point_values(u, points), points[:, 0] ** 2 + points[:, 1], atol=1e-13
+    )
+    vector = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (2,)))
+    w = dolfinx.fem.Function(vector)
+    w.interpolate(lambda x: np.vstack([x[0], 2 * x[1]]))
+    np.testing.assert_allclose(point_values(w, points), points * np.array([1.0, 2.0]), atol=1e-13)
