@@ -1,4 +1,4 @@
-"""The ``natinv`` command: ``info`` and ``demo``.
+"""The ``natinv`` command: ``info``, ``demo`` and ``synthesize``.
 
 Input errors end with one line ``natinv: error: ...`` on rank 0 and exit code 2 on every rank
 (no traceback, no rank left waiting).
@@ -127,6 +127,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--damping", type=float, default=1e-6, help="λ in (G + λI) d = g")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress lines")
+    syn = sub.add_parser(
+        "synthesize",
+        help="sensor data (CSV) from a known field on a fine discretisation, with noise",
+    )
+    syn.add_argument("--model", default="diffusion", help="diffusion, source, nonlinear-diffusion")
+    syn.add_argument("--truth", required=True, help="the true parameter, a formula of x, y")
+    syn.add_argument("--source", default="1", help="the source f (κ for --model source)")
+    syn.add_argument("--sensors", default="grid:10x10", help="grid:NxM, random:N or a .csv")
+    syn.add_argument("--jitter", type=float, default=0.0, help="grid displacement (max)")
+    syn.add_argument("--cells", type=_count(1), default=64, help="cells per side (fine mesh)")
+    syn.add_argument("--degree", type=_count(1), default=2, help="Lagrange degree (fine)")
+    syn.add_argument("--noise", type=float, default=0.01, help="σ (relative to max|u|)")
+    syn.add_argument("--absolute", action="store_true", help="--noise is σ itself")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--out", type=Path, required=True, help="the CSV file to write")
     return parser
 
 
@@ -166,6 +181,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     quiet=args.quiet,
                 ),
                 comm,
+            )
+        elif args.command == "synthesize":
+            from natinv.data import write_sensors
+            from natinv.synthesize import sensor_layout, synthesize
+
+            points = sensor_layout(comm, args.sensors, args.seed, args.jitter)
+            data = synthesize(
+                comm,
+                args.model,
+                args.truth,
+                points,
+                source=args.source,
+                cells=args.cells,
+                degree=args.degree,
+                noise=args.noise,
+                relative=not args.absolute,
+                seed=args.seed,
+            )
+            write_sensors(comm, args.out, data)
+            sigma = 0.0 if data.sigma is None else float(data.sigma[0])
+            parallel.rank0_print(
+                comm,
+                f"{args.out}: {data.values.size} sensors, values in "
+                f"[{data.values.min():.4g}, {data.values.max():.4g}], σ = {sigma:.3g}",
             )
     except (parallel.CollectiveError, ValueError) as exc:
         parallel.rank0_print(comm, f"natinv: error: {exc}", file=sys.stderr)

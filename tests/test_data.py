@@ -74,3 +74,22 @@ def test_point_values_are_the_function_at_the_points_on_every_rank(comm):
     w = dolfinx.fem.Function(vector)
     w.interpolate(lambda x: np.vstack([x[0], 2 * x[1]]))
     np.testing.assert_allclose(point_values(w, points), points * np.array([1.0, 2.0]), atol=1e-13)
+
+
+def test_expressions_compute_numpy_formulas_and_nothing_else():
+    from natinv.expressions import compile_expression
+
+    x = np.array([[0.0, 0.5, 1.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    f = compile_expression("exp(-x) * sin(pi*y) + (x > 0.4) + 2")
+    np.testing.assert_allclose(f(x), np.exp(-x[0]) * np.sin(np.pi * x[1]) + (x[0] > 0.4) + 2)
+    assert compile_expression("3")(x).shape == (3,)
+    for text, message in [
+        ("__import__('os')", "unknown function"),
+        ("x.real", "Attribute is not allowed"),
+        ("open", "unknown name 'open'"),
+        ("'a'", "only numbers"),
+        ("x +", "cannot parse"),
+        ("[x for x in y]", "is not allowed"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            compile_expression(text)
