@@ -52,7 +52,9 @@ class Model:
     Args:
         state_space: ``V``, where ``u`` lives.
         parameter: ``m``, a Function on the parameter space ``W`` (the model reads its current
-            values; :meth:`set_parameter` changes them).
+            values; :meth:`set_parameter` changes them): a finite-element field, the space of a
+            neural field, or a few scalars on a real space
+            (``functionspace(mesh, basix.ufl.real_element(mesh.basix_cell(), (k,)))``).
         residual: ``(u, m, v) -> F``, a UFL form linear in the test function ``v``.
         bcs: Dirichlet conditions on ``V``.
         options_prefix: PETSc options prefix of the solvers (``natinv_model_`` by default);
