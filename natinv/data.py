@@ -14,6 +14,10 @@ column         meaning
 Lines starting with ``#`` and blank lines are skipped. Rank 0 reads the file; every problem
 (missing file, unknown or missing column, a field that is not a number, NaN/inf, σ ≤ 0, a
 row of the wrong length) is raised on every rank naming the file and line.
+
+Full fields come as XDMF files as DOLFINx writes them (``write_mesh`` then ``write_function`` of
+a P1 function, point data in HDF5): :func:`read_field` matches the file's nodes to the mesh by
+coordinates, so the data need the same mesh, not the same partition or numbering.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from __future__ import annotations
 import csv
 import io
 import math
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+import dolfinx
 import numpy as np
 import numpy.typing as npt
 
@@ -31,7 +37,7 @@ from natinv import parallel
 from natinv.output import atomic_path
 from natinv.parallel import Comm
 
-__all__ = ["SensorData", "read_sensors", "write_sensors"]
+__all__ = ["SensorData", "read_field", "read_sensors", "write_sensors"]
 
 COORDINATES = ("x", "y", "z")
 
@@ -184,3 +190,92 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
         with atomic_path(Path(path)) as tmp:
             tmp.write_text(buffer.getvalue())
     comm.Barrier()
+
+
+def _xdmf_arrays(path: Path, name: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(node coordinates, node values, attribute name) of the last time step in an XDMF file."""
+    import h5py
+
+    root = ET.parse(path).getroot()
+
+    def hdf(item: ET.Element) -> np.ndarray:
+        file, _, dataset = (item.text or "").strip().partition(":")
+        with h5py.File(path.parent / file, "r") as h5:
+            return np.asarray(h5[dataset][()], dtype=np.float64)
+
+    geometry = next(root.iter("Geometry"), None)
+    if geometry is None or geometry.find("DataItem") is None:
+        raise ValueError(f"{path}: no mesh geometry in the file")
+    attributes = [a for a in root.iter("Attribute") if name is None or a.get("Name") == name]
+    if not attributes:
+        names = sorted({a.get("Name", "?") for a in root.iter("Attribute")})
+        raise ValueError(f"{path}: no field {name!r} in the file (fields: {names})")
+    attribute = attributes[-1]
+    if attribute.get("Center", "Node") != "Node":
+        raise ValueError(f"{path}: field {attribute.get('Name')!r} is not node (P1) data")
+    item = attribute.find("DataItem")
+    assert item is not None
+    return hdf(geometry.find("DataItem")), hdf(item), str(attribute.get("Name"))  # type: ignore[arg-type]
+
+
+def read_field(
+    comm: Comm, path: str | Path, space: dolfinx.fem.FunctionSpace, name: str | None = None
+) -> dolfinx.fem.Function:
+    """A full field from an XDMF file (node data of a P1 function, as DOLFINx writes it),
+    interpolated into ``space``. Rank 0 reads; every rank matches its nodes by coordinates.
+    Collective.
+
+    Raises:
+        CollectiveError: a missing or unreadable file, no such field, non-finite values, a
+            value size that does not fit the space, or nodes of the mesh not in the file.
+    """
+    path = Path(path)
+    arrays = None
+    error: str | None = None
+    if comm.rank == 0:
+        try:
+            arrays = _xdmf_arrays(path, name)
+        except FileNotFoundError as exc:
+            error = f"{path}: no such file ({exc.filename})"
+        except (OSError, ET.ParseError, KeyError) as exc:
+            error = f"{path}: cannot be read as XDMF/HDF5 ({exc})"
+        except ValueError as exc:
+            error = str(exc)
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise parallel.CollectiveError(error)
+    coords, values, label = comm.bcast(arrays, root=0)
+    mesh = space.mesh
+    gdim = mesh.geometry.dim
+    shape = space.ufl_element().reference_value_shape
+    bs = int(np.prod(shape)) if shape else 1
+    values = values.reshape(coords.shape[0], -1)
+    parallel.check_all(
+        comm,
+        values.shape[1] == bs and bool(np.all(np.isfinite(values))),
+        f"{path}: field {label!r} has {values.shape[1]} component(s) per node (the space has "
+        f"{bs}) or non-finite values",
+    )
+    nodal = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, shape) if shape else ("Lagrange", 1))
+    extent = max(float(np.ptp(coords[:, :gdim], axis=0).max()), 1e-300)
+    tolerance = 1e-9 * extent
+    table = {
+        tuple(k): i for i, k in enumerate(np.round(coords[:, :gdim] / tolerance).astype(np.int64))
+    }
+    owned = nodal.dofmap.index_map.size_local
+    mine = np.round(nodal.tabulate_dof_coordinates()[:owned, :gdim] / tolerance).astype(np.int64)
+    rows = np.array([table.get(tuple(k), -1) for k in mine], dtype=np.int64)
+    missing = int(np.sum(rows < 0))
+    parallel.check_all(
+        comm,
+        missing == 0,
+        lambda: f"{path}: {missing} node(s) of the mesh are not in the file (another mesh?)",
+    )
+    function = dolfinx.fem.Function(nodal, name=label)
+    function.x.array[: owned * bs] = values[rows].reshape(-1)
+    function.x.scatter_forward()
+    if nodal.ufl_element() == space.ufl_element():
+        return function
+    result = dolfinx.fem.Function(space, name=label)
+    result.interpolate(function)
+    return result

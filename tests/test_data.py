@@ -93,3 +93,32 @@ def test_expressions_compute_numpy_formulas_and_nothing_else():
     ]:
         with pytest.raises(ValueError, match=message):
             compile_expression(text)
+
+
+def test_full_field_from_xdmf_matches_nodes_by_coordinates(comm, shared_tmp):
+    """A P1 field written by DOLFINx (XDMF/HDF5) reads back exactly on the same mesh, also
+    into a P2 space (interpolated), whatever the partition; a field on another mesh is
+    refused naming the file."""
+    from natinv.data import read_field
+
+    mesh = unit_square(comm, 6)
+    p1 = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    u = dolfinx.fem.Function(p1, name="temperature")
+    u.interpolate(lambda x: 1 + x[0] + 3 * x[1])
+    path = shared_tmp / "field.xdmf"
+    with dolfinx.io.XDMFFile(comm, path, "w") as xdmf:
+        xdmf.write_mesh(mesh)
+        xdmf.write_function(u, 0.0)
+    back = read_field(comm, path, p1, "temperature")
+    np.testing.assert_allclose(back.x.array, u.x.array, atol=1e-14)
+    p2 = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    finer = read_field(comm, path, p2)
+    x = p2.tabulate_dof_coordinates()
+    np.testing.assert_allclose(finer.x.array, 1 + x[:, 0] + 3 * x[:, 1], atol=1e-13)
+    other = dolfinx.fem.functionspace(unit_square(comm, 5), ("Lagrange", 1))
+    with pytest.raises(CollectiveError, match=r"field\.xdmf: \d+ node\(s\) of the mesh are not"):
+        read_field(comm, path, other)
+    with pytest.raises(CollectiveError, match=r"no field 'pressure' in the file"):
+        read_field(comm, path, p1, "pressure")
+    with pytest.raises(CollectiveError, match=r"nothere\.xdmf: no such file"):
+        read_field(comm, shared_tmp / "nothere.xdmf", p1)
