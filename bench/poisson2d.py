@@ -13,7 +13,8 @@ N an MLP [2, 64, 1] tanh (P = 257), residual loss at the midpoints of the 882 tr
 Prints, per method, the iterations and wall time to a relative L2 error of 1e-6 and 1e-7, and the
 final error after ``--budget`` seconds.
 
-Usage: ``python bench/poisson2d.py [--budget 300] [--damping 1e-10] [--boundary penalty]
+Usage: ``python bench/poisson2d.py [--budget 300] [--damping 1e-10] [--method cutoff
+[--cutoff 1e-13]] [--boundary penalty]
 [--betas 0.3,0.5] [--spring-betas 0.9]`` (serial; one BLAS thread).
 """
 
@@ -57,7 +58,7 @@ def run(momentum: str, beta: float, args: argparse.Namespace) -> dict[str, float
         boundary = Term(boundary_quadrature(mesh, 3), lambda u, x: u(x), 0.25, "boundary")
         pinn = PINN(field, [interior, boundary])
     check = cell_quadrature(mesh, 6)
-    solver = natinv.NaturalSolver(pinn.gram, "cholesky", damping=args.damping)
+    solver = natinv.NaturalSolver(pinn.gram, args.method, damping=args.damping, cutoff=args.cutoff)
     optimizer = NaturalGradientDescent(pinn, solver, momentum=momentum, beta=beta)
     field.jacobian()  # torch.func's one-time tracing, outside the clock
     elapsed, error = 0.0, np.inf
@@ -81,6 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per method")
     parser.add_argument("--damping", type=float, default=1e-10)
+    parser.add_argument("--method", default="cholesky", help="cholesky, cutoff, lm, cg")
+    parser.add_argument("--cutoff", type=float, default=1e-13, help="relative, for cutoff")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--betas", default="0.3,0.5")
     parser.add_argument("--spring-betas", default="0.9")
