@@ -44,7 +44,7 @@ from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.tao import FieldBaseline
 
 SIGMA_FRACTION = 0.005
-ALPHAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+ALPHAS = (1e-1, 1.0, 1e1, 1e2, 1e3)
 
 
 def kappa_true(x: np.ndarray) -> np.ndarray:
