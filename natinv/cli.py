@@ -1,4 +1,4 @@
-"""The ``natinv`` command: ``info``, ``demo`` and ``synthesize``.
+"""The ``natinv`` command: ``run``, ``synthesize``, ``info`` and ``demo``.
 
 Input errors end with one line ``natinv: error: ...`` on rank 0 and exit code 2 on every rank
 (no traceback, no rank left waiting).
@@ -127,12 +127,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--damping", type=float, default=1e-6, help="λ in (G + λI) d = g")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress lines")
+    run = sub.add_parser("run", help="run a case file (TOML): optimise, write results/<case>/")
+    run.add_argument("case", type=Path, help="the case file, e.g. cases/diffusion_hole.toml")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a case value"
+    )
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
     syn = sub.add_parser(
         "synthesize",
         help="sensor data (CSV) from a known field on a fine discretisation, with noise",
     )
+    syn.add_argument(
+        "case", type=Path, nargs="?", help="a case file: write its [data].sensors from its truth"
+    )
+    syn.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a case value"
+    )
     syn.add_argument("--model", default="diffusion", help="diffusion, source, nonlinear-diffusion")
-    syn.add_argument("--truth", required=True, help="the true parameter, a formula of x, y")
+    syn.add_argument("--truth", help="the true parameter, a formula of x, y")
     syn.add_argument("--source", default="1", help="the source f (κ for --model source)")
     syn.add_argument("--sensors", default="grid:10x10", help="grid:NxM, random:N or a .csv")
     syn.add_argument("--jitter", type=float, default=0.0, help="grid displacement (max)")
@@ -141,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--noise", type=float, default=0.01, help="σ (relative to max|u|)")
     syn.add_argument("--absolute", action="store_true", help="--noise is σ itself")
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    syn.add_argument("--out", type=Path, help="the CSV file to write")
     return parser
 
 
@@ -182,8 +196,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 comm,
             )
+        elif args.command == "run":
+            from natinv.cases import load_case
+            from natinv.runner import run
+
+            case = load_case(args.case, args.set)
+            summary = run(
+                case, comm, resume=args.resume, quiet=args.quiet, iterations=args.iterations
+            )
+            error = summary["relative_l2_error"]
+            parallel.rank0_print(
+                comm,
+                f"{case.name}: {summary['iterations']} iterations ({summary['stopped']}), misfit "
+                f"{summary['misfit']:.4g} (noise level {summary['discrepancy_level']:.4g})"
+                + (f", relative L2 error {error:.3e}" if error is not None else "")
+                + f"; results in {case.output}/",
+            )
+        elif args.command == "synthesize" and args.case is not None:
+            from natinv.cases import load_case
+            from natinv.runner import synthesize_case
+
+            case = load_case(args.case, args.set)
+            data = synthesize_case(case, comm)
+            parallel.rank0_print(
+                comm,
+                f"{case.data.sensors}: {data.values.size} sensors, σ = {data.sigma[0]:.3g}",
+            )
         elif args.command == "synthesize":
             from natinv.data import write_sensors
+
+            if args.truth is None or args.out is None:
+                raise ValueError("synthesize: give a case file, or --truth and --out")
             from natinv.synthesize import sensor_layout, synthesize
 
             points = sensor_layout(comm, args.sensors, args.seed, args.jitter)

@@ -1,0 +1,534 @@
+"""Running a case: mesh → spaces → model → data → neural field → optimizer → results.
+
+:func:`build` turns a :class:`~natinv.cases.Case` into the objects of the library; :func:`run`
+optimises with a progress line on rank 0, checkpoints every N iterations (atomically: a killed
+run keeps the previous checkpoint) and writes ``results/<case>/``: ``history.csv``,
+``summary.json``, the fields for ParaView (VTX: ``parameter.bp`` with the recovered and, when
+known, the true field; ``state.bp``), and figures (``convergence.png``, ``fields.png`` with the
+sensors marked, ``misfit.png``). :func:`synthesize_case` writes a case's sensor file from its
+true field on a refined mesh.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpi4py import MPI
+
+import dolfinx
+import dolfinx.io
+import dolfinx.io.gmsh
+import numpy as np
+import numpy.typing as npt
+
+from natinv import metrics, models, output, parallel
+from natinv.cases import Case, CaseError
+from natinv.data import SensorData, read_sensors, write_sensors
+from natinv.expressions import compile_expression
+from natinv.fields import NeuralField, mlp
+from natinv.gram import Gram, NaturalSolver
+from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.observations import point_sensors, point_values
+from natinv.optim.baselines import LBFGS, Adam
+from natinv.optim.natural import NaturalGradientDescent
+from natinv.output import atomic_path
+
+__all__ = ["Built", "build", "load_mesh", "run", "synthesize_case"]
+
+
+def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
+    """The case's mesh and its facet tags (None for built-in meshes). Collective."""
+    settings = case.mesh
+    if settings.builtin is not None:
+        return dolfinx.mesh.create_unit_square(comm, settings.cells, settings.cells), None
+    assert settings.file is not None
+    with parallel.collective(comm, f"{case.source}: mesh.file {settings.file}"):
+        if settings.file.suffix == ".msh":
+            import gmsh
+
+            if not gmsh.isInitialized():
+                gmsh.initialize()
+            gmsh.option.setNumber("General.Terminal", 0)  # no "Info: Reading..." lines
+            data = dolfinx.io.gmsh.read_from_msh(settings.file, comm, 0, gdim=2)
+            mesh, facets = data.mesh, data.facet_tags
+        else:
+            with dolfinx.io.XDMFFile(comm, settings.file, "r") as xdmf:
+                mesh = xdmf.read_mesh(name="mesh")
+                mesh.topology.create_connectivity(1, 2)
+                try:
+                    facets = xdmf.read_meshtags(mesh, name="facets")
+                except RuntimeError:
+                    facets = None
+    return mesh, facets
+
+
+def _dirichlet(
+    case: Case, space: dolfinx.fem.FunctionSpace, facets: dolfinx.mesh.MeshTags | None
+) -> list[dolfinx.fem.DirichletBC]:
+    tags = case.model.dirichlet
+    if tags == "all":
+        return [models.dirichlet(space)]
+    comm = space.mesh.comm
+    local = set() if facets is None else {int(v) for v in np.unique(facets.values)}
+    known = sorted(set().union(*comm.allgather(local)))
+    parallel.check_all(
+        comm,
+        all(t in known for t in tags),
+        f"{case.source}: model.dirichlet: boundary tags {tags} not all in the mesh's facet tags "
+        f"{known}",
+    )
+    mesh = space.mesh
+    mesh.topology.create_connectivity(1, 2)
+    empty = np.zeros(0, dtype=np.int32)
+    dofs = np.unique(
+        np.concatenate(
+            [empty]
+            + [
+                dolfinx.fem.locate_dofs_topological(
+                    space, 1, facets.find(t) if facets is not None else empty
+                )
+                for t in tags
+            ]
+        )
+    ).astype(np.int32)
+    return [dolfinx.fem.dirichletbc(0.0, dofs, space)]
+
+
+def _model(
+    case: Case,
+    state: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    facets: dolfinx.mesh.MeshTags | None,
+) -> models.Model:
+    source = dolfinx.fem.Function(state, name="source")
+    source.interpolate(compile_expression(case.model.source, "model.source"))
+    bcs = _dirichlet(case, state, facets)
+    if case.model.kind == "source":
+        return models.source(state, parameter, kappa=source, bcs=bcs)
+    builder = models.diffusion if case.model.kind == "diffusion" else models.nonlinear_diffusion
+    return builder(state, parameter, f=source, bcs=bcs)
+
+
+@dataclass
+class Built:
+    """The objects of a case (destroy with :meth:`destroy`)."""
+
+    mesh: dolfinx.mesh.Mesh
+    field: NeuralField
+    model: models.Model
+    observations: Any
+    problem: InverseProblem
+    objective: InverseObjective
+    sensors: SensorData
+    truth: dolfinx.fem.Function | None
+
+    def destroy(self) -> None:
+        self.objective.destroy()
+        self.problem.destroy()
+        self.observations.destroy()
+        self.model.destroy()
+
+
+def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
+    """Mesh, spaces, model, observations and the neural field of a case. Collective."""
+    mesh, facets = load_mesh(comm, case)
+    state = dolfinx.fem.functionspace(mesh, ("Lagrange", case.model.degree))
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
+    m = dolfinx.fem.Function(space, name="parameter")
+    model = _model(case, state, m, facets)
+    sensors = read_sensors(comm, case.data.sensors, 2)
+    sigma = sensors.sigma if sensors.sigma is not None else case.data.sigma
+    parallel.check_all(
+        comm,
+        sigma is not None,
+        f"{case.source}: data.sigma: the sensor file {case.data.sensors.name} has no sigma "
+        "column; give data.sigma",
+    )
+    observations = point_sensors(
+        state, sensors.points, sensors.values, sigma, name=str(case.data.sensors.name)
+    )
+    problem = InverseProblem([Experiment(model, [observations], case.name)], case.regularization)
+    network = mlp(case.parameter.network, case.parameter.activation, seed=case.seed)
+    field = NeuralField(space, network, case.parameter.transform)
+    truth = None
+    if case.parameter.truth is not None:
+        truth = dolfinx.fem.Function(space, name="truth")
+        truth.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
+    objective = InverseObjective(field, problem)
+    return Built(mesh, field, model, observations, problem, objective, sensors, truth)
+
+
+def _optimizer(case: Case, built: Built) -> tuple[Any, list[Any]]:
+    """The optimizer and the PETSc-holding objects to destroy after it."""
+    settings = case.optimizer
+    objective, field = built.objective, built.field
+    if settings.kind == "adam":
+        return Adam(objective, lr=settings.lr), []
+    if settings.kind == "lbfgs":
+        return LBFGS(objective, memory=20), []
+    owned: list[Any] = []
+    if settings.metric == "gauss-newton":
+        gram = objective.gauss_newton()
+        owned += [gram, gram.metric]
+    elif settings.metric == "h1":
+        matrix = metrics.h1(field.space)
+        gram = Gram(field, matrix)
+        owned += [gram, matrix]
+    else:
+        gram = objective.gram
+    solver = NaturalSolver(gram, settings.solver, damping=settings.damping)
+    optimizer = NaturalGradientDescent(
+        objective, solver, settings.step, momentum=settings.momentum, beta=settings.beta
+    )
+    return optimizer, [solver, *owned]
+
+
+class _Errors:
+    """Relative L2 error of the parameter against the truth (None without a truth)."""
+
+    def __init__(self, built: Built) -> None:
+        self.truth = built.truth
+        if self.truth is None:
+            return
+        self.mass = metrics.l2(built.field.space)
+        self.x, self.y = self.mass.createVecs()
+        n = built.field.num_owned
+        self.x.array[:] = self.truth.x.array[:n]
+        self.mass.mult(self.x, self.y)
+        self.norm = float(np.sqrt(self.x.dot(self.y)))
+        self.n = n
+
+    def __call__(self, values: npt.NDArray[np.float64]) -> float | None:
+        if self.truth is None:
+            return None
+        self.x.array[:] = values - self.truth.x.array[: self.n]
+        self.mass.mult(self.x, self.y)
+        return float(np.sqrt(self.x.dot(self.y)) / self.norm)
+
+    def destroy(self) -> None:
+        if self.truth is not None:
+            for obj in (self.mass, self.x, self.y):
+                obj.destroy()
+
+
+def _checkpoint_path(folder: Path) -> Path:
+    return folder / "checkpoint.pkl"
+
+
+def _save_checkpoint(comm: MPI.Comm, folder: Path, state: dict[str, Any]) -> None:
+    if comm.rank == 0:
+        with atomic_path(_checkpoint_path(folder)) as tmp:
+            tmp.write_bytes(pickle.dumps(state))
+    comm.Barrier()
+
+
+def _load_checkpoint(comm: MPI.Comm, folder: Path, case: Case) -> dict[str, Any]:
+    path = _checkpoint_path(folder)
+    state, error = None, None
+    if comm.rank == 0:
+        try:
+            state = pickle.loads(path.read_bytes())
+            if state.get("case") != case.name:
+                error = f"{path}: a checkpoint of case {state.get('case')!r}, not {case.name!r}"
+        except FileNotFoundError:
+            error = f"{path}: no checkpoint to resume from"
+        except (pickle.UnpicklingError, EOFError, AttributeError) as exc:
+            error = f"{path}: unreadable checkpoint ({exc})"
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise parallel.CollectiveError(error)
+    return comm.bcast(state, root=0)
+
+
+def run(
+    case: Case,
+    comm: MPI.Comm = MPI.COMM_WORLD,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    iterations: int | None = None,
+) -> dict[str, Any]:
+    """Run a case to its stopping rule and write its results; returns the summary.
+
+    ``resume`` continues from ``results/<case>/checkpoint.pkl`` to the same iterates as an
+    uninterrupted run. ``iterations`` overrides ``optimizer.iterations``. Collective."""
+    folder = case.output
+    built = build(case, comm)
+    optimizer, owned = _optimizer(case, built)
+    errors = _Errors(built)
+    history: list[dict[str, Any]] = []
+    limit = case.optimizer.iterations if iterations is None else iterations
+    discrepancy = 0.5 * built.sensors.values.size
+    if resume:
+        state = _load_checkpoint(comm, folder, case)
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+    say = (lambda text: None) if quiet else (lambda text: parallel.rank0_print(comm, text))
+    say(
+        f"natinv run {case.name}: {comm.size} rank(s), {built.field.num_parameters} parameters, "
+        f"{built.observations.num_global} sensors, optimizer {case.optimizer.kind}"
+        + (
+            f" ({case.optimizer.metric}, {case.optimizer.momentum})"
+            if case.optimizer.kind == "ngd"
+            else ""
+        )
+    )
+    say(f"{'it':>5} {'loss':>11} {'misfit':>11} {'step':>9} {'|d|':>9} {'error':>9} {'time':>7}")
+    start = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
+    stopped = "iterations"
+    while len(history) < limit:
+        record = optimizer.step()
+        theta = optimizer.theta
+        if case.regularization is None:
+            misfit = record["loss"]
+        else:  # the loss includes the Tikhonov term: the misfit alone at the accepted θ
+            built.problem.value(built.field.values(theta))
+            misfit = built.problem.last["misfit"]
+        error = errors(built.field.values(theta))
+        entry = {
+            "iteration": len(history) + 1,
+            "loss": record["loss"],
+            "misfit": misfit,
+            "step": record.get("step", 0.0),
+            "direction_norm": record.get("direction_norm", 0.0),
+            "error": error if error is not None else float("nan"),
+            "time": record.get("time", 0.0),
+            "elapsed": time.perf_counter() - start,
+        }
+        history.append(entry)
+        say(
+            f"{entry['iteration']:5d} {entry['loss']:11.4e} {misfit:11.4e} {entry['step']:9.2e} "
+            f"{entry['direction_norm']:9.2e} "
+            + (f"{error:9.3e}" if error is not None else f"{'-':>9}")
+            + f" {entry['elapsed']:7.1f}"
+        )
+        every = case.checkpoint_every
+        if every and entry["iteration"] % every == 0:
+            _save_checkpoint(
+                comm,
+                folder,
+                {"case": case.name, "optimizer": optimizer.state_dict(), "history": history},
+            )
+        if case.optimizer.stop == "discrepancy" and entry["loss"] <= discrepancy:
+            stopped = "discrepancy"
+            break
+        if entry["step"] == 0.0 and case.optimizer.kind == "ngd":
+            stopped = "no descent"
+            break
+    theta = optimizer.theta
+    built.field.set_parameters(theta)
+    summary = _write_results(case, built, history, errors, stopped, comm)
+    for obj in owned:
+        obj.destroy()
+    errors.destroy()
+    built.destroy()
+    return summary
+
+
+def _write_results(
+    case: Case,
+    built: Built,
+    history: list[dict[str, Any]],
+    errors: _Errors,
+    stopped: str,
+    comm: MPI.Comm,
+) -> dict[str, Any]:
+    folder = case.output
+    field = built.field
+    recovered = field.function()
+    recovered.name = "recovered"
+    built.problem.value(field.values())
+    state = built.model.u
+    last = history[-1] if history else {}
+    summary = {
+        "case": case.name,
+        "ranks": comm.size,
+        "parameters": field.num_parameters,
+        "sensors": built.observations.num_global,
+        "iterations": len(history),
+        "stopped": stopped,
+        "loss": last.get("loss"),
+        "misfit": last.get("misfit"),
+        "discrepancy_level": 0.5 * built.sensors.values.size,
+        "relative_l2_error": errors(field.values()),
+        "time": last.get("elapsed"),
+        "timings": {k: float(sum(r.get(k, 0.0) for r in history)) for k in ("time",)},
+    }
+    output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
+    output.write_summary(comm, folder / "summary.json", summary)
+    fields = [recovered] + ([built.truth] if built.truth is not None else [])
+    _write_vtx(comm, folder / "parameter.bp", fields)
+    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
+    u1 = dolfinx.fem.Function(p1, name="u")
+    u1.interpolate(state)
+    _write_vtx(comm, folder / "state.bp", [u1])
+    if history:
+        output.plot_convergence(
+            comm, folder / "convergence.png", {case.optimizer.kind: history}, "misfit", case.name
+        )
+    _plot_fields(comm, folder / "fields.png", built, recovered)
+    _plot_misfit(comm, folder / "misfit.png", built)
+    return summary
+
+
+def _write_vtx(comm: MPI.Comm, path: Path, functions: list[dolfinx.fem.Function]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True) if comm.rank == 0 else None
+    comm.Barrier()
+    with dolfinx.io.VTXWriter(comm, path, functions, engine="BP4") as writer:
+        writer.write(0.0)
+
+
+def _triangles(
+    function: dolfinx.fem.Function,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Vertex coordinates (3 per owned cell) and the function's values there, gathered on
+    rank 0 (P1 on affine triangles). Collective."""
+    space = function.function_space
+    mesh = space.mesh
+    cells = np.arange(mesh.topology.index_map(2).size_local, dtype=np.int32)
+    coords = space.tabulate_dof_coordinates()
+    dofs = np.array([space.dofmap.cell_dofs(c)[:3] for c in cells]).reshape(-1)
+    local_x = coords[dofs, :2]
+    local_v = function.x.array[dofs]
+    all_x = mesh.comm.gather(local_x, root=0)
+    all_v = mesh.comm.gather(local_v, root=0)
+    if mesh.comm.rank != 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    return np.concatenate(all_x), np.concatenate(all_v)
+
+
+def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fem.Function) -> None:
+    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
+    panels: dict[str, Any] = {}
+    for name, function in (("true κ", built.truth), ("recovered κ", recovered)):
+        if function is None:
+            continue
+        f1 = dolfinx.fem.Function(p1)
+        f1.interpolate(function)
+        panels[name] = _triangles(f1)
+    if comm.rank != 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.tri import Triangulation
+
+    values = [v for _, v in panels.values()]
+    lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.6 * len(panels), 4), constrained_layout=True
+    )
+    for ax, (name, (x, v)) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
+        image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
+        ax.plot(built.sensors.points[:, 0], built.sensors.points[:, 1], "k.", ms=3, label="sensors")
+        ax.set_title(name)
+        ax.set_aspect("equal")
+        fig.colorbar(image, ax=ax, shrink=0.85)
+    np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle(built.problem.experiments[0].name)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
+    obs = built.observations
+    residual = (obs.predict(built.model.u.x.petsc_vec) - obs.data) * np.sqrt(
+        obs.metric.getDiagonal().array_r
+    )
+    gathered = comm.gather((obs.index, residual), root=0)
+    if comm.rank != 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = np.zeros(built.sensors.values.size)
+    for index, values in gathered:
+        z[index] = values
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    bound = float(np.abs(z).max()) or 1.0
+    image = ax.scatter(*built.sensors.points.T, c=z, cmap="RdBu_r", vmin=-bound, vmax=bound, s=25)
+    ax.set_aspect("equal")
+    ax.set_title("(Bu − d)/σ at the sensors")
+    fig.colorbar(image, ax=ax, shrink=0.85)
+    hist.hist(z, bins=20)
+    hist.set_xlabel("(Bu − d)/σ")
+    hist.set_title(f"RMS {np.sqrt(np.mean(z**2)):.2f} (1 = noise level)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.float64]:
+    """Sensor points inside the mesh: ``random:N`` (uniform in the domain, by rejection) or
+    ``grid:NxM`` (cell centres of a grid over the bounding box, those inside kept)."""
+    comm = mesh.comm
+    lo = comm.allreduce(mesh.geometry.x[:, :2].min(axis=0), op=MPI.MIN)
+    hi = comm.allreduce(mesh.geometry.x[:, :2].max(axis=0), op=MPI.MAX)
+    rng = np.random.default_rng(seed)
+    parts = spec.split(":")
+    if parts[0] == "random" and len(parts) == 2 and parts[1].isdigit():
+        wanted = int(parts[1])
+        candidates = lo + (hi - lo) * (0.02 + 0.96 * rng.random((8 * wanted + 16, 2)))
+    elif parts[0] == "grid" and len(parts) == 2 and "x" in parts[1]:
+        nx, ny = (int(v) for v in parts[1].split("x"))
+        xs = lo[0] + (hi - lo)[0] * (np.arange(nx) + 0.5) / nx
+        ys = lo[1] + (hi - lo)[1] * (np.arange(ny) + 0.5) / ny
+        candidates = np.array([[x, y] for x in xs for y in ys])
+        wanted = candidates.shape[0]
+    else:
+        raise CaseError(f"synthesize.layout: expected random:N or grid:NxM, got {spec!r}")
+    padded = np.zeros((candidates.shape[0], 3))
+    padded[:, :2] = candidates
+    send = padded if comm.rank == 0 else np.zeros((0, 3))
+    owners = dolfinx.geometry.determine_point_ownership(mesh, send, 1e-12).src_owner
+    owners = comm.bcast(np.asarray(owners) if comm.rank == 0 else None, root=0)
+    inside = candidates[owners >= 0]
+    return inside[:wanted]
+
+
+def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
+    """Write the case's sensor file from its true field: the case mesh refined
+    ``synthesize.refine`` times, state and parameter of degree ``synthesize.degree``, sensors
+    by ``synthesize.layout``, noise σ = ``synthesize.noise``·max|u|, seeded by the case's seed.
+    Collective."""
+    if case.parameter.truth is None:
+        raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
+    mesh, facets = load_mesh(comm, case)
+    for _ in range(case.synthesize.refine):
+        mesh.topology.create_entities(1)
+        option = dolfinx.mesh.RefinementOption.parent_cell_and_facet
+        refined, parent_cell, parent_facet = dolfinx.mesh.refine(mesh, option=option)
+        if facets is not None:
+            refined.topology.create_entities(1)
+            refined.topology.create_connectivity(1, 2)
+            facets = dolfinx.mesh.transfer_meshtag(facets, refined, parent_cell, parent_facet)
+        mesh = refined
+    degree = case.synthesize.degree
+    state = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+    parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", degree)))
+    parameter.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
+    model = _model(case, state, parameter, facets)
+    points = _layout(mesh, case.synthesize.layout, case.seed)
+    values = point_values(model.solve(), points)
+    model.destroy()
+    sigma = case.synthesize.noise * float(np.abs(values).max())
+    noisy = values + sigma * np.random.default_rng(case.seed + 1).standard_normal(values.size)
+    data = SensorData(
+        points=points,
+        values=noisy,
+        sigma=np.full(values.size, sigma),
+        experiment=None,
+        lines=np.arange(2, values.size + 2),
+        source=str(case.data.sensors),
+    )
+    write_sensors(comm, case.data.sensors, data)
+    return data

@@ -1,0 +1,162 @@
+"""Case files: validation with key paths, the shipped cases in reduced form, resume."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from natinv.cases import CaseError, load_case
+from natinv.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLE = ROOT / "cases" / "diffusion_hole.toml"
+
+
+def write_case(folder: Path, text: str, comm) -> Path:
+    path = folder / "case.toml"
+    if comm.rank == 0:
+        path.write_text(text)
+    comm.Barrier()
+    return path
+
+
+MINIMAL = """
+[mesh]
+builtin = "unit-square"
+cells = 8
+[model]
+kind = "diffusion"
+[parameter]
+network = [2, 4, 1]
+[data]
+sensors = "sensors.csv"
+sigma = 0.01
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "overrides", "message"),
+    [
+        (
+            "[optimizer]\nbeta = 1.2\n",
+            [],
+            r"optimizer\.beta: expected a number in \[0, 1\), got 1\.2",
+        ),
+        ("", ["optimizer.beta=1.2"], r"optimizer\.beta: expected a number in \[0, 1\), got 1\.2"),
+        ("[optimizer]\nmomentun = 'nesterov'\n", [], r"optimizer\.momentun: unknown key"),
+        (
+            "[optimizer]\nkind = 'sgd'\n",
+            [],
+            r"optimizer\.kind: expected one of \['ngd', 'adam', 'lbfgs'\]",
+        ),
+        ("[optimizer]\niterations = 'many'\n", [], r"optimizer\.iterations: expected an integer"),
+        ("", ["parameter.truth='exp(os)'"], r"parameter\.truth: unknown name 'os'"),
+        (
+            "",
+            ["mesh.file='nothere.msh'"],
+            r"mesh\.file: give either a mesh file or builtin|mesh\.file: no such file",
+        ),
+        (
+            "",
+            ["model.dirichlet=[1.5]"],
+            r"model\.dirichlet: expected \"all\" or a list of boundary tags",
+        ),
+        (
+            "",
+            ["parameter.network=[3, 4, 1]"],
+            r"parameter\.network: expected layer widths \[2, \.\.\., 1\]",
+        ),
+        ("", ["optimizer"], r"--set 'optimizer': expected key.path=value"),
+    ],
+)
+def test_bad_cases_name_the_key(comm, shared_tmp, extra, overrides, message):
+    path = write_case(shared_tmp, MINIMAL + extra, comm)
+    with pytest.raises(CaseError, match=message):
+        load_case(path, overrides)
+
+
+def test_missing_and_malformed_case_files(comm, shared_tmp):
+    with pytest.raises(CaseError, match=r"nothere\.toml: no such case file"):
+        load_case(shared_tmp / "nothere.toml")
+    path = write_case(shared_tmp, "[mesh\n", comm)
+    with pytest.raises(CaseError, match="not valid TOML"):
+        load_case(path)
+    path = write_case(shared_tmp, MINIMAL.replace('[model]\nkind = "diffusion"\n', ""), comm)
+    with pytest.raises(CaseError, match=r": model: missing \(required\)"):
+        load_case(path)
+
+
+def test_cli_reports_case_errors_on_rank_0_with_exit_2(comm, shared_tmp, capsys):
+    path = write_case(shared_tmp, MINIMAL, comm)
+    assert main(["run", str(path), "--set", "optimizer.beta=2"]) == 2
+    if comm.rank == 0:
+        assert "optimizer.beta: expected a number in [0, 1), got 2" in capsys.readouterr().err
+
+
+def test_headline_case_runs_in_reduced_form(comm, shared_tmp):
+    """Three iterations of the shipped headline case: every result file is written, the
+    misfit decreases, and the summary agrees with the history."""
+    folder = shared_tmp / "hole"
+    args = ["run", str(HOLE), "--iterations", "3", "--quiet", "--set", f"output.folder='{folder}'"]
+    assert main(args) == 0
+    for name in ("history.csv", "summary.json", "convergence.png", "fields.png", "misfit.png"):
+        assert (folder / name).is_file(), name
+    assert (folder / "parameter.bp").is_dir() and (folder / "state.bp").is_dir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["iterations"] == 3 and summary["sensors"] == 80
+    assert 0 < summary["relative_l2_error"] < 0.3
+
+
+def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp):
+    """4 iterations straight (checkpoints every 2) == 2 iterations, then --resume to 4: the
+    same θ (bitwise on one rank; relative 1e-8 on two, where MUMPS's parallel reductions may
+    round differently from run to run)."""
+    thetas = []
+    for label, steps in (("straight", [4]), ("resumed", [2, 4])):
+        folder = shared_tmp / label
+        for i, n in enumerate(steps):
+            args = [
+                "run",
+                str(HOLE),
+                "--iterations",
+                str(n),
+                "--quiet",
+                "--set",
+                f"output.folder='{folder}'",
+                "--set",
+                "output.checkpoint_every=2",
+                "--set",
+                "optimizer.stop='none'",
+            ]
+            assert main(args + (["--resume"] if i else [])) == 0
+        state = pickle.loads((folder / "checkpoint.pkl").read_bytes())
+        assert len(state["history"]) == 4
+        thetas.append(state["optimizer"]["theta"])
+    assert np.linalg.norm(thetas[1] - thetas[0]) <= 1e-8 * np.linalg.norm(thetas[0])
+    if comm.size == 1:  # one rank: no parallel reduction order to vary, bitwise the same
+        np.testing.assert_array_equal(thetas[1], thetas[0])
+
+
+def test_synthesize_from_a_case_puts_every_sensor_inside_the_mesh(comm, shared_tmp):
+    target = shared_tmp / "synth.csv"
+    args = [
+        "synthesize",
+        str(HOLE),
+        "--set",
+        f"data.sensors='{target}'",
+        "--set",
+        "synthesize.layout='random:30'",
+        "--set",
+        "synthesize.refine=0",
+    ]
+    assert main(args) == 0
+    from natinv.data import read_sensors
+
+    data = read_sensors(comm, target, 2)
+    assert data.values.size == 30
+    r = np.hypot(data.points[:, 0] - 0.5, data.points[:, 1] - 0.5)
+    assert np.all(r > 0.15) and np.all((data.points > 0) & (data.points < 1))
