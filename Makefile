@@ -1,5 +1,5 @@
 .PHONY: demo test bench
-demo:  ## fit a neural field with the natural gradient on 2 ranks; writes results/demo/
+demo:  ## the headline case on 2 ranks: κ on a plate with a hole from 80 sensors; results/diffusion-hole/
 	scripts/demo.sh
 test:  ## ruff, then the test suite serially and under mpirun -n 2
 	scripts/test.sh
