@@ -135,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     run.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    cmp = sub.add_parser("compare", help="run a case with several optimizers, side by side")
+    cmp.add_argument("case", type=Path)
+    cmp.add_argument(
+        "--optimizers", default="ngd,nnesterov,adam,lbfgs", help="ngd, nhb, nnesterov, adam, lbfgs"
+    )
+    cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
     syn = sub.add_parser(
         "synthesize",
         help="sensor data (CSV) from a known field on a fine discretisation, with noise",
@@ -212,6 +219,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (f", relative L2 error {error:.3e}" if error is not None else "")
                 + f"; results in {case.output}/",
             )
+        elif args.command == "compare":
+            from natinv.runner import compare
+
+            summaries = compare(
+                args.case,
+                [o.strip() for o in args.optimizers.split(",") if o.strip()],
+                args.set,
+                comm,
+                iterations=args.iterations,
+            )
+            parallel.rank0_print(
+                comm,
+                f"{'optimizer':<10} {'its':>5} {'stopped':>12} {'misfit':>10} {'error':>10} "
+                f"{'time':>7}",
+            )
+            for s in summaries:
+                error = s["relative_l2_error"]
+                parallel.rank0_print(
+                    comm,
+                    f"{s['optimizer']:<10} {s['iterations']:5d} {s['stopped']:>12} "
+                    f"{s['misfit']:10.4g} {error if error is not None else float('nan'):10.3e} "
+                    f"{s['time']:7.1f}",
+                )
         elif args.command == "synthesize" and args.case is not None:
             from natinv.cases import load_case
             from natinv.runner import synthesize_case

@@ -532,3 +532,83 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
     )
     write_sensors(comm, case.data.sensors, data)
     return data
+
+
+COMPARE_PRESETS: dict[str, list[str]] = {
+    "ngd": ["optimizer.kind='ngd'", "optimizer.momentum='none'", "optimizer.beta=0.0"],
+    "nhb": [
+        "optimizer.kind='ngd'",
+        "optimizer.momentum='natural-heavy-ball'",
+        "optimizer.beta=0.5",
+    ],
+    "nnesterov": [
+        "optimizer.kind='ngd'",
+        "optimizer.momentum='natural-nesterov'",
+        "optimizer.beta=0.5",
+    ],
+    "adam": ["optimizer.kind='adam'"],
+    "lbfgs": ["optimizer.kind='lbfgs'"],
+}
+
+
+def compare(
+    path: Path,
+    optimizers: list[str],
+    overrides: list[str] = (),  # type: ignore[assignment]
+    comm: MPI.Comm = MPI.COMM_WORLD,
+    *,
+    quiet: bool = True,
+    iterations: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run one case with several optimizers (``ngd``, ``nhb``, ``nnesterov``, ``adam``,
+    ``lbfgs``); each writes ``results/<case>/compare/<optimizer>/``, and the case folder gets
+    ``comparison.csv`` and ``comparison.png``. Returns the summaries. Collective."""
+    from natinv.cases import load_case
+
+    unknown = [o for o in optimizers if o not in COMPARE_PRESETS]
+    if unknown or not optimizers:
+        raise CaseError(f"--optimizers: unknown {unknown}; choose from {sorted(COMPARE_PRESETS)}")
+    base = load_case(path, list(overrides))
+    summaries, histories = [], {}
+    for name in optimizers:
+        folder = base.output / "compare" / name
+        case = load_case(path, [*overrides, *COMPARE_PRESETS[name], f"output.folder='{folder}'"])
+        summary = run(case, comm, quiet=quiet, iterations=iterations)
+        summary["optimizer"] = name
+        summaries.append(summary)
+        histories[name] = _read_history(comm, folder / "history.csv")
+    if comm.rank == 0:
+        rows = [
+            {
+                k: s.get(k)
+                for k in (
+                    "optimizer",
+                    "iterations",
+                    "stopped",
+                    "misfit",
+                    "relative_l2_error",
+                    "time",
+                )
+            }
+            for s in summaries
+        ]
+        with atomic_path(base.output / "comparison.csv") as tmp:
+            header = list(rows[0])
+            lines = [",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows]
+            tmp.write_text("\n".join(lines) + "\n")
+    key = "error" if base.parameter.truth is not None else "misfit"
+    output.plot_convergence(comm, base.output / "comparison.png", histories, key, base.name)
+    return summaries
+
+
+def _read_history(comm: MPI.Comm, path: Path) -> list[dict[str, Any]]:
+    import csv
+
+    if comm.rank != 0:
+        return []
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return [
+        {k: float(v) for k, v in row.items() if k != "optimizer" and v not in ("", "None")}
+        for row in rows
+    ]

@@ -160,3 +160,27 @@ def test_synthesize_from_a_case_puts_every_sensor_inside_the_mesh(comm, shared_t
     assert data.values.size == 30
     r = np.hypot(data.points[:, 0] - 0.5, data.points[:, 1] - 0.5)
     assert np.all(r > 0.15) and np.all((data.points > 0) & (data.points < 1))
+
+
+def test_compare_runs_each_optimizer_and_writes_one_table_and_plot(comm, shared_tmp):
+    folder = shared_tmp / "cmp"
+    args = [
+        "compare",
+        str(HOLE),
+        "--optimizers",
+        "ngd,adam",
+        "--iterations",
+        "2",
+        "--set",
+        f"output.folder='{folder}'",
+    ]
+    assert main(args) == 0
+    assert (folder / "comparison.png").is_file()
+    lines = (folder / "comparison.csv").read_text().splitlines()
+    assert lines[0].startswith("optimizer,iterations") and [r.split(",")[0] for r in lines[1:]] == [
+        "ngd",
+        "adam",
+    ]
+    for name in ("ngd", "adam"):
+        assert (folder / "compare" / name / "summary.json").is_file()
+    assert main(["compare", str(HOLE), "--optimizers", "sgd"]) == 2
