@@ -372,6 +372,7 @@ def _write_results(
         )
     _plot_fields(comm, folder / "fields.png", built, recovered)
     _plot_misfit(comm, folder / "misfit.png", built)
+    comm.Barrier()  # every file is there when any rank returns
     return summary
 
 
@@ -598,6 +599,7 @@ def compare(
             tmp.write_text("\n".join(lines) + "\n")
     key = "error" if base.parameter.truth is not None else "misfit"
     output.plot_convergence(comm, base.output / "comparison.png", histories, key, base.name)
+    comm.Barrier()  # every file is there when any rank returns
     return summaries
 
 
