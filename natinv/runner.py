@@ -472,8 +472,11 @@ def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.flo
     """Sensor points inside the mesh: ``random:N`` (uniform in the domain, by rejection) or
     ``grid:NxM`` (cell centres of a grid over the bounding box, those inside kept)."""
     comm = mesh.comm
-    lo = comm.allreduce(mesh.geometry.x[:, :2].min(axis=0), op=MPI.MIN)
-    hi = comm.allreduce(mesh.geometry.x[:, :2].max(axis=0), op=MPI.MAX)
+    corners = comm.allgather(
+        (mesh.geometry.x[:, :2].min(axis=0), mesh.geometry.x[:, :2].max(axis=0))
+    )
+    lo = np.min([c[0] for c in corners], axis=0)
+    hi = np.max([c[1] for c in corners], axis=0)
     rng = np.random.default_rng(seed)
     parts = spec.split(":")
     if parts[0] == "random" and len(parts) == 2 and parts[1].isdigit():
@@ -504,7 +507,11 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
     if case.parameter.truth is None:
         raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
     mesh, facets = load_mesh(comm, case)
+    # the coarser meshes stay alive while the refined one is in use (freeing them made the
+    # parallel solve on the refined mesh crash)
+    ancestors = []
     for _ in range(case.synthesize.refine):
+        ancestors.append((mesh, facets))
         mesh.topology.create_entities(1)
         option = dolfinx.mesh.RefinementOption.parent_cell_and_facet
         refined, parent_cell, parent_facet = dolfinx.mesh.refine(mesh, option=option)
