@@ -304,3 +304,33 @@ def test_a_few_scalars_as_the_parameter(comm):
     baseline.destroy()
     obs.destroy()
     model.destroy()
+
+
+def test_two_experiments_share_the_parameter(comm):
+    """Two load cases (different sources) on one κ: the misfit is the sum of the single-case
+    misfits (1e-12) and the summed adjoint gradient passes the Taylor test."""
+    mesh = unit_square(comm, 6)
+    w = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    v = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    m = dolfinx.fem.Function(w)
+    m.interpolate(lambda x: 1.0 + 0.5 * x[0])
+    x = ufl.SpatialCoordinate(mesh)
+    points = sensor_points()
+    experiments = []
+    for k, f in enumerate((1.0 + x[1], ufl.sin(3 * x[0]))):
+        model = models.diffusion(v, m, f=f, options_prefix=f"load{k}_")
+        obs = point_sensors(v, points, np.full(points.shape[0], 0.01 * (k + 1)), sigma=0.05)
+        experiments.append(Experiment(model, [obs], f"load {k}"))
+    both = InverseProblem(experiments)
+    singles = [InverseProblem([e]) for e in experiments]
+    m0 = m.x.array[: both.num_owned].copy()
+    np.testing.assert_allclose(both.value(m0), sum(p.value(m0) for p in singles), rtol=1e-12)
+    value, gradient = both.value_and_gradient(m0)
+    d = np.random.default_rng(comm.rank).standard_normal(m0.size) * 0.3
+    slope = comm.allreduce(float(gradient @ d))
+    remainders = [abs(both.value(m0 + h * d) - value - h * slope) for h in (1e-2, 5e-3, 2.5e-3)]
+    orders = np.log2(np.array(remainders[:-1]) / np.array(remainders[1:]))
+    assert np.all(orders >= 1.9), orders
+    for p in singles:
+        p.destroy()
+    free(both)
