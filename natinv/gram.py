@@ -32,6 +32,7 @@ options of the inner solver such as ``-natinv_gram_ksp_rtol``); options override
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar, Protocol
 
 from petsc4py import PETSc
@@ -108,6 +109,7 @@ class Gram:
         self.G: PETSc.Mat | None = None
         self.version = 0  # bumped whenever J changes
         self.assemblies = 0  # bumped whenever G is formed
+        self.timings = {"jacobian": 0.0, "gram": 0.0}  # seconds spent, cumulative
         self._vectors: tuple[PETSc.Vec, PETSc.Vec] | None = None
 
     @property
@@ -123,9 +125,11 @@ class Gram:
 
         Collective (the matrix is re-assembled so PETSc sees the new state).
         """
+        start = time.perf_counter()
         self.rows.jacobian(theta, out=self.jacobian_array())
         self.J.assemble()
         self.version += 1
+        self.timings["jacobian"] += time.perf_counter() - start
         return self.J
 
     def assemble(self, theta: npt.ArrayLike | None = None, *, jacobian: bool = True) -> PETSc.Mat:
@@ -140,9 +144,11 @@ class Gram:
         """
         if jacobian or self.version == 0:  # never form G from a J that was never computed
             self.update_jacobian(theta)
+        start = time.perf_counter()
         self.MJ = self.metric.matMult(self.J, result=self.MJ)
         self.G = self.J.transposeMatMult(self.MJ, result=self.G)
         self.assemblies += 1
+        self.timings["gram"] += time.perf_counter() - start
         return self.G
 
     def apply_transpose(self, weights: npt.ArrayLike) -> npt.NDArray[np.float64]:

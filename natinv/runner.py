@@ -321,7 +321,8 @@ def run(
             break
     theta = optimizer.theta
     built.field.set_parameters(theta)
-    summary = _write_results(case, built, history, errors, stopped, comm)
+    grams = [g for g in owned if isinstance(g, Gram)] + [built.objective.gram]
+    summary = _write_results(case, built, history, errors, stopped, comm, grams)
     for obj in owned:
         obj.destroy()
     errors.destroy()
@@ -336,6 +337,7 @@ def _write_results(
     errors: _Errors,
     stopped: str,
     comm: MPI.Comm,
+    grams: list[Any],
 ) -> dict[str, Any]:
     folder = case.output
     field = built.field
@@ -344,6 +346,11 @@ def _write_results(
     built.problem.value(field.values())
     state = built.model.u
     last = history[-1] if history else {}
+    timings = {"total": float(sum(r.get("time", 0.0) for r in history))}
+    timings.update({k: float(v) for k, v in built.problem.timings.items()})
+    for gram in grams:
+        for k, v in gram.timings.items():
+            timings[k] = timings.get(k, 0.0) + float(v)
     summary = {
         "case": case.name,
         "ranks": comm.size,
@@ -356,7 +363,7 @@ def _write_results(
         "discrepancy_level": 0.5 * built.sensors.values.size,
         "relative_l2_error": errors(field.values()),
         "time": last.get("elapsed"),
-        "timings": {k: float(sum(r.get(k, 0.0) for r in history)) for k in ("time",)},
+        "timings": timings,
     }
     output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
     output.write_summary(comm, folder / "summary.json", summary)

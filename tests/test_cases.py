@@ -109,6 +109,9 @@ def test_headline_case_runs_in_reduced_form(comm, shared_tmp):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["iterations"] == 3 and summary["sensors"] == 80
     assert 0 < summary["relative_l2_error"] < 0.3
+    timings = summary["timings"]
+    assert {"total", "forward", "adjoint", "jacobian", "gram"} <= set(timings)
+    assert all(timings[k] > 0 for k in ("forward", "adjoint", "jacobian", "gram"))
 
 
 def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp):

@@ -18,6 +18,7 @@ field ``m = k(θ)`` and is an objective for the optimizers. Its Gauss–Newton m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -109,6 +110,7 @@ class InverseProblem:
         self._rm = self.R.createVecLeft() if self.R is not None else None
         self.solves = 0
         self.last: dict[str, float] = {}
+        self.timings = {"forward": 0.0, "adjoint": 0.0}  # seconds spent, cumulative
 
     def set_parameter(self, m: npt.ArrayLike) -> None:
         """Set the owned coefficients of ``m`` in every model. Collective."""
@@ -135,9 +137,11 @@ class InverseProblem:
         m = np.asarray(m, dtype=np.float64).reshape(-1)
         self.set_parameter(m)
         misfit = 0.0
+        start = time.perf_counter()
         for experiment in self.experiments:
             u = experiment.model.solve().x.petsc_vec
             misfit += sum(obs.misfit(u) for obs in experiment.observations)
+        self.timings["forward"] += time.perf_counter() - start
         self.solves += 1
         regularization = self._regularization(m)
         self.last = {"misfit": misfit, "regularization": regularization}
@@ -152,15 +156,19 @@ class InverseProblem:
         gradient = np.zeros(self.num_owned)
         for experiment in self.experiments:
             model = experiment.model
+            start = time.perf_counter()
             u = model.solve().x.petsc_vec
             state_gradient = model.A.createVecLeft()
             for obs in experiment.observations:
                 misfit += obs.misfit(u, state_gradient)
+            middle = time.perf_counter()
+            self.timings["forward"] += middle - start
             model.adjoint(state_gradient)
             state_gradient.destroy()
             vector = model.parameter_gradient()
             gradient += vector.array_r[: self.num_owned]
             vector.destroy()
+            self.timings["adjoint"] += time.perf_counter() - middle
         self.solves += 1
         regularization = self._regularization(m)
         if self._rm is not None:
