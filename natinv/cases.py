@@ -11,14 +11,17 @@ A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` o
     seed = 0
 
     [mesh]
-    file = "../meshes/plate_with_hole.msh"     # gmsh .msh or XDMF; or builtin = "unit-square"
-    # builtin = "unit-square"; cells = 32
+    file = "../meshes/plate_with_hole.msh"     # gmsh .msh or XDMF, or a built-in rectangle:
+    # builtin = "rectangle"; extent = [2.0, 0.5]; cells = [40, 10]   (or "unit-square", cells = 32)
+    # built-in boundary tags: 1 left, 2 right, 3 bottom, 4 top
 
     [model]
-    kind = "diffusion"                         # diffusion | source | nonlinear-diffusion
+    kind = "diffusion"               # diffusion | source | nonlinear-diffusion | elasticity
     degree = 2                                 # Lagrange degree of the state
     source = "1"                               # a formula of x, y (κ for kind = "source")
     dirichlet = [1]                            # boundary tags with u = 0 ("all": every facet)
+    # elasticity (the parameter is Young's modulus): load = [0.0, -1.0] (body force),
+    # traction = { boundary = 2, value = [0.0, -0.1] }, poisson_ratio = 0.3
 
     [parameter]
     degree = 1
@@ -178,7 +181,8 @@ class _Table:
 class MeshSettings:
     file: Path | None = None
     builtin: str | None = None
-    cells: int = 32
+    cells: list[int] = field(default_factory=lambda: [32, 32])
+    extent: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
 
 @dataclass
@@ -187,6 +191,9 @@ class ModelSettings:
     degree: int = 2
     source: str = "1"
     dirichlet: list[int] | str = "all"
+    load: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    traction: tuple[int, list[float]] | None = None
+    poisson_ratio: float = 0.3
 
 
 @dataclass
@@ -245,8 +252,8 @@ class Case:
 
 
 OPTIMIZERS = ("ngd", "adam", "lbfgs")
-MODELS = ("diffusion", "source", "nonlinear-diffusion")
-BUILTIN_MESHES = ("unit-square",)
+MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
+BUILTIN_MESHES = ("unit-square", "rectangle")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -297,13 +304,30 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     seed = root.integer("seed", 0)
 
     t = root.table("mesh")
+    cells = t.get("cells", 32)
+    if isinstance(cells, int) and not isinstance(cells, bool):
+        cells = [cells, cells]
+    if not (
+        isinstance(cells, list)
+        and len(cells) == 2
+        and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cells)
+    ):
+        raise t.fail("cells", f"expected a positive integer or [nx, ny], got {cells!r}")
+    extent = t.get("extent", [1.0, 1.0])
+    if not (
+        isinstance(extent, list)
+        and len(extent) == 2
+        and all(isinstance(e, int | float) and not isinstance(e, bool) and e > 0 for e in extent)
+    ):
+        raise t.fail("extent", f"expected [length, height] (positive numbers), got {extent!r}")
     mesh = MeshSettings(
         file=t.file("file", base, None),
         builtin=t.get("builtin", None),
-        cells=t.integer("cells", 32, low=1),
+        cells=cells,
+        extent=[float(e) for e in extent],
     )
     if (mesh.file is None) == (mesh.builtin is None):
-        raise t.fail("file", 'give either a mesh file or builtin = "unit-square"')
+        raise t.fail("file", 'give either a mesh file or builtin = "unit-square" or "rectangle"')
     if mesh.builtin is not None:
         t.string("builtin", choices=BUILTIN_MESHES)
     if mesh.file is not None and mesh.file.suffix not in (".msh", ".xdmf"):
@@ -319,11 +343,35 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         )
     ):
         raise t.fail("dirichlet", f'expected "all" or a list of boundary tags, got {dirichlet!r}')
+    load = t.get("load", [0.0, 0.0])
+    if not (
+        isinstance(load, list)
+        and len(load) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in load)
+    ):
+        raise t.fail("load", f"expected [fx, fy] (numbers), got {load!r}")
+    traction = None
+    if "traction" in t.data:
+        tt = t.table("traction")
+        value = tt.get("value")
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        ):
+            raise tt.fail("value", f"expected [tx, ty] (numbers), got {value!r}")
+        traction = (tt.integer("boundary", low=0), [float(v) for v in value])
+        tt.finish()
     model = ModelSettings(
         kind=t.string("kind", "diffusion", MODELS),
         degree=t.integer("degree", 2, low=1),
         source=t.formula("source", "1") or "1",
         dirichlet=dirichlet,
+        load=[float(v) for v in load],
+        traction=traction,
+        poisson_ratio=t.number(
+            "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
+        ),
     )
     t.finish()
 

@@ -9,6 +9,7 @@ column         meaning
 ``value``      the measured value
 ``sigma``      optional: the noise standard deviation of that value (> 0)
 ``experiment`` optional: the experiment (load case) the value belongs to (any label)
+``component``  optional: which component of a vector state the value measures (0, 1, ...)
 =============  =========================================================================
 
 Lines starting with ``#`` and blank lines are skipped. Rank 0 reads the file; every problem
@@ -53,6 +54,7 @@ class SensorData:
     experiment: npt.NDArray[np.str_] | None
     lines: npt.NDArray[np.int64]
     source: str = "<memory>"
+    component: npt.NDArray[np.int64] | None = None
 
     def experiments(self, names: list[str] | None = None) -> dict[str, SensorData]:
         """The rows of each experiment (all rows under ``""`` if the file has no experiment
@@ -81,6 +83,7 @@ class SensorData:
                 self.experiment[mask],
                 self.lines[mask],
                 self.source,
+                None if self.component is None else self.component[mask],
             )
         return groups
 
@@ -95,7 +98,7 @@ def _parse(text: str, source: str, gdim: int) -> SensorData:
         raise ValueError(f"{source}: no header line (expected columns x, y, value, ...)")
     header_line, header = rows[0]
     columns = [c.strip().lower() for c in next(csv.reader([header]))]
-    allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment"}
+    allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment", "component"}
     required = [*COORDINATES[:gdim], "value"]
     unknown = [c for c in columns if c not in allowed]
     if unknown:
@@ -131,6 +134,10 @@ def _parse(text: str, source: str, gdim: int) -> SensorData:
                 raise ValueError(f"{source}:{number}: column {name!r} is {text_value}")
             if name == "sigma" and value <= 0:
                 raise ValueError(f"{source}:{number}: sigma must be > 0, got {text_value}")
+            if name == "component" and not (value >= 0 and value == int(value)):
+                raise ValueError(
+                    f"{source}:{number}: component must be an integer >= 0, got {text_value}"
+                )
             table[name].append(value)
         lines.append(number)
     if not lines:
@@ -142,6 +149,7 @@ def _parse(text: str, source: str, gdim: int) -> SensorData:
         experiment=np.asarray(table["experiment"], dtype=str) if "experiment" in table else None,
         lines=np.asarray(lines, dtype=np.int64),
         source=source,
+        component=np.asarray(table["component"], dtype=np.int64) if "component" in table else None,
     )
 
 
@@ -177,6 +185,7 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
         columns = [*COORDINATES[:gdim], "value"]
         columns += ["sigma"] if data.sigma is not None else []
         columns += ["experiment"] if data.experiment is not None else []
+        columns += ["component"] if data.component is not None else []
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
@@ -186,6 +195,8 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
                 row.append(repr(float(data.sigma[i])))
             if data.experiment is not None:
                 row.append(str(data.experiment[i]))
+            if data.component is not None:
+                row.append(str(int(data.component[i])))
             writer.writerow(row)
         with atomic_path(Path(path)) as tmp:
             tmp.write_text(buffer.getvalue())

@@ -44,7 +44,9 @@ def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.me
     """The case's mesh and its facet tags (None for built-in meshes). Collective."""
     settings = case.mesh
     if settings.builtin is not None:
-        return dolfinx.mesh.create_unit_square(comm, settings.cells, settings.cells), None
+        (nx, ny), (lx, ly) = settings.cells, settings.extent
+        mesh = dolfinx.mesh.create_rectangle(comm, [[0.0, 0.0], [lx, ly]], [nx, ny])
+        return mesh, _side_tags(mesh, lx, ly)
     assert settings.file is not None
     with parallel.collective(comm, f"{case.source}: mesh.file {settings.file}"):
         if settings.file.suffix == ".msh":
@@ -66,12 +68,32 @@ def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.me
     return mesh, facets
 
 
+def _side_tags(mesh: dolfinx.mesh.Mesh, lx: float, ly: float) -> dolfinx.mesh.MeshTags:
+    """Boundary tags of a built-in rectangle: 1 left, 2 right, 3 bottom, 4 top."""
+    mesh.topology.create_connectivity(1, 2)
+    sides = [
+        (1, lambda x: np.isclose(x[0], 0.0)),
+        (2, lambda x: np.isclose(x[0], lx)),
+        (3, lambda x: np.isclose(x[1], 0.0)),
+        (4, lambda x: np.isclose(x[1], ly)),
+    ]
+    facets, values = [], []
+    for tag, where in sides:
+        found = dolfinx.mesh.locate_entities_boundary(mesh, 1, where)
+        facets.append(found)
+        values.append(np.full(found.size, tag, dtype=np.int32))
+    order = np.argsort(np.concatenate(facets), kind="stable")
+    entities = np.concatenate(facets)[order]
+    unique, first = np.unique(entities, return_index=True)  # corners: the first side wins
+    return dolfinx.mesh.meshtags(mesh, 1, unique, np.concatenate(values)[order][first])
+
+
 def _dirichlet(
     case: Case, space: dolfinx.fem.FunctionSpace, facets: dolfinx.mesh.MeshTags | None
 ) -> list[dolfinx.fem.DirichletBC]:
     tags = case.model.dirichlet
     if tags == "all":
-        return [models.dirichlet(space)]
+        return [models.dirichlet(space, 0.0)]
     comm = space.mesh.comm
     local = set() if facets is None else {int(v) for v in np.unique(facets.values)}
     known = sorted(set().union(*comm.allgather(local)))
@@ -95,7 +117,9 @@ def _dirichlet(
             ]
         )
     ).astype(np.int32)
-    return [dolfinx.fem.dirichletbc(0.0, dofs, space)]
+    bs = space.dofmap.index_map_bs
+    zero = np.zeros(bs) if bs > 1 else 0.0
+    return [dolfinx.fem.dirichletbc(zero, dofs, space)]
 
 
 def _model(
@@ -104,13 +128,71 @@ def _model(
     parameter: dolfinx.fem.Function,
     facets: dolfinx.mesh.MeshTags | None,
 ) -> models.Model:
+    bcs = _dirichlet(case, state, facets)
+    if case.model.kind == "elasticity":
+        import ufl
+
+        traction, measure = None, None
+        if case.model.traction is not None:
+            tag, value = case.model.traction
+            measure = ufl.Measure("ds", domain=state.mesh, subdomain_data=facets, subdomain_id=tag)
+            traction = value
+        return models.elasticity(
+            state,
+            parameter,
+            f=case.model.load,
+            bcs=bcs,
+            traction=traction,
+            traction_measure=measure,
+            poisson_ratio=case.model.poisson_ratio,
+        )
     source = dolfinx.fem.Function(state, name="source")
     source.interpolate(compile_expression(case.model.source, "model.source"))
-    bcs = _dirichlet(case, state, facets)
     if case.model.kind == "source":
         return models.source(state, parameter, kappa=source, bcs=bcs)
     builder = models.diffusion if case.model.kind == "diffusion" else models.nonlinear_diffusion
     return builder(state, parameter, f=source, bcs=bcs)
+
+
+def _state_space(case: Case, mesh: dolfinx.mesh.Mesh, degree: int) -> dolfinx.fem.FunctionSpace:
+    if case.model.kind == "elasticity":
+        return dolfinx.fem.functionspace(mesh, ("Lagrange", degree, (mesh.geometry.dim,)))
+    return dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+
+
+def _observations(
+    case: Case, state: dolfinx.fem.FunctionSpace, sensors: SensorData, sigma: Any
+) -> list[Any]:
+    """Point sensors; for a vector state, one block per measured component."""
+    comm = state.mesh.comm
+    name = str(case.data.sensors.name)
+    bs = state.dofmap.index_map_bs
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), sensors.values.shape)
+    if bs == 1:
+        parallel.check_all(
+            comm,
+            sensors.component is None or bool(np.all(sensors.component == 0)),
+            f"{case.data.sensors}: a component column for a scalar state",
+        )
+        block = point_sensors(state, sensors.points, sensors.values, sig, name=name)
+        block.sensor_rows = np.arange(sensors.values.size)  # type: ignore[attr-defined]
+        return [block]
+    parallel.check_all(
+        comm,
+        sensors.component is not None and bool(np.all(sensors.component < bs)),
+        f"{case.data.sensors}: a vector state needs a component column with values in 0..{bs - 1}",
+    )
+    assert sensors.component is not None
+    blocks = []
+    for c in range(bs):
+        rows = sensors.component == c
+        if rows.any():
+            block = point_sensors(
+                state, sensors.points[rows], sensors.values[rows], sig[rows], [c], f"{name}[{c}]"
+            )
+            block.sensor_rows = np.where(rows)[0]  # type: ignore[attr-defined]
+            blocks.append(block)
+    return blocks
 
 
 @dataclass
@@ -120,23 +202,28 @@ class Built:
     mesh: dolfinx.mesh.Mesh
     field: NeuralField
     model: models.Model
-    observations: Any
+    observations: list[Any]
     problem: InverseProblem
     objective: InverseObjective
     sensors: SensorData
     truth: dolfinx.fem.Function | None
 
+    @property
+    def num_sensors(self) -> int:
+        return int(sum(obs.num_global for obs in self.observations))
+
     def destroy(self) -> None:
         self.objective.destroy()
         self.problem.destroy()
-        self.observations.destroy()
+        for obs in self.observations:
+            obs.destroy()
         self.model.destroy()
 
 
 def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     """Mesh, spaces, model, observations and the neural field of a case. Collective."""
     mesh, facets = load_mesh(comm, case)
-    state = dolfinx.fem.functionspace(mesh, ("Lagrange", case.model.degree))
+    state = _state_space(case, mesh, case.model.degree)
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
     m = dolfinx.fem.Function(space, name="parameter")
     model = _model(case, state, m, facets)
@@ -148,10 +235,8 @@ def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
         f"{case.source}: data.sigma: the sensor file {case.data.sensors.name} has no sigma "
         "column; give data.sigma",
     )
-    observations = point_sensors(
-        state, sensors.points, sensors.values, sigma, name=str(case.data.sensors.name)
-    )
-    problem = InverseProblem([Experiment(model, [observations], case.name)], case.regularization)
+    observations = _observations(case, state, sensors, sigma)
+    problem = InverseProblem([Experiment(model, observations, case.name)], case.regularization)
     network = mlp(case.parameter.network, case.parameter.activation, seed=case.seed)
     field = NeuralField(space, network, case.parameter.transform)
     truth = None
@@ -270,7 +355,7 @@ def run(
     say = (lambda text: None) if quiet else (lambda text: parallel.rank0_print(comm, text))
     say(
         f"natinv run {case.name}: {comm.size} rank(s), {built.field.num_parameters} parameters, "
-        f"{built.observations.num_global} sensors, optimizer {case.optimizer.kind}"
+        f"{built.num_sensors} sensors, optimizer {case.optimizer.kind}"
         + (
             f" ({case.optimizer.metric}, {case.optimizer.momentum})"
             if case.optimizer.kind == "ngd"
@@ -355,7 +440,7 @@ def _write_results(
         "case": case.name,
         "ranks": comm.size,
         "parameters": field.num_parameters,
-        "sensors": built.observations.num_global,
+        "sensors": built.num_sensors,
         "iterations": len(history),
         "stopped": stopped,
         "loss": last.get("loss"),
@@ -369,7 +454,8 @@ def _write_results(
     output.write_summary(comm, folder / "summary.json", summary)
     fields = [recovered] + ([built.truth] if built.truth is not None else [])
     _write_vtx(comm, folder / "parameter.bp", fields)
-    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
+    shape = state.function_space.ufl_element().reference_value_shape
+    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1, shape))
     u1 = dolfinx.fem.Function(p1, name="u")
     u1.interpolate(state)
     _write_vtx(comm, folder / "state.bp", [u1])
@@ -411,8 +497,9 @@ def _triangles(
 
 def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fem.Function) -> None:
     p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
+    symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
     panels: dict[str, Any] = {}
-    for name, function in (("true κ", built.truth), ("recovered κ", recovered)):
+    for name, function in ((f"true {symbol}", built.truth), (f"recovered {symbol}", recovered)):
         if function is None:
             continue
         f1 = dolfinx.fem.Function(p1)
@@ -428,9 +515,14 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
 
     values = [v for _, v in panels.values()]
     lo, hi = min(v.min() for v in values), max(v.max() for v in values)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.6 * len(panels), 4), constrained_layout=True
-    )
+    x_all = np.concatenate([x for x, _ in panels.values()])
+    width, height = np.ptp(x_all[:, 0]), np.ptp(x_all[:, 1])
+    if width > 1.5 * height:  # a long domain: the panels one above the other
+        size = (8.0, 1.0 + 6.5 * height / width * len(panels))
+        fig, axes = plt.subplots(len(panels), 1, figsize=size, constrained_layout=True)
+    else:
+        size = (4.6 * len(panels), 4.0)
+        fig, axes = plt.subplots(1, len(panels), figsize=size, constrained_layout=True)
     for ax, (name, (x, v)) in zip(np.atleast_1d(axes), panels.items(), strict=True):
         tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
         image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
@@ -446,11 +538,15 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
 
 
 def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
-    obs = built.observations
-    residual = (obs.predict(built.model.u.x.petsc_vec) - obs.data) * np.sqrt(
-        obs.metric.getDiagonal().array_r
-    )
-    gathered = comm.gather((obs.index, residual), root=0)
+    u = built.model.u.x.petsc_vec
+    local = []
+    for obs in built.observations:
+        weights = obs.metric.getDiagonal()
+        residual = (obs.predict(u) - obs.data) * np.sqrt(weights.array_r)
+        weights.destroy()
+        assert obs.index is not None
+        local.append((obs.sensor_rows[obs.index], residual))
+    gathered = comm.gather(local, root=0)
     if comm.rank != 0:
         return
     import matplotlib
@@ -459,8 +555,9 @@ def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
     import matplotlib.pyplot as plt
 
     z = np.zeros(built.sensors.values.size)
-    for index, values in gathered:
-        z[index] = values
+    for blocks in gathered:
+        for index, values in blocks:
+            z[index] = values
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
     bound = float(np.abs(z).max()) or 1.0
     image = ax.scatter(*built.sensors.points.T, c=z, cmap="RdBu_r", vmin=-bound, vmax=bound, s=25)
@@ -528,13 +625,19 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
             facets = dolfinx.mesh.transfer_meshtag(facets, refined, parent_cell, parent_facet)
         mesh = refined
     degree = case.synthesize.degree
-    state = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+    state = _state_space(case, mesh, degree)
     parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", degree)))
     parameter.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
     model = _model(case, state, parameter, facets)
     points = _layout(mesh, case.synthesize.layout, case.seed)
     values = point_values(model.solve(), points)
     model.destroy()
+    component = None
+    if values.ndim == 2:  # a vector state: one row per sensor and component
+        bs = values.shape[1]
+        component = np.tile(np.arange(bs), points.shape[0])
+        points = np.repeat(points, bs, axis=0)
+        values = values.reshape(-1)
     sigma = case.synthesize.noise * float(np.abs(values).max())
     noisy = values + sigma * np.random.default_rng(case.seed + 1).standard_normal(values.size)
     data = SensorData(
@@ -544,6 +647,7 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
         experiment=None,
         lines=np.arange(2, values.size + 2),
         source=str(case.data.sensors),
+        component=component,
     )
     write_sensors(comm, case.data.sensors, data)
     return data

@@ -43,6 +43,7 @@ def test_sensor_file_round_trip_is_exact(comm, shared_tmp):
         ("x,y,temperature\n0.1,0.2,1.0\n", r":1: unknown column\(s\) \['temperature'\]"),
         ("x,value\n0.1,1.0\n", r":1: missing column\(s\) \['y'\]"),
         ("x,y,value\n", r": no sensor rows after the header"),
+        ("x,y,value,component\n0.1,0.2,1.0,0.5\n", r":2: component must be an integer >= 0"),
     ],
 )
 def test_bad_sensor_files_name_file_and_line(comm, shared_tmp, text, message):

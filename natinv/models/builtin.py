@@ -130,10 +130,12 @@ def elasticity(
     bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
     traction: Data | None = None,
     poisson_ratio: float = 0.3,
+    traction_measure: ufl.Measure | None = None,
     **options: Any,
 ) -> Model:
     """Linear elasticity with a Young's-modulus field ``E = m > 0`` (checked) and Poisson ratio
-    ν: ``−∇·σ(u) = f``, ``σ n = traction`` where no condition is set (vector state)."""
+    ν: ``−∇·σ(u) = f``, ``σ n = traction`` on ``traction_measure`` (default the whole boundary;
+    a Dirichlet condition overrides it where set). Vector state."""
     mesh = space.mesh
     gdim = mesh.geometry.dim
     if not (-1.0 < poisson_ratio < 0.5):
@@ -148,7 +150,8 @@ def elasticity(
         eps = ufl.sym(ufl.grad(u))
         sigma = 2 * mu * eps + lmbda * ufl.tr(eps) * ufl.Identity(gdim)
         form = ufl.inner(sigma, ufl.sym(ufl.grad(v))) * ufl.dx - ufl.inner(body, v) * ufl.dx
-        return form - ufl.inner(t, v) * ufl.ds if t is not None else form
+        ds = traction_measure if traction_measure is not None else ufl.ds
+        return form - ufl.inner(t, v) * ds if t is not None else form
 
     options.setdefault("check", positive("Young's modulus"))
     options.setdefault("name", "elasticity")
