@@ -30,3 +30,10 @@ def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
 
 def unit_square(comm: MPI.Comm, n: int = 6) -> dolfinx.mesh.Mesh:
     return dolfinx.mesh.create_unit_square(comm, n, n)
+
+
+def taylor_orders(value, base, value0, slope, direction, hs):
+    """Observed orders of ``|L(x + h v) − L(x) − h ∇L·v|`` over the step sizes ``hs``: 2 for a
+    correct gradient. ``value`` is L, ``value0 = L(x)``, ``slope = ∇L·v`` (summed over ranks)."""
+    remainders = np.array([abs(value(base + h * direction) - value0 - h * slope) for h in hs])
+    return np.log2(remainders[:-1] / remainders[1:])
