@@ -20,6 +20,7 @@ A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` o
     degree = 2                                 # Lagrange degree of the state
     source = "1"                               # a formula of x, y (κ for kind = "source")
     dirichlet = [1]                            # boundary tags with u = 0 ("all": every facet)
+    # coefficient = "exp": κ = exp(m), the parameter is log κ (diffusion)
     # elasticity (the parameter is Young's modulus): load = [0.0, -1.0] (body force),
     # traction = { boundary = 2, value = [0.0, -0.1] }, poisson_ratio = 0.3
 
@@ -29,6 +30,7 @@ A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` o
     activation = "tanh"
     transform = "exp"
     truth = "exp(0.5*sin(2*pi*x)*cos(pi*y))"   # optional: errors against it, synthesize
+    initial = "1"                              # the start of a finite-element field (tao-*)
 
     [data]
     sensors = "data/diffusion_hole.csv"
@@ -41,7 +43,8 @@ A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` o
     kind = "h1"; alpha = 0.0
 
     [optimizer]
-    kind = "ngd"                               # ngd | adam | lbfgs
+    kind = "ngd"                               # ngd | adam | lbfgs | tao-nls | tao-lmvm
+    # (tao-*: the classical baseline, the parameter as a finite-element field, no network)
     metric = "gauss-newton"                    # gauss-newton | l2 | h1
     solver = "lm"; damping = 1e-3
     momentum = "natural-nesterov"; beta = 0.5
@@ -194,6 +197,7 @@ class ModelSettings:
     load: list[float] = field(default_factory=lambda: [0.0, 0.0])
     traction: tuple[int, list[float]] | None = None
     poisson_ratio: float = 0.3
+    coefficient: str = "identity"
 
 
 @dataclass
@@ -203,6 +207,7 @@ class ParameterSettings:
     activation: str = "tanh"
     transform: str = "exp"
     truth: str | None = None
+    initial: str = "1"
 
 
 @dataclass
@@ -251,7 +256,7 @@ class Case:
     checkpoint_every: int
 
 
-OPTIMIZERS = ("ngd", "adam", "lbfgs")
+OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
 MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
 BUILTIN_MESHES = ("unit-square", "rectangle")
 
@@ -369,6 +374,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         dirichlet=dirichlet,
         load=[float(v) for v in load],
         traction=traction,
+        coefficient=t.string("coefficient", "identity", ("identity", "exp")),
         poisson_ratio=t.number(
             "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
         ),
@@ -393,6 +399,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         activation=t.string("activation", "tanh", tuple(ACTIVATIONS)),
         transform=t.string("transform", "exp", ("identity", "exp", "softplus")),
         truth=t.formula("truth", None),
+        initial=t.formula("initial", "1") or "1",
     )
     t.finish()
 

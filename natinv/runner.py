@@ -35,6 +35,7 @@ from natinv.objectives.inverse import Experiment, InverseObjective, InverseProbl
 from natinv.observations import point_sensors, point_values
 from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.natural import NaturalGradientDescent
+from natinv.optim.tao import FieldBaseline
 from natinv.output import atomic_path
 
 __all__ = ["Built", "build", "load_mesh", "run", "synthesize_case"]
@@ -150,8 +151,11 @@ def _model(
     source.interpolate(compile_expression(case.model.source, "model.source"))
     if case.model.kind == "source":
         return models.source(state, parameter, kappa=source, bcs=bcs)
-    builder = models.diffusion if case.model.kind == "diffusion" else models.nonlinear_diffusion
-    return builder(state, parameter, f=source, bcs=bcs)
+    if case.model.kind == "diffusion":
+        return models.diffusion(
+            state, parameter, f=source, bcs=bcs, coefficient=case.model.coefficient
+        )
+    return models.nonlinear_diffusion(state, parameter, f=source, bcs=bcs)
 
 
 def _state_space(case: Case, mesh: dolfinx.mesh.Mesh, degree: int) -> dolfinx.fem.FunctionSpace:
@@ -195,16 +199,47 @@ def _observations(
     return blocks
 
 
+class _FEField:
+    """The parameter as a finite-element function (one unknown per dof), in the shape the
+    runner asks of a neural field: its "θ" is the owned coefficient vector (distributed)."""
+
+    def __init__(self, space: dolfinx.fem.FunctionSpace, initial: str) -> None:
+        self.space = space
+        self.comm = space.mesh.comm
+        self.num_owned = space.dofmap.index_map.size_local * space.dofmap.index_map_bs
+        self.num_global = space.dofmap.index_map.size_global * space.dofmap.index_map_bs
+        self.num_parameters = self.num_global
+        start = dolfinx.fem.Function(space)
+        start.interpolate(compile_expression(initial, "parameter.initial"))
+        self._values = np.array(start.x.array[: self.num_owned])
+
+    @property
+    def parameters(self) -> npt.NDArray[np.float64]:
+        return self._values.copy()
+
+    def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        return self._values.copy() if theta is None else np.asarray(theta, dtype=np.float64)
+
+    def set_parameters(self, theta: npt.ArrayLike) -> None:
+        self._values = np.asarray(theta, dtype=np.float64).copy()
+
+    def function(self) -> dolfinx.fem.Function:
+        out = dolfinx.fem.Function(self.space, name="field")
+        out.x.array[: self.num_owned] = self._values
+        out.x.scatter_forward()
+        return out
+
+
 @dataclass
 class Built:
     """The objects of a case (destroy with :meth:`destroy`)."""
 
     mesh: dolfinx.mesh.Mesh
-    field: NeuralField
+    field: NeuralField | _FEField
     model: models.Model
     observations: list[Any]
     problem: InverseProblem
-    objective: InverseObjective
+    objective: InverseObjective | None
     sensors: SensorData
     truth: dolfinx.fem.Function | None
 
@@ -213,7 +248,8 @@ class Built:
         return int(sum(obs.num_global for obs in self.observations))
 
     def destroy(self) -> None:
-        self.objective.destroy()
+        if self.objective is not None:
+            self.objective.destroy()
         self.problem.destroy()
         for obs in self.observations:
             obs.destroy()
@@ -237,13 +273,17 @@ def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     )
     observations = _observations(case, state, sensors, sigma)
     problem = InverseProblem([Experiment(model, observations, case.name)], case.regularization)
-    network = mlp(case.parameter.network, case.parameter.activation, seed=case.seed)
-    field = NeuralField(space, network, case.parameter.transform)
+    field: NeuralField | _FEField
+    if case.optimizer.kind.startswith("tao"):
+        field = _FEField(space, case.parameter.initial)
+    else:
+        network = mlp(case.parameter.network, case.parameter.activation, seed=case.seed)
+        field = NeuralField(space, network, case.parameter.transform)
     truth = None
     if case.parameter.truth is not None:
         truth = dolfinx.fem.Function(space, name="truth")
         truth.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
-    objective = InverseObjective(field, problem)
+    objective = InverseObjective(field, problem) if isinstance(field, NeuralField) else None
     return Built(mesh, field, model, observations, problem, objective, sensors, truth)
 
 
@@ -251,6 +291,10 @@ def _optimizer(case: Case, built: Built) -> tuple[Any, list[Any]]:
     """The optimizer and the PETSc-holding objects to destroy after it."""
     settings = case.optimizer
     objective, field = built.objective, built.field
+    if settings.kind.startswith("tao"):
+        baseline = FieldBaseline(built.problem, settings.kind.removeprefix("tao-"))
+        return baseline, [baseline]
+    assert objective is not None and isinstance(field, NeuralField)
     if settings.kind == "adam":
         return Adam(objective, lr=settings.lr), []
     if settings.kind == "lbfgs":
@@ -350,7 +394,16 @@ def run(
     discrepancy = 0.5 * built.sensors.values.size
     if resume:
         state = _load_checkpoint(comm, folder, case)
-        optimizer.load_state_dict(state["optimizer"])
+        if isinstance(optimizer, FieldBaseline):  # TAO restarts from the saved field
+            parallel.check_all(
+                comm,
+                len(state["field"]) == comm.size,
+                f"{_checkpoint_path(folder)}: written on {len(state['field'])} rank(s); a "
+                f"finite-element field resumes on as many, not {comm.size}",
+            )
+            built.field.set_parameters(state["field"][comm.rank])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
     say = (lambda text: None) if quiet else (lambda text: parallel.rank0_print(comm, text))
     say(
@@ -365,7 +418,9 @@ def run(
     say(f"{'it':>5} {'loss':>11} {'misfit':>11} {'step':>9} {'|d|':>9} {'error':>9} {'time':>7}")
     start = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
     stopped = "iterations"
-    while len(history) < limit:
+    if isinstance(optimizer, FieldBaseline):
+        stopped = _run_tao(case, built, optimizer, errors, history, limit, say, start, resume)
+    while not isinstance(optimizer, FieldBaseline) and len(history) < limit:
         record = optimizer.step()
         theta = optimizer.theta
         if case.regularization is None:
@@ -404,15 +459,80 @@ def run(
         if entry["step"] == 0.0 and case.optimizer.kind == "ngd":
             stopped = "no descent"
             break
-    theta = optimizer.theta
-    built.field.set_parameters(theta)
-    grams = [g for g in owned if isinstance(g, Gram)] + [built.objective.gram]
+    if not isinstance(optimizer, FieldBaseline):
+        built.field.set_parameters(optimizer.theta)
+    grams = [g for g in owned if isinstance(g, Gram)]
+    grams += [built.objective.gram] if built.objective is not None else []
     summary = _write_results(case, built, history, errors, stopped, comm, grams)
     for obj in owned:
         obj.destroy()
     errors.destroy()
     built.destroy()
     return summary
+
+
+def _run_tao(
+    case: Case,
+    built: Built,
+    baseline: FieldBaseline,
+    errors: _Errors,
+    history: list[dict[str, Any]],
+    limit: int,
+    say: Any,
+    start: float,
+    resume: bool,
+) -> str:
+    """The finite-element-field baseline: TAO from the field's current values, one history
+    entry per TAO iteration. Returns why it stopped."""
+    comm = built.problem.comm
+    discrepancy = 0.5 * built.sensors.values.size
+    stopped = ["iterations"]
+    first = len(history)
+
+    def monitor(record: dict[str, Any]) -> bool:
+        if record["iteration"] == 0:
+            return False
+        values = np.array(baseline.x.array_r)
+        built.problem.value(values)
+        misfit = built.problem.last["misfit"]
+        error = errors(values)
+        entry = {
+            "iteration": first + record["iteration"],
+            "loss": record["loss"],
+            "misfit": misfit,
+            "step": 1.0,
+            "direction_norm": record["gradient_norm"],
+            "error": error if error is not None else float("nan"),
+            "time": record["time"] - (history[-1]["time_total"] if len(history) > first else 0.0),
+            "time_total": record["time"],
+            "elapsed": time.perf_counter() - start,
+        }
+        history.append(entry)
+        say(
+            f"{entry['iteration']:5d} {entry['loss']:11.4e} {misfit:11.4e} {'':>9} "
+            f"{entry['direction_norm']:9.2e} "
+            + (f"{error:9.3e}" if error is not None else f"{'-':>9}")
+            + f" {entry['elapsed']:7.1f}"
+        )
+        every = case.checkpoint_every
+        if every and entry["iteration"] % every == 0:
+            _save_checkpoint(
+                comm,
+                case.output,
+                {"case": case.name, "field": comm.allgather(values), "history": history},
+            )
+        if case.optimizer.stop == "discrepancy" and misfit <= discrepancy:
+            stopped[0] = "discrepancy"
+            return True
+        return entry["iteration"] >= limit
+
+    solution = baseline.run(
+        built.field.parameters, max(limit - first, 0), gttol=1e-10, callback=monitor
+    )
+    built.field.set_parameters(solution)
+    if stopped[0] == "iterations" and len(history) < limit:
+        stopped[0] = baseline.reason
+    return stopped[0]
 
 
 def _write_results(

@@ -91,17 +91,24 @@ def diffusion(
     f: Data = 1.0,
     bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
     flux: Data | None = None,
+    coefficient: str = "identity",
     **options: Any,
 ) -> Model:
-    """``−∇·(m ∇u) = f`` with ``m > 0`` (checked), ``m ∇u·n = flux`` where no condition is set."""
+    """``−∇·(κ ∇u) = f`` with ``κ = m > 0`` (checked), or ``κ = exp(m)`` for
+    ``coefficient="exp"`` (the parameter is log κ); ``κ ∇u·n = flux`` where no condition is
+    set."""
+    if coefficient not in ("identity", "exp"):
+        raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
     mesh = space.mesh
     source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
 
     def residual(u, m, v):  # type: ignore[no-untyped-def]
-        form = ufl.inner(m * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
+        kappa = ufl.exp(m) if coefficient == "exp" else m
+        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
         return form - g * v * ufl.ds if g is not None else form
 
-    options.setdefault("check", positive("the diffusion coefficient"))
+    if coefficient == "identity":
+        options.setdefault("check", positive("the diffusion coefficient"))
     options.setdefault("name", "diffusion")
     return Model(space, parameter, residual, _bcs(space, bcs), **options)
 
