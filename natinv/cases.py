@@ -35,6 +35,7 @@ A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` o
     [data]
     sensors = "data/diffusion_hole.csv"
     sigma = 0.001                              # when the file has no sigma column
+    # or a full field: field = "data/u.xdmf" (P1 node data, as DOLFINx writes it), sigma = 1
 
     [synthesize]                               # `natinv synthesize CASE`
     layout = "random:60"; refine = 1; degree = 3; noise = 0.01
@@ -212,7 +213,8 @@ class ParameterSettings:
 
 @dataclass
 class DataSettings:
-    sensors: Path = Path()
+    sensors: Path | None = None
+    field: Path | None = None
     sigma: float | None = None
 
 
@@ -404,13 +406,18 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     t.finish()
 
     t = root.table("data")
-    sensors = t.file("sensors", base, exists=False)
-    assert sensors is not None
+    sensors = t.file("sensors", base, None, exists=False)
+    data_field = t.file("field", base, None, exists=False)
+    if (sensors is None) == (data_field is None):
+        raise t.fail("sensors", "give either sensors (a CSV file) or field (an XDMF file)")
     sigma = t.get("sigma", None)
     data_settings = DataSettings(
         sensors=sensors,
+        field=data_field,
         sigma=None if sigma is None else t.number("sigma", low=0.0, low_open=True),
     )
+    if data_field is not None and data_settings.sigma is None:
+        raise t.fail("sigma", "a full field needs its noise level sigma")
     t.finish()
 
     t = root.table("synthesize", required=False)

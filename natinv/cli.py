@@ -212,10 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 case, comm, resume=args.resume, quiet=args.quiet, iterations=args.iterations
             )
             error = summary["relative_l2_error"]
+            level = summary["discrepancy_level"]
             parallel.rank0_print(
                 comm,
                 f"{case.name}: {summary['iterations']} iterations ({summary['stopped']}), misfit "
-                f"{summary['misfit']:.4g} (noise level {summary['discrepancy_level']:.4g})"
+                f"{summary['misfit']:.4g}"
+                + (f" (noise level {level:.4g})" if level is not None else "")
                 + (f", relative L2 error {error:.3e}" if error is not None else "")
                 + f"; results in {case.output}/",
             )
@@ -248,10 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             case = load_case(args.case, args.set)
             data = synthesize_case(case, comm)
-            parallel.rank0_print(
-                comm,
-                f"{case.data.sensors}: {data.values.size} sensors, σ = {data.sigma[0]:.3g}",
-            )
+            sigma = data.sigma[0] if data.sigma is not None else 0.0
+            what = f"{data.values.size} sensors" if data.values.size else "full field"
+            parallel.rank0_print(comm, f"{data.source}: {what}, σ = {sigma:.3g}")
         elif args.command == "synthesize":
             from natinv.data import write_sensors
 

@@ -27,12 +27,12 @@ import numpy.typing as npt
 
 from natinv import metrics, models, output, parallel
 from natinv.cases import Case, CaseError
-from natinv.data import SensorData, read_sensors, write_sensors
+from natinv.data import SensorData, read_field, read_sensors, write_sensors
 from natinv.expressions import compile_expression
 from natinv.fields import NeuralField, mlp
 from natinv.gram import Gram, NaturalSolver
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
-from natinv.observations import point_sensors, point_values
+from natinv.observations import full_field, point_sensors, point_values
 from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.natural import NaturalGradientDescent
 from natinv.optim.tao import FieldBaseline
@@ -240,8 +240,13 @@ class Built:
     observations: list[Any]
     problem: InverseProblem
     objective: InverseObjective | None
-    sensors: SensorData
+    sensors: SensorData | None  # None for full-field data
     truth: dolfinx.fem.Function | None
+
+    @property
+    def discrepancy(self) -> float:
+        """The misfit at the noise level, ``n/2`` for n point values (inf: none for fields)."""
+        return 0.5 * self.sensors.values.size if self.sensors is not None else -np.inf
 
     @property
     def num_sensors(self) -> int:
@@ -263,15 +268,22 @@ def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
     m = dolfinx.fem.Function(space, name="parameter")
     model = _model(case, state, m, facets)
-    sensors = read_sensors(comm, case.data.sensors, 2)
-    sigma = sensors.sigma if sensors.sigma is not None else case.data.sigma
-    parallel.check_all(
-        comm,
-        sigma is not None,
-        f"{case.source}: data.sigma: the sensor file {case.data.sensors.name} has no sigma "
-        "column; give data.sigma",
-    )
-    observations = _observations(case, state, sensors, sigma)
+    sensors: SensorData | None = None
+    if case.data.field is not None:
+        data = read_field(comm, case.data.field, state)
+        assert case.data.sigma is not None
+        observations = [full_field(state, data, case.data.sigma, str(case.data.field.name))]
+    else:
+        assert case.data.sensors is not None
+        sensors = read_sensors(comm, case.data.sensors, 2)
+        sigma = sensors.sigma if sensors.sigma is not None else case.data.sigma
+        parallel.check_all(
+            comm,
+            sigma is not None,
+            f"{case.source}: data.sigma: the sensor file {case.data.sensors.name} has no sigma "
+            "column; give data.sigma",
+        )
+        observations = _observations(case, state, sensors, sigma)
     problem = InverseProblem([Experiment(model, observations, case.name)], case.regularization)
     field: NeuralField | _FEField
     if case.optimizer.kind.startswith("tao"):
@@ -391,7 +403,7 @@ def run(
     errors = _Errors(built)
     history: list[dict[str, Any]] = []
     limit = case.optimizer.iterations if iterations is None else iterations
-    discrepancy = 0.5 * built.sensors.values.size
+    discrepancy = built.discrepancy
     if resume:
         state = _load_checkpoint(comm, folder, case)
         if isinstance(optimizer, FieldBaseline):  # TAO restarts from the saved field
@@ -485,7 +497,7 @@ def _run_tao(
     """The finite-element-field baseline: TAO from the field's current values, one history
     entry per TAO iteration. Returns why it stopped."""
     comm = built.problem.comm
-    discrepancy = 0.5 * built.sensors.values.size
+    discrepancy = built.discrepancy
     stopped = ["iterations"]
     first = len(history)
 
@@ -565,7 +577,7 @@ def _write_results(
         "stopped": stopped,
         "loss": last.get("loss"),
         "misfit": last.get("misfit"),
-        "discrepancy_level": 0.5 * built.sensors.values.size,
+        "discrepancy_level": built.discrepancy if built.sensors is not None else None,
         "relative_l2_error": errors(field.values()),
         "time": last.get("elapsed"),
         "timings": timings,
@@ -646,11 +658,14 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
     for ax, (name, (x, v)) in zip(np.atleast_1d(axes), panels.items(), strict=True):
         tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
         image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
-        ax.plot(built.sensors.points[:, 0], built.sensors.points[:, 1], "k.", ms=3, label="sensors")
+        if built.sensors is not None:
+            points = built.sensors.points
+            ax.plot(points[:, 0], points[:, 1], "k.", ms=3, label="sensors")
         ax.set_title(name)
         ax.set_aspect("equal")
         fig.colorbar(image, ax=ax, shrink=0.85)
-    np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
+    if built.sensors is not None:
+        np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(built.problem.experiments[0].name)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -658,6 +673,8 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
 
 
 def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
+    if built.sensors is None:  # full-field data: the state in state.bp shows it
+        return
     u = built.model.u.x.petsc_vec
     local = []
     for obs in built.observations:
@@ -675,6 +692,7 @@ def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
     import matplotlib.pyplot as plt
 
     z = np.zeros(built.sensors.values.size)
+    assert built.sensors is not None
     for blocks in gathered:
         for index, values in blocks:
             z[index] = values
@@ -723,6 +741,51 @@ def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.flo
     return inside[:wanted]
 
 
+def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
+    """Full-field data on the case's own mesh (its nodes are the data points), from a state of
+    degree ``synthesize.degree`` (above the inversion's), with noise σ = ``noise``·max|u| at
+    the nodes off the Dirichlet boundary; written as XDMF (P1 node data)."""
+    assert case.data.field is not None and case.parameter.truth is not None
+    mesh, facets = load_mesh(comm, case)
+    state = _state_space(case, mesh, case.synthesize.degree)
+    parameter = dolfinx.fem.Function(
+        dolfinx.fem.functionspace(mesh, ("Lagrange", case.synthesize.degree))
+    )
+    parameter.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
+    model = _model(case, state, parameter, facets)
+    u = model.solve()
+    p1 = _state_space(case, mesh, 1)
+    data = dolfinx.fem.Function(p1, name="u")
+    data.interpolate(u)
+    model.destroy()
+    owned = p1.dofmap.index_map.size_local * p1.dofmap.index_map_bs
+    top = comm.allreduce(float(np.abs(data.x.array[:owned]).max(initial=0.0)), op=MPI.MAX)
+    sigma = case.synthesize.noise * top
+    fixed = np.zeros(data.x.array.size)
+    shifted = np.zeros(data.x.array.size)
+    for bc in _dirichlet(case, p1, facets):
+        bc.set(fixed)
+        bc.set(shifted, x0=np.ones(fixed.size))
+    free = ~((fixed - shifted)[:owned] > 0.5)
+    rng = np.random.default_rng(case.seed + 1 + comm.rank)
+    data.x.array[:owned] += sigma * rng.standard_normal(owned) * free
+    data.x.scatter_forward()
+    if comm.rank == 0:
+        case.data.field.parent.mkdir(parents=True, exist_ok=True)
+    comm.Barrier()
+    with dolfinx.io.XDMFFile(comm, case.data.field, "w") as xdmf:
+        xdmf.write_mesh(mesh)
+        xdmf.write_function(data, 0.0)
+    return SensorData(
+        points=np.zeros((0, 2)),
+        values=np.zeros(0),
+        sigma=np.full(1, sigma),
+        experiment=None,
+        lines=np.zeros(0, dtype=np.int64),
+        source=str(case.data.field),
+    )
+
+
 def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
     """Write the case's sensor file from its true field: the case mesh refined
     ``synthesize.refine`` times, state and parameter of degree ``synthesize.degree``, sensors
@@ -730,6 +793,8 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
     Collective."""
     if case.parameter.truth is None:
         raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
+    if case.data.field is not None:
+        return _synthesize_field(case, comm)
     mesh, facets = load_mesh(comm, case)
     # the coarser meshes stay alive while the refined one is in use (freeing them made the
     # parallel solve on the refined mesh crash)
@@ -769,6 +834,7 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
         source=str(case.data.sensors),
         component=component,
     )
+    assert case.data.sensors is not None
     write_sensors(comm, case.data.sensors, data)
     return data
 
