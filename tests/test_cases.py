@@ -52,7 +52,7 @@ sigma = 0.01
         (
             "[optimizer]\nkind = 'sgd'\n",
             [],
-            r"optimizer\.kind: expected one of \['ngd', 'adam', 'lbfgs'\]",
+            r"optimizer\.kind: expected one of \['ngd', 'adam', 'lbfgs', 'tao-nls', 'tao-lmvm'\]",
         ),
         ("[optimizer]\niterations = 'many'\n", [], r"optimizer\.iterations: expected an integer"),
         ("", ["parameter.truth='exp(os)'"], r"parameter\.truth: unknown name 'os'"),
