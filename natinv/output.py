@@ -67,8 +67,10 @@ def plot_convergence(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
     key: str = "loss",
     title: str = "",
+    level: float | None = None,
 ) -> None:
-    """``key`` against iteration and against cumulative wall time, one curve per optimizer."""
+    """``key`` against iteration and against cumulative wall time, one curve per optimizer;
+    ``level`` draws a dashed horizontal line (e.g. the misfit at the noise level)."""
     if comm.rank != 0:
         return
     import matplotlib
@@ -82,6 +84,9 @@ def plot_convergence(
         times = np.cumsum([r.get("time", 0.0) for r in records])
         ax_it.semilogy([r["iteration"] for r in records], values, label=name)
         ax_t.semilogy(times, values, label=name)
+    if level is not None and np.isfinite(level):
+        for ax in (ax_it, ax_t):
+            ax.axhline(level, color="k", linestyle="--", linewidth=0.8, label="noise level")
     ax_it.set_xlabel("iteration")
     ax_t.set_xlabel("wall time [s]")
     for ax in (ax_it, ax_t):

@@ -593,7 +593,12 @@ def _write_results(
     _write_vtx(comm, folder / "state.bp", [u1])
     if history:
         output.plot_convergence(
-            comm, folder / "convergence.png", {case.optimizer.kind: history}, "misfit", case.name
+            comm,
+            folder / "convergence.png",
+            {case.optimizer.kind: history},
+            "misfit",
+            case.name,
+            level=built.discrepancy if built.sensors is not None else None,
         )
     _plot_fields(comm, folder / "fields.png", built, recovered)
     _plot_misfit(comm, folder / "misfit.png", built)
