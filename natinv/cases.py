@@ -263,6 +263,15 @@ MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
 BUILTIN_MESHES = ("unit-square", "rectangle")
 
 
+def _pair(value: Any) -> bool:
+    """Whether ``value`` is a list of two numbers."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    )
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optimizer.beta=0.3"`` → (["optimizer", "beta"], 0.3); the value is read as TOML
     (a bare word is a string)."""
@@ -351,21 +360,13 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     ):
         raise t.fail("dirichlet", f'expected "all" or a list of boundary tags, got {dirichlet!r}')
     load = t.get("load", [0.0, 0.0])
-    if not (
-        isinstance(load, list)
-        and len(load) == 2
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in load)
-    ):
+    if not _pair(load):
         raise t.fail("load", f"expected [fx, fy] (numbers), got {load!r}")
     traction = None
     if "traction" in t.data:
         tt = t.table("traction")
         value = tt.get("value")
-        if not (
-            isinstance(value, list)
-            and len(value) == 2
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-        ):
+        if not _pair(value):
             raise tt.fail("value", f"expected [tx, ty] (numbers), got {value!r}")
         traction = (tt.integer("boundary", low=0), [float(v) for v in value])
         tt.finish()

@@ -440,32 +440,24 @@ def run(
         else:  # the loss includes the Tikhonov term: the misfit alone at the accepted θ
             built.problem.value(built.field.values(theta))
             misfit = built.problem.last["misfit"]
-        error = errors(built.field.values(theta))
-        entry = {
-            "iteration": len(history) + 1,
-            "loss": record["loss"],
-            "misfit": misfit,
-            "step": record.get("step", 0.0),
-            "direction_norm": record.get("direction_norm", 0.0),
-            "error": error if error is not None else float("nan"),
-            "time": record.get("time", 0.0),
-            "elapsed": time.perf_counter() - start,
-        }
-        history.append(entry)
-        say(
-            f"{entry['iteration']:5d} {entry['loss']:11.4e} {misfit:11.4e} {entry['step']:9.2e} "
-            f"{entry['direction_norm']:9.2e} "
-            + (f"{error:9.3e}" if error is not None else f"{'-':>9}")
-            + f" {entry['elapsed']:7.1f}"
+        entry = _log(
+            history,
+            say,
+            start,
+            loss=record["loss"],
+            misfit=misfit,
+            step=record.get("step", 0.0),
+            direction_norm=record.get("direction_norm", 0.0),
+            error=errors(built.field.values(theta)),
+            time_spent=record.get("time", 0.0),
         )
-        every = case.checkpoint_every
-        if every and entry["iteration"] % every == 0:
+        if _checkpoint_due(case, entry["iteration"]):
             _save_checkpoint(
                 comm,
                 folder,
                 {"case": case.name, "optimizer": optimizer.state_dict(), "history": history},
             )
-        if case.optimizer.stop == "discrepancy" and entry["loss"] <= discrepancy:
+        if case.optimizer.stop == "discrepancy" and misfit <= discrepancy:
             stopped = "discrepancy"
             break
         if entry["step"] == 0.0 and case.optimizer.kind == "ngd":
@@ -481,6 +473,44 @@ def run(
     errors.destroy()
     built.destroy()
     return summary
+
+
+def _log(
+    history: list[dict[str, Any]],
+    say: Any,
+    start: float,
+    *,
+    loss: float,
+    misfit: float,
+    step: float,
+    direction_norm: float,
+    error: float | None,
+    time_spent: float,
+) -> dict[str, Any]:
+    """Append one iteration's entry to the history and print the progress line."""
+    entry = {
+        "iteration": len(history) + 1,
+        "loss": loss,
+        "misfit": misfit,
+        "step": step,
+        "direction_norm": direction_norm,
+        "error": error if error is not None else float("nan"),
+        "time": time_spent,
+        "elapsed": time.perf_counter() - start,
+    }
+    history.append(entry)
+    say(
+        f"{entry['iteration']:5d} {loss:11.4e} {misfit:11.4e} "
+        + (f"{step:9.2e} " if np.isfinite(step) else f"{'-':>9} ")
+        + f"{direction_norm:9.2e} "
+        + (f"{error:9.3e}" if error is not None else f"{'-':>9}")
+        + f" {entry['elapsed']:7.1f}"
+    )
+    return entry
+
+
+def _checkpoint_due(case: Case, iteration: int) -> bool:
+    return bool(case.checkpoint_every) and iteration % case.checkpoint_every == 0
 
 
 def _run_tao(
@@ -500,6 +530,7 @@ def _run_tao(
     discrepancy = built.discrepancy
     stopped = ["iterations"]
     first = len(history)
+    clock = [0.0]  # TAO's time at the last record
 
     def monitor(record: dict[str, Any]) -> bool:
         if record["iteration"] == 0:
@@ -507,27 +538,19 @@ def _run_tao(
         values = np.array(baseline.x.array_r)
         built.problem.value(values)
         misfit = built.problem.last["misfit"]
-        error = errors(values)
-        entry = {
-            "iteration": first + record["iteration"],
-            "loss": record["loss"],
-            "misfit": misfit,
-            "step": 1.0,
-            "direction_norm": record["gradient_norm"],
-            "error": error if error is not None else float("nan"),
-            "time": record["time"] - (history[-1]["time_total"] if len(history) > first else 0.0),
-            "time_total": record["time"],
-            "elapsed": time.perf_counter() - start,
-        }
-        history.append(entry)
-        say(
-            f"{entry['iteration']:5d} {entry['loss']:11.4e} {misfit:11.4e} {'':>9} "
-            f"{entry['direction_norm']:9.2e} "
-            + (f"{error:9.3e}" if error is not None else f"{'-':>9}")
-            + f" {entry['elapsed']:7.1f}"
+        entry = _log(
+            history,
+            say,
+            start,
+            loss=record["loss"],
+            misfit=misfit,
+            step=float("nan"),  # (TAO's line search does not report its step)
+            direction_norm=record["gradient_norm"],
+            error=errors(values),
+            time_spent=record["time"] - clock[0],
         )
-        every = case.checkpoint_every
-        if every and entry["iteration"] % every == 0:
+        clock[0] = record["time"]
+        if _checkpoint_due(case, entry["iteration"]):
             _save_checkpoint(
                 comm,
                 case.output,

@@ -17,6 +17,13 @@ HOLE = ROOT / "cases" / "diffusion_hole.toml"
 BEAM = ROOT / "cases" / "elasticity_beam.toml"
 
 
+def history_column(folder: Path, name: str) -> list[float]:
+    """One column of a run's history.csv."""
+    rows = (folder / "history.csv").read_text().splitlines()
+    index = rows[0].split(",").index(name)
+    return [float(row.split(",")[index]) for row in rows[1:]]
+
+
 def write_case(folder: Path, text: str, comm) -> Path:
     path = folder / "case.toml"
     if comm.rank == 0:
@@ -198,9 +205,7 @@ def test_elasticity_case_runs_in_reduced_form(comm, shared_tmp):
     assert main(args) == 0
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["sensors"] == 80 and summary["iterations"] == 2
-    history = (folder / "history.csv").read_text().splitlines()
-    header = history[0].split(",")
-    misfits = [float(line.split(",")[header.index("misfit")]) for line in history[1:]]
+    misfits = history_column(folder, "misfit")
     assert misfits[1] < misfits[0]
 
 
@@ -233,9 +238,7 @@ def test_the_finite_element_baseline_runs_from_a_case(comm, shared_tmp):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["iterations"] == 4
     assert summary["parameters"] == 778  # the P1 dofs of the plate
-    history = (folder / "history.csv").read_text().splitlines()
-    header = history[0].split(",")
-    misfits = [float(line.split(",")[header.index("misfit")]) for line in history[1:]]
+    misfits = history_column(folder, "misfit")
     assert misfits[-1] < 0.5 * misfits[0]
 
 
@@ -260,7 +263,5 @@ def test_hippylib_case_with_full_field_data_runs_in_reduced_form(comm, shared_tm
         f"output.folder='{folder}'",
     ]
     assert main(args) == 0
-    history = (folder / "history.csv").read_text().splitlines()
-    header = history[0].split(",")
-    misfits = [float(line.split(",")[header.index("misfit")]) for line in history[1:]]
+    misfits = history_column(folder, "misfit")
     assert len(misfits) == 3 and misfits[-1] < 0.1 * misfits[0]

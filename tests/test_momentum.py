@@ -99,7 +99,8 @@ def test_gradient_restart_triggers_when_the_step_points_uphill(comm):
 
 
 @pytest.mark.parametrize(
-    "momentum", ["natural-heavy-ball", "natural-heavy-ball-diff", "natural-nesterov", "nesterov"]
+    "momentum",
+    ["natural-heavy-ball", "natural-heavy-ball-diff", "natural-nesterov", "nesterov", "spring"],
 )
 def test_state_dict_round_trip_continues_bitwise_identically(comm, momentum):
     """3 steps, save, 3 more == a fresh optimizer loaded with the state, 3 steps (bitwise)."""

@@ -121,27 +121,6 @@ def test_projected_momentum_in_another_metric_is_parameter_momentum_when_linear(
     free(objective, gram, *matrices)
 
 
-def test_spring_state_round_trip_continues_bitwise_identically(comm):
-    field, objective, l2 = nonlinear_problem(comm)
-    theta0 = field.parameters
-
-    def make():
-        solver = natinv.NaturalSolver(objective.gram, "cholesky", damping=1e-4)
-        return NaturalGradientDescent(
-            objective, solver, momentum="spring", beta=0.7, theta=theta0
-        ), solver
-
-    first, s1 = make()
-    first.run(3)
-    state = first.state_dict()
-    first.run(3)
-    second, s2 = make()
-    second.load_state_dict(state)
-    second.run(3)
-    np.testing.assert_array_equal(second.theta, first.theta)
-    free(s1, s2, objective, l2)
-
-
 def test_bad_spring_and_projection_settings_are_clear_errors(comm):
     _field, objective, l2 = nonlinear_problem(comm)
     with pytest.raises(CollectiveError, match="needs a diagonal metric"):
