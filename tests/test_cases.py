@@ -25,7 +25,9 @@ def history_column(folder: Path, name: str) -> list[float]:
 
 
 def write_case(folder: Path, text: str, comm) -> Path:
+    """(Re)write the case file on rank 0 once every rank is done reading the previous one."""
     path = folder / "case.toml"
+    comm.Barrier()
     if comm.rank == 0:
         path.write_text(text)
     comm.Barrier()

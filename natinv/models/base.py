@@ -116,6 +116,7 @@ class Model:
         self._b = dolfinx.fem.petsc.create_vector(state_space)
         self._du = self._b.duplicate()
         self._nonlinear: Any = None
+        self.solved_parameter: npt.NDArray[np.float64] | None = None
         self._C: PETSc.Mat | None = None
         self._C_state: int | None = None
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
@@ -217,6 +218,7 @@ class Model:
             f"{self.name}: the state solve gave non-finite values",
         )
         self.solves += 1
+        self.solved_parameter = np.array(self.m.x.array)  # the m the state belongs to
         if not self.linear:
             self._assemble_operator()  # A at the solution, for adjoints and tangents
         else:

@@ -278,24 +278,27 @@ class ObservationRows:
         self.blocks = problem.observations
         self.num_owned = int(sum(obs.num_owned for obs in self.blocks))
         self.num_global = int(sum(obs.num_global for obs in self.blocks))
-        self._theta: npt.NDArray[np.float64] | None = None
 
     @property
     def parameters(self) -> npt.NDArray[np.float64]:
         return self.field.parameters
 
     def _solve(self, theta: npt.ArrayLike | None) -> None:
-        t = self.field.validated(theta)
-        if self._theta is not None and np.array_equal(t, self._theta):
-            return
-        self.problem.set_parameter(self.field.values(t))
+        """Bring every model's state to k(θ), solving only those whose state belongs to
+        another parameter (e.g. after line-search trials). Collective."""
+        values = self.field.values(theta)
+        self.problem.set_parameter(values)
         for experiment in self.problem.experiments:
-            experiment.model.solve()
-        self._theta = t.copy()
+            model = experiment.model
+            current = model.solved_parameter is not None and np.array_equal(
+                model.solved_parameter, model.m.x.array
+            )
+            if not parallel.allreduce_max(self.comm, not current):
+                continue
+            model.solve()
 
     def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """The owned predicted observations, experiment by experiment. Collective."""
-        self._theta = None
         self._solve(theta)
         parts = [
             obs.predict(e.model.u.x.petsc_vec)
@@ -308,7 +311,6 @@ class ObservationRows:
         self, theta: npt.ArrayLike | None = None, out: npt.NDArray[np.float64] | None = None
     ) -> npt.NDArray[np.float64]:
         """``B S J`` on the owned rows (one tangent solve block per experiment). Collective."""
-        self._theta = None
         self._solve(theta)
         if out is None:
             out = np.empty((self.num_owned, self.num_parameters))
@@ -317,7 +319,7 @@ class ObservationRows:
             comm=self.comm,
         )
         field_jacobian.setUp()
-        self.field.jacobian(self._theta, out=field_jacobian.getDenseArray())
+        self.field.jacobian(theta, out=field_jacobian.getDenseArray())
         field_jacobian.assemble()
         row = 0
         for experiment in self.problem.experiments:
