@@ -190,6 +190,11 @@ def make_transform(spec: str | Transform | tuple[str, float, float]) -> Transfor
     )
 
 
+def same_space(a: dolfinx.fem.FunctionSpace, b: dolfinx.fem.FunctionSpace) -> bool:
+    """Whether two spaces are the same: one object, or one mesh and one element."""
+    return a == b or (a.mesh is b.mesh and a.ufl_element() == b.ufl_element())
+
+
 def _check_space(space: dolfinx.fem.FunctionSpace) -> None:
     element = space.ufl_element()
     family = getattr(element, "element_family", None)

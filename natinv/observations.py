@@ -33,6 +33,7 @@ import numpy.typing as npt
 import ufl
 
 from natinv import parallel
+from natinv.fields import same_space
 
 __all__ = [
     "Observations",
@@ -358,11 +359,7 @@ def full_field(
     )
     parallel.check_all(
         comm,
-        data.function_space == space
-        or (
-            data.function_space.mesh is space.mesh
-            and data.function_space.ufl_element() == space.ufl_element()
-        ),
+        same_space(data.function_space, space),
         f"{name}: the data Function lives on another space than the state",
     )
     w, z = ufl.TrialFunction(space), ufl.TestFunction(space)

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.fields import NeuralField
+from natinv.fields import NeuralField, same_space
 from natinv.gram import Gram
 
 __all__ = ["FieldFit"]
@@ -54,11 +54,7 @@ class FieldFit:
         if isinstance(target, dolfinx.fem.Function):
             parallel.check_all(
                 self.comm,
-                target.function_space == field.space
-                or (
-                    target.function_space.mesh is field.space.mesh
-                    and target.function_space.ufl_element() == field.space.ufl_element()
-                ),
+                same_space(target.function_space, field.space),
                 "the target Function lives on another function space than the field",
             )
             return np.array(target.x.array[: field.num_owned], dtype=np.float64)

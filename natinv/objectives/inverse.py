@@ -31,7 +31,7 @@ import numpy.typing as npt
 import ufl
 
 from natinv import metrics, parallel
-from natinv.fields import NeuralField
+from natinv.fields import NeuralField, same_space
 from natinv.gram import Gram
 from natinv.models.base import Model
 from natinv.observations import Observations
@@ -225,11 +225,7 @@ class InverseObjective:
         self.comm = field.comm
         parallel.check_all(
             self.comm,
-            field.space == problem.space
-            or (
-                field.space.mesh is problem.space.mesh
-                and field.space.ufl_element() == problem.space.ufl_element()
-            ),
+            same_space(field.space, problem.space),
             "the neural field lives on another space than the models' parameter",
         )
         self._own_metric = metric is None
