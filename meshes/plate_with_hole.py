@@ -29,7 +29,9 @@ def main() -> None:
     outer, inner = [], []
     for _, tag in curves:
         x, y, _ = gmsh.model.occ.getCenterOfMass(1, tag)
-        (inner if (x - 0.5) ** 2 + (y - 0.5) ** 2 < (args.radius + 1e-6) ** 2 else outer).append(tag)
+        (inner if (x - 0.5) ** 2 + (y - 0.5) ** 2 < (args.radius + 1e-6) ** 2 else outer).append(
+            tag
+        )
     gmsh.model.addPhysicalGroup(1, outer, 1, name="outer")
     gmsh.model.addPhysicalGroup(1, inner, 2, name="hole")
     gmsh.model.addPhysicalGroup(2, [plate[0][1]], 10, name="plate")

@@ -145,16 +145,22 @@ class _Table:
             raise self.fail(name, f"expected one of {list(choices)}, got {value!r}")
         return value
 
-    def formula(self, name: str, default: Any = _MISSING) -> str | None:
+    def formula(
+        self, name: str, default: Any = _MISSING, parameters: tuple[str, ...] = ()
+    ) -> str | None:
         value = self.get(name, default)
         if value is None:
             return None
+        return self.check_formula(name, value, parameters)
+
+    def check_formula(self, name: str, value: Any, parameters: tuple[str, ...] = ()) -> str:
+        """``value`` as the text of a valid formula (numbers become formulas)."""
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = repr(float(value))
         if not isinstance(value, str):
             raise self.fail(name, f"expected a formula of x, y (a string), got {value!r}")
         try:
-            compile_expression(value, self.key(name))
+            compile_expression(value, self.key(name), parameters)
         except ValueError as exc:
             raise CaseError(f"{self.source}: {exc}") from None
         return value
@@ -187,6 +193,11 @@ class MeshSettings:
     builtin: str | None = None
     cells: list[int] = field(default_factory=lambda: [32, 32])
     extent: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    origin: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+    @property
+    def gdim(self) -> int:
+        return 1 if self.builtin == "interval" else 2
 
 
 @dataclass
@@ -227,6 +238,41 @@ class SynthesizeSettings:
 
 
 @dataclass
+class EquationSettings:
+    """``−∇·(κ∇u) + b·∇u + c u = f``, ``u = g`` on the Dirichlet boundary (forward problems)."""
+
+    diffusion: str = "1"
+    velocity: list[str] | None = None
+    reaction: str = "0"
+    source: str = "1"
+    dirichlet: list[int] | str = "all"
+    boundary_value: str = "0"
+    boundary: str = "exact"
+    penalty: float = 1.0
+    quadrature: int = 2
+    boundary_quadrature: int = 2
+
+
+@dataclass
+class SolutionSettings:
+    """The neural solution of a forward problem and what it is checked against."""
+
+    network: list[int] = field(default_factory=lambda: [2, 32, 1])
+    activation: str = "tanh"
+    degree: int = 1
+    exact: str | None = None
+    reference_degree: int = 4
+
+
+@dataclass
+class ParametricSettings:
+    """One PDE parameter μ: the training samples and the values the surrogate is tested at."""
+
+    samples: list[float]
+    test: list[float]
+
+
+@dataclass
 class OptimizerSettings:
     kind: str = "ngd"
     metric: str = "gauss-newton"
@@ -237,6 +283,7 @@ class OptimizerSettings:
     step: str = "log-grid"
     iterations: int = 100
     stop: str = "discrepancy"
+    target: float | None = None
     lr: float = 1e-2
 
 
@@ -248,28 +295,29 @@ class Case:
     source: Path
     seed: int
     mesh: MeshSettings
-    model: ModelSettings
-    parameter: ParameterSettings
-    data: DataSettings
+    model: ModelSettings | None  # inverse problems
+    parameter: ParameterSettings | None
+    data: DataSettings | None
     synthesize: SynthesizeSettings
     regularization: tuple[str, float] | None
     optimizer: OptimizerSettings
     output: Path
     checkpoint_every: int
+    problem: str = "inverse"
+    equation: EquationSettings | None = None  # forward problems (pinn, ritz)
+    solution: SolutionSettings | None = None
+    parametric: ParametricSettings | None = None
+
+    @property
+    def forward(self) -> bool:
+        """A forward problem: the neural network is the PDE's solution (PINN or Ritz loss)."""
+        return self.problem != "inverse"
 
 
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
 MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
-BUILTIN_MESHES = ("unit-square", "rectangle")
-
-
-def _pair(value: Any) -> bool:
-    """Whether ``value`` is a list of two numbers."""
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-    )
+BUILTIN_MESHES = ("unit-square", "rectangle", "interval")
+PROBLEMS = ("inverse", "pinn", "ritz")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -318,55 +366,168 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     root = _Table(data, "", source)
     name = root.string("name", path.stem)
     seed = root.integer("seed", 0)
+    problem = root.string("problem", "inverse", PROBLEMS)
+    mesh = _mesh(root.table("mesh"), base)
+    if problem == "inverse" and mesh.gdim != 2:
+        raise root.fail("mesh.builtin", "an inverse problem needs a 2D mesh")
+    inverse = _inverse(root, base, problem == "inverse")
+    forward = _forward(root, mesh, problem)
+    if not inverse:
+        for table in ("synthesize", "regularization"):
+            if table in root.data:
+                raise root.fail(table, f"only for inverse problems (this case is {problem!r})")
+    t = root.table("synthesize", required=False)
+    synthesize = SynthesizeSettings(
+        layout=t.string("layout", "random:60"),
+        refine=t.integer("refine", 1, low=0),
+        degree=t.integer("degree", 3, low=1),
+        noise=t.number("noise", 0.01, low=0.0),
+    )
+    t.finish()
 
-    t = root.table("mesh")
+    t = root.table("regularization", required=False)
+    kind = t.string("kind", "h1", ("l2", "h1"))
+    alpha = t.number("alpha", 0.0, low=0.0)
+    regularization = (kind, alpha) if alpha > 0 else None
+    t.finish()
+
+    truth = inverse[1].truth if inverse else forward[1].exact if forward else None
+    parametric = forward[2] is not None if forward else False
+    optimizer = _optimizer(root.table("optimizer", required=False), problem, truth, parametric)
+
+    t = root.table("output", required=False)
+    output = Path(t.string("folder", f"results/{name}"))
+    checkpoint_every = t.integer("checkpoint_every", 10, low=0)
+    t.finish()
+    root.finish()
+    model, parameter, data_settings = inverse if inverse else (None, None, None)
+    equation, solution, parametric_settings = forward if forward else (None, None, None)
+    return Case(
+        name=name,
+        source=path,
+        seed=seed,
+        mesh=mesh,
+        model=model,
+        parameter=parameter,
+        data=data_settings,
+        synthesize=synthesize,
+        regularization=regularization,
+        optimizer=optimizer,
+        output=output,
+        checkpoint_every=checkpoint_every,
+        problem=problem,
+        equation=equation,
+        solution=solution,
+        parametric=parametric_settings,
+    )
+
+
+def _numbers(value: Any, count: int | None = None, positive: bool = False) -> bool:
+    """Whether ``value`` is a list of (``count``) numbers (all > 0 if ``positive``)."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and (count is None or len(value) == count)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) and (v > 0 or not positive) for v in value)
+    )
+
+
+def _mesh(t: _Table, base: Path) -> MeshSettings:
+    builtin = t.get("builtin", None)
+    if builtin is not None:
+        t.string("builtin", choices=BUILTIN_MESHES)
+    dim = 1 if builtin == "interval" else 2
     cells = t.get("cells", 32)
     if isinstance(cells, int) and not isinstance(cells, bool):
-        cells = [cells, cells]
+        cells = [cells] * dim
     if not (
         isinstance(cells, list)
-        and len(cells) == 2
+        and len(cells) == dim
         and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cells)
     ):
-        raise t.fail("cells", f"expected a positive integer or [nx, ny], got {cells!r}")
-    extent = t.get("extent", [1.0, 1.0])
-    if not (
-        isinstance(extent, list)
-        and len(extent) == 2
-        and all(isinstance(e, int | float) and not isinstance(e, bool) and e > 0 for e in extent)
-    ):
-        raise t.fail("extent", f"expected [length, height] (positive numbers), got {extent!r}")
+        expected = "a positive integer" + (" or [nx, ny]" if dim == 2 else "")
+        raise t.fail("cells", f"expected {expected}, got {cells!r}")
+    extent = t.get("extent", [1.0] * dim)
+    if isinstance(extent, int | float) and not isinstance(extent, bool) and dim == 1:
+        extent = [extent]
+    if not _numbers(extent, dim, positive=True):
+        shape = "a length" if dim == 1 else "[length, height]"
+        raise t.fail("extent", f"expected {shape} (positive numbers), got {extent!r}")
+    origin = t.get("origin", [0.0] * dim)
+    if isinstance(origin, int | float) and not isinstance(origin, bool) and dim == 1:
+        origin = [origin]
+    if not _numbers(origin, dim):
+        raise t.fail("origin", f"expected {dim} number(s), the lower corner, got {origin!r}")
     mesh = MeshSettings(
         file=t.file("file", base, None),
-        builtin=t.get("builtin", None),
+        builtin=builtin,
         cells=cells,
         extent=[float(e) for e in extent],
+        origin=[float(o) for o in origin],
     )
     if (mesh.file is None) == (mesh.builtin is None):
-        raise t.fail("file", 'give either a mesh file or builtin = "unit-square" or "rectangle"')
-    if mesh.builtin is not None:
-        t.string("builtin", choices=BUILTIN_MESHES)
+        raise t.fail(
+            "file", 'give either a mesh file or builtin = "unit-square", "rectangle" or "interval"'
+        )
     if mesh.file is not None and mesh.file.suffix not in (".msh", ".xdmf"):
         raise t.fail("file", f"expected a gmsh .msh or an .xdmf file, got {mesh.file.name}")
     t.finish()
+    return mesh
 
-    t = root.table("model")
-    dirichlet = t.get("dirichlet", "all")
+
+def _dirichlet_tags(t: _Table, name: str) -> list[int] | str:
+    tags = t.get(name, "all")
     if not (
-        dirichlet == "all"
+        tags == "all"
         or (
-            isinstance(dirichlet, list) and dirichlet and all(isinstance(i, int) for i in dirichlet)
+            isinstance(tags, list)
+            and tags
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in tags)
         )
     ):
-        raise t.fail("dirichlet", f'expected "all" or a list of boundary tags, got {dirichlet!r}')
+        raise t.fail(name, f'expected "all" or a list of boundary tags, got {tags!r}')
+    return tags
+
+
+def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]:
+    network = t.get("network", default)
+    if not (
+        isinstance(network, list)
+        and len(network) >= 2
+        and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in network)
+        and network[0] == inputs
+        and network[-1] == 1
+    ):
+        raise t.fail(
+            "network",
+            f"expected layer widths [{inputs}, ..., 1] (positive integers; {inputs} inputs: "
+            f"{what}), got {network!r}",
+        )
+    return network
+
+
+def _inverse(
+    root: _Table, base: Path, wanted: bool
+) -> tuple[ModelSettings, ParameterSettings, DataSettings] | None:
+    """The ``[model]``, ``[parameter]`` and ``[data]`` tables of an inverse problem."""
+    if not wanted:
+        for table in ("model", "parameter", "data"):
+            if table in root.data:
+                raise root.fail(
+                    table, "only for inverse problems (a forward case has [equation], [solution])"
+                )
+        return None
+    t = root.table("model")
+    dirichlet = _dirichlet_tags(t, "dirichlet")
     load = t.get("load", [0.0, 0.0])
-    if not _pair(load):
+    if not _numbers(load, 2):
         raise t.fail("load", f"expected [fx, fy] (numbers), got {load!r}")
     traction = None
     if "traction" in t.data:
         tt = t.table("traction")
         value = tt.get("value")
-        if not _pair(value):
+        if not _numbers(value, 2):
             raise tt.fail("value", f"expected [tx, ty] (numbers), got {value!r}")
         traction = (tt.integer("boundary", low=0), [float(v) for v in value])
         tt.finish()
@@ -385,17 +546,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     t.finish()
 
     t = root.table("parameter")
-    network = t.get("network", [2, 20, 20, 1])
-    if not (
-        isinstance(network, list)
-        and len(network) >= 2
-        and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in network)
-        and network[0] == 2
-        and network[-1] == 1
-    ):
-        raise t.fail(
-            "network", f"expected layer widths [2, ..., 1] (positive integers), got {network!r}"
-        )
+    network = _network(t, [2, 20, 20, 1], 2, "x, y")
     parameter = ParameterSettings(
         degree=t.integer("degree", 1, low=1),
         network=network,
@@ -420,53 +571,104 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     if data_field is not None and data_settings.sigma is None:
         raise t.fail("sigma", "a full field needs its noise level sigma")
     t.finish()
+    return model, parameter, data_settings
 
-    t = root.table("synthesize", required=False)
-    synthesize = SynthesizeSettings(
-        layout=t.string("layout", "random:60"),
-        refine=t.integer("refine", 1, low=0),
-        degree=t.integer("degree", 3, low=1),
-        noise=t.number("noise", 0.01, low=0.0),
+
+def _forward(
+    root: _Table, mesh: MeshSettings, problem: str
+) -> tuple[EquationSettings, SolutionSettings, ParametricSettings | None] | None:
+    """The ``[equation]``, ``[solution]`` and ``[parametric]`` tables of a forward problem."""
+    if problem == "inverse":
+        for table in ("equation", "solution", "parametric"):
+            if table in root.data:
+                raise root.fail(table, 'only for forward problems (problem = "pinn" or "ritz")')
+        return None
+    parametric = None
+    if "parametric" in root.data:
+        t = root.table("parametric")
+        samples = t.get("samples")
+        if not _numbers(samples):
+            raise t.fail("samples", f"expected a list of values of μ (numbers), got {samples!r}")
+        test = t.get("test", samples)
+        if not _numbers(test):
+            raise t.fail("test", f"expected a list of values of μ (numbers), got {test!r}")
+        t.finish()
+        if problem == "ritz":
+            raise t.fail("samples", 'a parametric surrogate needs problem = "pinn"')
+        parametric = ParametricSettings([float(v) for v in samples], [float(v) for v in test])
+    names = ("mu",) if parametric else ()
+
+    t = root.table("equation")
+    velocity = t.get("velocity", None)
+    if velocity is not None:
+        if not (isinstance(velocity, list) and len(velocity) == mesh.gdim):
+            raise t.fail(
+                "velocity", f"expected {mesh.gdim} formula(s), one per coordinate, got {velocity!r}"
+            )
+        velocity = [t.check_formula("velocity", v, names) for v in velocity]
+    # exact: Ritz at the dofs (any mesh), PINN through a multiplier (built-in boxes only)
+    default_boundary = "exact" if problem == "ritz" or mesh.builtin is not None else "penalty"
+    equation = EquationSettings(
+        diffusion=t.formula("diffusion", "1", names) or "1",
+        velocity=velocity,
+        reaction=t.formula("reaction", "0", names) or "0",
+        source=t.formula("source", "1", names) or "1",
+        dirichlet=_dirichlet_tags(t, "dirichlet"),
+        boundary_value=t.formula("boundary_value", "0", names) or "0",
+        boundary=t.string("boundary", default_boundary, ("exact", "penalty")),
+        penalty=t.number("penalty", 1.0, low=0.0, low_open=True),
+        quadrature=t.integer("quadrature", 2, low=1),
+        boundary_quadrature=t.integer("boundary_quadrature", 2, low=1),
+    )
+    if problem == "pinn" and equation.boundary == "exact" and mesh.builtin is None:
+        raise t.fail(
+            "boundary",
+            '"exact" multiplies the network by a function that vanishes on the Dirichlet sides '
+            'of a built-in box; on a mesh file use "penalty"',
+        )
+    if problem == "pinn" and equation.dirichlet != "all":
+        raise t.fail("dirichlet", 'a PINN case imposes u = g on every boundary facet: use "all"')
+    if problem == "ritz" and velocity is not None:
+        raise t.fail("velocity", "the Ritz loss needs a symmetric form: no advection term")
+    t.finish()
+
+    t = root.table("solution")
+    inputs = mesh.gdim + (1 if parametric else 0)
+    what = ", ".join(("x", "y")[: mesh.gdim]) + (", μ" if parametric else "")
+    solution = SolutionSettings(
+        network=_network(t, [inputs, 32, 1], inputs, what),
+        activation=t.string("activation", "tanh", tuple(ACTIVATIONS)),
+        degree=t.integer("degree", 1, low=1),
+        exact=t.formula("exact", None, names),
+        reference_degree=t.integer("reference_degree", 4, low=1),
     )
     t.finish()
+    return equation, solution, parametric
 
-    t = root.table("regularization", required=False)
-    kind = t.string("kind", "h1", ("l2", "h1"))
-    alpha = t.number("alpha", 0.0, low=0.0)
-    regularization = (kind, alpha) if alpha > 0 else None
-    t.finish()
 
-    t = root.table("optimizer", required=False)
+def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> OptimizerSettings:
+    kinds = OPTIMIZERS if problem == "inverse" else ("ngd", "adam", "lbfgs")
+    metrics = ("gauss-newton", "l2", "h1") if problem == "inverse" else ("gauss-newton",)
+    stops = ("discrepancy", "none", "target") if problem == "inverse" else ("none", "target")
     optimizer = OptimizerSettings(
-        kind=t.string("kind", "ngd", OPTIMIZERS),
-        metric=t.string("metric", "gauss-newton", ("gauss-newton", "l2", "h1")),
+        kind=t.string("kind", "ngd", kinds),
+        metric=t.string("metric", "gauss-newton", metrics),
         solver=t.string("solver", "lm", ("cholesky", "lm", "cutoff", "cg")),
         damping=t.number("damping", 1e-3, low=0.0),
         momentum=t.string("momentum", "none", MOMENTA),
         beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),
         step=t.string("step", "log-grid", ("log-grid", "armijo")),
         iterations=t.integer("iterations", 100, low=0),
-        stop=t.string("stop", "discrepancy", ("discrepancy", "none")),
+        stop=t.string("stop", stops[0], stops),
+        target=None if t.get("target", None) is None else t.number("target", low=0.0),
         lr=t.number("lr", 1e-2, low=0.0, low_open=True),
     )
+    if optimizer.stop == "target":
+        if optimizer.target is None:
+            raise t.fail("target", 'stop = "target" needs the relative L2 error to reach')
+        if problem == "inverse" and truth is None:
+            raise t.fail("stop", '"target" needs parameter.truth to measure the error against')
+    elif optimizer.target is not None:
+        raise t.fail("target", 'used only with stop = "target"')
     t.finish()
-
-    t = root.table("output", required=False)
-    output = Path(t.string("folder", f"results/{name}"))
-    checkpoint_every = t.integer("checkpoint_every", 10, low=0)
-    t.finish()
-    root.finish()
-    return Case(
-        name=name,
-        source=path,
-        seed=seed,
-        mesh=mesh,
-        model=model,
-        parameter=parameter,
-        data=data_settings,
-        synthesize=synthesize,
-        regularization=regularization,
-        optimizer=optimizer,
-        output=output,
-        checkpoint_every=checkpoint_every,
-    )
+    return optimizer

@@ -212,12 +212,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 case, comm, resume=args.resume, quiet=args.quiet, iterations=args.iterations
             )
             error = summary["relative_l2_error"]
-            level = summary["discrepancy_level"]
+            level = summary.get("discrepancy_level")
+            if case.forward:
+                fit = f"loss {summary['loss']:.4g}" if summary["loss"] is not None else "no step"
+            else:
+                fit = f"misfit {summary['misfit']:.4g}" + (
+                    f" (noise level {level:.4g})" if level is not None else ""
+                )
             parallel.rank0_print(
                 comm,
-                f"{case.name}: {summary['iterations']} iterations ({summary['stopped']}), misfit "
-                f"{summary['misfit']:.4g}"
-                + (f" (noise level {level:.4g})" if level is not None else "")
+                f"{case.name}: {summary['iterations']} iterations ({summary['stopped']}), {fit}"
                 + (f", relative L2 error {error:.3e}" if error is not None else "")
                 + f"; results in {case.output}/",
             )

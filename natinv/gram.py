@@ -356,6 +356,7 @@ class NaturalSolver:
         self._eigen_key: tuple[int, int, float] | None = None
         self.factorizations = 0  # Cholesky factorisations or eigendecompositions so far
         self.info: dict[str, Any] = {}
+        self.timings = {"solve": 0.0}  # seconds in solve() (factorisation, triangular solves)
 
     @property
     def damping(self) -> float:
@@ -393,11 +394,14 @@ class NaturalSolver:
         if self.gram.version == 0:  # J never computed: take it at the rows' current θ
             self.gram.update_jacobian()
         if self.method == "cg":
+            start = time.perf_counter()
             d = self._solve_cg(g)
         else:
             if assemble:
                 self.gram.assemble(jacobian=False)
+            start = time.perf_counter()
             d = self._solve_cutoff(g) if self.method == "cutoff" else self._solve_cholesky(g)
+        self.timings["solve"] += time.perf_counter() - start
         parallel.check_all(
             self.comm,
             bool(np.all(np.isfinite(d))),

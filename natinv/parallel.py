@@ -11,6 +11,7 @@ which is fine.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -43,6 +44,12 @@ __all__ = [
 
 Comm = MPI.Comm
 T = TypeVar("T")
+
+# torch loads its forward-mode derivative rules (Laplacians in residual losses) through a
+# deprecated torch.jit.script call of its own: nothing a user can act on
+warnings.filterwarnings(
+    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
 
 DTYPE = np.float64
 TORCH_DTYPE = torch.float64

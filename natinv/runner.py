@@ -24,100 +24,35 @@ import dolfinx.io
 import dolfinx.io.gmsh
 import numpy as np
 import numpy.typing as npt
+import torch
 
-from natinv import metrics, models, output, parallel
+from natinv import domain, metrics, models, output, parallel
 from natinv.cases import Case, CaseError
 from natinv.data import SensorData, read_field, read_sensors, write_sensors
 from natinv.expressions import compile_expression
 from natinv.fields import NeuralField, mlp
+from natinv.forward import ForwardBuilt, build_forward
+from natinv.forward import write_results as write_forward_results
 from natinv.gram import Gram, NaturalSolver
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.objectives.pinn import PINN
+from natinv.objectives.ritz import Ritz
 from natinv.observations import full_field, point_sensors, point_values
 from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.natural import NaturalGradientDescent
 from natinv.optim.tao import FieldBaseline
 from natinv.output import atomic_path
 
-__all__ = ["Built", "build", "load_mesh", "run", "synthesize_case"]
-
-
-def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
-    """The case's mesh and its facet tags (None for built-in meshes). Collective."""
-    settings = case.mesh
-    if settings.builtin is not None:
-        (nx, ny), (lx, ly) = settings.cells, settings.extent
-        mesh = dolfinx.mesh.create_rectangle(comm, [[0.0, 0.0], [lx, ly]], [nx, ny])
-        return mesh, _side_tags(mesh, lx, ly)
-    assert settings.file is not None
-    with parallel.collective(comm, f"{case.source}: mesh.file {settings.file}"):
-        if settings.file.suffix == ".msh":
-            import gmsh
-
-            if not gmsh.isInitialized():
-                gmsh.initialize()
-            gmsh.option.setNumber("General.Terminal", 0)  # no "Info: Reading..." lines
-            data = dolfinx.io.gmsh.read_from_msh(settings.file, comm, 0, gdim=2)
-            mesh, facets = data.mesh, data.facet_tags
-        else:
-            with dolfinx.io.XDMFFile(comm, settings.file, "r") as xdmf:
-                mesh = xdmf.read_mesh(name="mesh")
-                mesh.topology.create_connectivity(1, 2)
-                try:
-                    facets = xdmf.read_meshtags(mesh, name="facets")
-                except RuntimeError:
-                    facets = None
-    return mesh, facets
-
-
-def _side_tags(mesh: dolfinx.mesh.Mesh, lx: float, ly: float) -> dolfinx.mesh.MeshTags:
-    """Boundary tags of a built-in rectangle: 1 left, 2 right, 3 bottom, 4 top."""
-    mesh.topology.create_connectivity(1, 2)
-    sides = [
-        (1, lambda x: np.isclose(x[0], 0.0)),
-        (2, lambda x: np.isclose(x[0], lx)),
-        (3, lambda x: np.isclose(x[1], 0.0)),
-        (4, lambda x: np.isclose(x[1], ly)),
-    ]
-    facets, values = [], []
-    for tag, where in sides:
-        found = dolfinx.mesh.locate_entities_boundary(mesh, 1, where)
-        facets.append(found)
-        values.append(np.full(found.size, tag, dtype=np.int32))
-    order = np.argsort(np.concatenate(facets), kind="stable")
-    entities = np.concatenate(facets)[order]
-    unique, first = np.unique(entities, return_index=True)  # corners: the first side wins
-    return dolfinx.mesh.meshtags(mesh, 1, unique, np.concatenate(values)[order][first])
+__all__ = ["Built", "build", "run", "synthesize_case"]
 
 
 def _dirichlet(
     case: Case, space: dolfinx.fem.FunctionSpace, facets: dolfinx.mesh.MeshTags | None
 ) -> list[dolfinx.fem.DirichletBC]:
-    tags = case.model.dirichlet
-    if tags == "all":
-        return [models.dirichlet(space, 0.0)]
-    comm = space.mesh.comm
-    local = set() if facets is None else {int(v) for v in np.unique(facets.values)}
-    known = sorted(set().union(*comm.allgather(local)))
-    parallel.check_all(
-        comm,
-        all(t in known for t in tags),
-        f"{case.source}: model.dirichlet: boundary tags {tags} not all in the mesh's facet tags "
-        f"{known}",
-    )
+    """``u = 0`` on the facets of ``model.dirichlet``."""
     mesh = space.mesh
-    mesh.topology.create_connectivity(1, 2)
-    empty = np.zeros(0, dtype=np.int32)
-    dofs = np.unique(
-        np.concatenate(
-            [empty]
-            + [
-                dolfinx.fem.locate_dofs_topological(
-                    space, 1, facets.find(t) if facets is not None else empty
-                )
-                for t in tags
-            ]
-        )
-    ).astype(np.int32)
+    where = domain.boundary_facets(case, mesh, facets, "model.dirichlet")
+    dofs = dolfinx.fem.locate_dofs_topological(space, mesh.topology.dim - 1, where)
     bs = space.dofmap.index_map_bs
     zero = np.zeros(bs) if bs > 1 else 0.0
     return [dolfinx.fem.dirichletbc(zero, dofs, space)]
@@ -263,7 +198,7 @@ class Built:
 
 def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     """Mesh, spaces, model, observations and the neural field of a case. Collective."""
-    mesh, facets = load_mesh(comm, case)
+    mesh, facets = domain.load_mesh(comm, case)
     state = _state_space(case, mesh, case.model.degree)
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
     m = dolfinx.fem.Function(space, name="parameter")
@@ -299,11 +234,12 @@ def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     return Built(mesh, field, model, observations, problem, objective, sensors, truth)
 
 
-def _optimizer(case: Case, built: Built) -> tuple[Any, list[Any]]:
+def _optimizer(case: Case, built: Built | ForwardBuilt) -> tuple[Any, list[Any]]:
     """The optimizer and the PETSc-holding objects to destroy after it."""
     settings = case.optimizer
     objective, field = built.objective, built.field
     if settings.kind.startswith("tao"):
+        assert isinstance(built, Built)
         baseline = FieldBaseline(built.problem, settings.kind.removeprefix("tao-"))
         return baseline, [baseline]
     assert objective is not None and isinstance(field, NeuralField)
@@ -312,7 +248,9 @@ def _optimizer(case: Case, built: Built) -> tuple[Any, list[Any]]:
     if settings.kind == "lbfgs":
         return LBFGS(objective, memory=20), []
     owned: list[Any] = []
-    if settings.metric == "gauss-newton":
+    if isinstance(objective, PINN | Ritz):  # the loss's own metric: ENGD, or the energy
+        gram = objective.gram
+    elif settings.metric == "gauss-newton":
         gram = objective.gauss_newton()
         owned += [gram, gram.metric]
     elif settings.metric == "h1":
@@ -360,7 +298,16 @@ def _checkpoint_path(folder: Path) -> Path:
     return folder / "checkpoint.pkl"
 
 
-def _save_checkpoint(comm: MPI.Comm, folder: Path, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    comm: MPI.Comm, folder: Path, case: Case, history: list[dict[str, Any]], **state: Any
+) -> None:
+    """The iterate's ``state`` (optimizer or field), the history and the random generators'
+    states, written atomically by rank 0. Collective."""
+    state.update(
+        case=case.name,
+        history=history,
+        rng={"torch": torch.get_rng_state()},
+    )
     if comm.rank == 0:
         with atomic_path(_checkpoint_path(folder)) as tmp:
             tmp.write_bytes(pickle.dumps(state))
@@ -398,12 +345,11 @@ def run(
     ``resume`` continues from ``results/<case>/checkpoint.pkl`` to the same iterates as an
     uninterrupted run. ``iterations`` overrides ``optimizer.iterations``. Collective."""
     folder = case.output
-    built = build(case, comm)
+    built: Built | ForwardBuilt = build_forward(case, comm) if case.forward else build(case, comm)
     optimizer, owned = _optimizer(case, built)
-    errors = _Errors(built)
+    errors = _Errors(built) if isinstance(built, Built) else None
     history: list[dict[str, Any]] = []
     limit = case.optimizer.iterations if iterations is None else iterations
-    discrepancy = built.discrepancy
     if resume:
         state = _load_checkpoint(comm, folder, case)
         if isinstance(optimizer, FieldBaseline):  # TAO restarts from the saved field
@@ -416,11 +362,17 @@ def run(
             built.field.set_parameters(state["field"][comm.rank])
         else:
             optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
         history = state["history"]
     say = (lambda text: None) if quiet else (lambda text: parallel.rank0_print(comm, text))
+    if isinstance(built, Built):
+        what = f"{built.num_sensors} sensors"
+    else:
+        rows = getattr(built.objective, "num_global", built.field.num_global)
+        what = f"{case.problem}, {rows} {'residuals' if case.problem == 'pinn' else 'dofs'}"
     say(
         f"natinv run {case.name}: {comm.size} rank(s), {built.field.num_parameters} parameters, "
-        f"{built.num_sensors} sensors, optimizer {case.optimizer.kind}"
+        f"{what}, optimizer {case.optimizer.kind}"
         + (
             f" ({case.optimizer.metric}, {case.optimizer.momentum})"
             if case.optimizer.kind == "ngd"
@@ -431,15 +383,19 @@ def run(
     start = time.perf_counter() - (history[-1]["elapsed"] if history else 0.0)
     stopped = "iterations"
     if isinstance(optimizer, FieldBaseline):
+        assert isinstance(built, Built) and errors is not None
         stopped = _run_tao(case, built, optimizer, errors, history, limit, say, start, resume)
     while not isinstance(optimizer, FieldBaseline) and len(history) < limit:
         record = optimizer.step()
         theta = optimizer.theta
-        if case.regularization is None:
-            misfit = record["loss"]
-        else:  # the loss includes the Tikhonov term: the misfit alone at the accepted θ
-            built.problem.value(built.field.values(theta))
-            misfit = built.problem.last["misfit"]
+        if isinstance(built, ForwardBuilt):
+            misfit, error = float("nan"), built.error(theta)
+        else:
+            assert errors is not None
+            misfit, error = (
+                _misfit(case, built, record["loss"], theta),
+                errors(built.field.values(theta)),
+            )
         entry = _log(
             history,
             say,
@@ -448,31 +404,73 @@ def run(
             misfit=misfit,
             step=record.get("step", 0.0),
             direction_norm=record.get("direction_norm", 0.0),
-            error=errors(built.field.values(theta)),
+            error=error,
             time_spent=record.get("time", 0.0),
         )
         if _checkpoint_due(case, entry["iteration"]):
-            _save_checkpoint(
-                comm,
-                folder,
-                {"case": case.name, "optimizer": optimizer.state_dict(), "history": history},
-            )
-        if case.optimizer.stop == "discrepancy" and misfit <= discrepancy:
-            stopped = "discrepancy"
+            _save_checkpoint(comm, folder, case, history, optimizer=optimizer.state_dict())
+        reason = _stop(case, built, misfit, error)
+        if reason is not None:
+            stopped = reason
             break
         if entry["step"] == 0.0 and case.optimizer.kind == "ngd":
             stopped = "no descent"
             break
     if not isinstance(optimizer, FieldBaseline):
         built.field.set_parameters(optimizer.theta)
-    grams = [g for g in owned if isinstance(g, Gram)]
-    grams += [built.objective.gram] if built.objective is not None else []
-    summary = _write_results(case, built, history, errors, stopped, comm, grams)
+    timed = [o for o in owned if hasattr(o, "timings")]
+    timed += [built.objective.gram] if built.objective is not None else []
+    timings = {"total": float(sum(r.get("time", 0.0) for r in history))}
+    for obj in timed:
+        for k, v in obj.timings.items():
+            timings[k] = timings.get(k, 0.0) + float(v)
+    if isinstance(built, ForwardBuilt):
+        summary = _summary(case, built, history, stopped, timings)
+        summary = write_forward_results(built, history, summary)
+    else:
+        assert errors is not None
+        summary = _write_results(case, built, history, errors, stopped, comm, timings)
+        errors.destroy()
     for obj in owned:
         obj.destroy()
-    errors.destroy()
     built.destroy()
     return summary
+
+
+def _misfit(case: Case, built: Built, loss: float, theta: npt.NDArray[np.float64]) -> float:
+    """The data misfit at the accepted θ (the loss, unless it includes a Tikhonov term)."""
+    if case.regularization is None:
+        return loss
+    built.problem.value(built.field.values(theta))
+    return float(built.problem.last["misfit"])
+
+
+def _stop(case: Case, built: Any, misfit: float, error: float | None) -> str | None:
+    """The stopping rule met by this iteration, if any."""
+    settings = case.optimizer
+    if settings.stop == "discrepancy" and misfit <= built.discrepancy:
+        return "discrepancy"
+    if settings.stop == "target" and error is not None and error <= float(settings.target or 0):
+        return "target"
+    return None
+
+
+def _summary(
+    case: Case, built: Any, history: list[dict[str, Any]], stopped: str, timings: dict[str, float]
+) -> dict[str, Any]:
+    """The fields every summary has."""
+    last = history[-1] if history else {}
+    return {
+        "case": case.name,
+        "problem": case.problem,
+        "ranks": built.field.comm.size,
+        "parameters": built.field.num_parameters,
+        "iterations": len(history),
+        "stopped": stopped,
+        "loss": last.get("loss"),
+        "time": last.get("elapsed"),
+        "timings": timings,
+    }
 
 
 def _log(
@@ -500,7 +498,8 @@ def _log(
     }
     history.append(entry)
     say(
-        f"{entry['iteration']:5d} {loss:11.4e} {misfit:11.4e} "
+        f"{entry['iteration']:5d} {loss:11.4e} "
+        + (f"{misfit:11.4e} " if np.isfinite(misfit) else f"{'-':>11} ")
         + (f"{step:9.2e} " if np.isfinite(step) else f"{'-':>9} ")
         + f"{direction_norm:9.2e} "
         + (f"{error:9.3e}" if error is not None else f"{'-':>9}")
@@ -527,7 +526,6 @@ def _run_tao(
     """The finite-element-field baseline: TAO from the field's current values, one history
     entry per TAO iteration. Returns why it stopped."""
     comm = built.problem.comm
-    discrepancy = built.discrepancy
     stopped = ["iterations"]
     first = len(history)
     clock = [0.0]  # TAO's time at the last record
@@ -538,6 +536,7 @@ def _run_tao(
         values = np.array(baseline.x.array_r)
         built.problem.value(values)
         misfit = built.problem.last["misfit"]
+        error = errors(values)
         entry = _log(
             history,
             say,
@@ -546,18 +545,15 @@ def _run_tao(
             misfit=misfit,
             step=float("nan"),  # (TAO's line search does not report its step)
             direction_norm=record["gradient_norm"],
-            error=errors(values),
+            error=error,
             time_spent=record["time"] - clock[0],
         )
         clock[0] = record["time"]
         if _checkpoint_due(case, entry["iteration"]):
-            _save_checkpoint(
-                comm,
-                case.output,
-                {"case": case.name, "field": comm.allgather(values), "history": history},
-            )
-        if case.optimizer.stop == "discrepancy" and misfit <= discrepancy:
-            stopped[0] = "discrepancy"
+            _save_checkpoint(comm, case.output, case, history, field=comm.allgather(values))
+        reason = _stop(case, built, misfit, error)
+        if reason is not None:
+            stopped[0] = reason
             return True
         return entry["iteration"] >= limit
 
@@ -577,7 +573,7 @@ def _write_results(
     errors: _Errors,
     stopped: str,
     comm: MPI.Comm,
-    grams: list[Any],
+    timings: dict[str, float],
 ) -> dict[str, Any]:
     folder = case.output
     field = built.field
@@ -586,34 +582,25 @@ def _write_results(
     built.problem.value(field.values())
     state = built.model.u
     last = history[-1] if history else {}
-    timings = {"total": float(sum(r.get("time", 0.0) for r in history))}
     timings.update({k: float(v) for k, v in built.problem.timings.items()})
-    for gram in grams:
-        for k, v in gram.timings.items():
-            timings[k] = timings.get(k, 0.0) + float(v)
-    summary = {
-        "case": case.name,
-        "ranks": comm.size,
-        "parameters": field.num_parameters,
-        "sensors": built.num_sensors,
-        "iterations": len(history),
-        "stopped": stopped,
-        "loss": last.get("loss"),
-        "misfit": last.get("misfit"),
-        "discrepancy_level": built.discrepancy if built.sensors is not None else None,
-        "relative_l2_error": errors(field.values()),
-        "time": last.get("elapsed"),
-        "timings": timings,
-    }
+    summary = _summary(case, built, history, stopped, timings)
+    summary.update(
+        {
+            "sensors": built.num_sensors,
+            "misfit": last.get("misfit"),
+            "discrepancy_level": built.discrepancy if built.sensors is not None else None,
+            "relative_l2_error": errors(field.values()),
+        }
+    )
     output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
     output.write_summary(comm, folder / "summary.json", summary)
     fields = [recovered] + ([built.truth] if built.truth is not None else [])
-    _write_vtx(comm, folder / "parameter.bp", fields)
+    domain.write_vtx(comm, folder / "parameter.bp", fields)
     shape = state.function_space.ufl_element().reference_value_shape
     p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1, shape))
     u1 = dolfinx.fem.Function(p1, name="u")
     u1.interpolate(state)
-    _write_vtx(comm, folder / "state.bp", [u1])
+    domain.write_vtx(comm, folder / "state.bp", [u1])
     if history:
         output.plot_convergence(
             comm,
@@ -629,32 +616,6 @@ def _write_results(
     return summary
 
 
-def _write_vtx(comm: MPI.Comm, path: Path, functions: list[dolfinx.fem.Function]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True) if comm.rank == 0 else None
-    comm.Barrier()
-    with dolfinx.io.VTXWriter(comm, path, functions, engine="BP4") as writer:
-        writer.write(0.0)
-
-
-def _triangles(
-    function: dolfinx.fem.Function,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Vertex coordinates (3 per owned cell) and the function's values there, gathered on
-    rank 0 (P1 on affine triangles). Collective."""
-    space = function.function_space
-    mesh = space.mesh
-    cells = np.arange(mesh.topology.index_map(2).size_local, dtype=np.int32)
-    coords = space.tabulate_dof_coordinates()
-    dofs = np.array([space.dofmap.cell_dofs(c)[:3] for c in cells]).reshape(-1)
-    local_x = coords[dofs, :2]
-    local_v = function.x.array[dofs]
-    all_x = mesh.comm.gather(local_x, root=0)
-    all_v = mesh.comm.gather(local_v, root=0)
-    if mesh.comm.rank != 0:
-        return np.zeros((0, 2)), np.zeros(0)
-    return np.concatenate(all_x), np.concatenate(all_v)
-
-
 def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fem.Function) -> None:
     p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
     symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
@@ -664,7 +625,7 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
             continue
         f1 = dolfinx.fem.Function(p1)
         f1.interpolate(function)
-        panels[name] = _triangles(f1)
+        panels[name] = domain.triangles(f1)
     if comm.rank != 0:
         return
     import matplotlib
@@ -774,7 +735,7 @@ def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
     degree ``synthesize.degree`` (above the inversion's), with noise σ = ``noise``·max|u| at
     the nodes off the Dirichlet boundary; written as XDMF (P1 node data)."""
     assert case.data.field is not None and case.parameter.truth is not None
-    mesh, facets = load_mesh(comm, case)
+    mesh, facets = domain.load_mesh(comm, case)
     state = _state_space(case, mesh, case.synthesize.degree)
     parameter = dolfinx.fem.Function(
         dolfinx.fem.functionspace(mesh, ("Lagrange", case.synthesize.degree))
@@ -823,7 +784,7 @@ def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
         raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
     if case.data.field is not None:
         return _synthesize_field(case, comm)
-    mesh, facets = load_mesh(comm, case)
+    mesh, facets = domain.load_mesh(comm, case)
     # the coarser meshes stay alive while the refined one is in use (freeing them made the
     # parallel solve on the refined mesh crash)
     ancestors = []

@@ -8,8 +8,8 @@ py=.venv/bin/python
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # two ranks on two cores: no oversubscription
 
 echo "== ruff"
-.venv/bin/ruff check natinv tests bench
-.venv/bin/ruff format --check natinv tests bench
+.venv/bin/ruff check natinv tests bench meshes
+.venv/bin/ruff format --check natinv tests bench meshes
 
 # pytest's exit code 5 ("no tests collected") is a failure here, like any other non-zero code.
 echo "== pytest, 1 rank"

@@ -1,0 +1,483 @@
+"""Forward problems from a case: the neural network is the solution of a PDE.
+
+The equation of a forward case is ``−∇·(κ∇u) + b·∇u + c u = f`` on the mesh, ``u = g`` on the
+Dirichlet boundary, with κ, b, c, f, g formulas of the coordinates (and of μ for a parametric
+surrogate ``u(x; μ)``). Two losses:
+
+``problem = "pinn"``: ``½ Σ w_i |r(u, x_i)|²`` of the strong residual at the cells' quadrature
+    points (derivatives by torch autograd), the ENGD Gauss–Newton metric; the boundary values
+    exactly (``u = g + m·N`` with ``m`` vanishing on the sides of a built-in box) or as a penalty
+    term at the boundary facets' quadrature points. Parametric: the loss is the mean over the
+    μ samples.
+``problem = "ritz"``: ``½ a(u, u) − ℓ(u)`` on the Lagrange space of the solution (κ, c, f
+    interpolated two degrees above it), the energy metric; the boundary values at their dofs
+    (any mesh) or by a penalty ``½ γ ∫_Γ (u − g)² ds``; no advection (a must be symmetric).
+
+Errors are relative L2 errors at a degree-``2·reference_degree`` cell quadrature against
+``solution.exact`` or, without one, a finite-element reference of degree ``reference_degree`` on
+the case mesh (the same equation, the boundary values imposed at dofs), for every test μ of a
+parametric surrogate (the largest is the error reported while training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpi4py import MPI
+
+import dolfinx
+import dolfinx.fem.petsc
+import numpy as np
+import numpy.typing as npt
+import torch
+import ufl
+from torch.func import jacfwd
+
+from natinv import domain, output, parallel
+from natinv.cases import Case
+from natinv.expressions import compile_expression, expression_names, torch_expression
+from natinv.fields import NeuralField, mlp
+from natinv.objectives.pinn import PINN, Term, gradient, laplacian
+from natinv.objectives.ritz import Ritz
+from natinv.quadrature import Quadrature, boundary_quadrature, cell_quadrature
+
+__all__ = ["ForwardBuilt", "build_forward"]
+
+
+def _names(case: Case) -> tuple[str, ...]:
+    return ("mu",) if case.parametric is not None else ()
+
+
+def _residual(case: Case) -> Callable[..., torch.Tensor]:
+    """``r(u, x[, μ]) = −∇·(κ∇u) + b·∇u + c u − f`` at one point, in torch."""
+    eq = case.equation
+    assert eq is not None
+    names = _names(case)
+    kappa = torch_expression(eq.diffusion, "equation.diffusion", names)
+    source = torch_expression(eq.source, "equation.source", names)
+    reaction = None
+    if eq.reaction.strip() not in ("0", "0.0"):
+        reaction = torch_expression(eq.reaction, "equation.reaction", names)
+    velocity = [
+        torch_expression(b, f"equation.velocity[{i}]", names)
+        for i, b in enumerate(eq.velocity or [])
+    ]
+    constant = not (expression_names(eq.diffusion) & {"x", "y", "z"})
+
+    def residual(u: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *mu: Any) -> Any:
+        m = (mu[0][0],) if mu else ()
+        if constant:  # −κΔu
+            r = -kappa(x, *m) * laplacian(u, x)
+        else:  # −∇·(κ∇u) by differentiating the flux
+            r = -torch.trace(jacfwd(lambda y: kappa(y, *m) * gradient(u, y))(x))
+        if velocity:
+            du = gradient(u, x)
+            r = r + sum(b(x, *m) * du[i] for i, b in enumerate(velocity))
+        if reaction is not None:
+            r = r + reaction(x, *m) * u(x)
+        return r - source(x, *m)
+
+    return residual
+
+
+def _pinn(case: Case, field: NeuralField, mesh: dolfinx.mesh.Mesh) -> PINN:
+    eq = case.equation
+    assert eq is not None
+    g = torch_expression(eq.boundary_value, "equation.boundary_value")
+    zero_g = eq.boundary_value.strip() in ("0", "0.0")
+    terms = [Term(cell_quadrature(mesh, eq.quadrature), _residual(case), name="interior")]
+    multiplier, lift = None, None
+    if eq.boundary == "exact":
+        lower = np.array(case.mesh.origin)
+        upper = lower + np.array(case.mesh.extent)
+
+        def multiplier(x: torch.Tensor) -> torch.Tensor:
+            out = torch.ones((), dtype=torch.float64)
+            for i in range(lower.size):
+                out = out * (x[i] - lower[i]) * (upper[i] - x[i])
+            return out
+
+        lift = None if zero_g else g
+    else:
+        points = boundary_quadrature(mesh, eq.boundary_quadrature)
+        terms.append(
+            Term(points, lambda u, x, *mu: u(x) - g(x), weight=eq.penalty, name="boundary")
+        )
+    samples = None
+    if case.parametric is not None:
+        samples = np.array(case.parametric.samples)[:, None]
+    return PINN(field, terms, multiplier=multiplier, lift=lift, samples=samples)
+
+
+def _interpolated(
+    space: dolfinx.fem.FunctionSpace, text: str, key: str, names: tuple[str, ...], mu: float | None
+) -> dolfinx.fem.Function:
+    function = dolfinx.fem.Function(space)
+    formula = compile_expression(text, key, names)
+    values = {"mu": mu} if mu is not None else {}
+    function.interpolate(lambda x: formula(x, **values))
+    return function
+
+
+def _ritz(
+    case: Case, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any
+) -> tuple[Ritz, list[Any]]:
+    """The Ritz loss and the functions its forms hold."""
+    eq = case.equation
+    assert eq is not None
+    space = field.space
+    degree = space.element.basix_element.degree
+    coefficients = dolfinx.fem.functionspace(mesh, ("Lagrange", degree + 2))
+    kappa = _interpolated(coefficients, eq.diffusion, "equation.diffusion", (), None)
+    source = _interpolated(coefficients, eq.source, "equation.source", (), None)
+    reaction = _interpolated(coefficients, eq.reaction, "equation.reaction", (), None)
+    g = _interpolated(space, eq.boundary_value, "equation.boundary_value", (), None)
+    where = domain.boundary_facets(case, mesh, facets, "equation.dirichlet")
+    keep: list[Any] = [kappa, source, reaction, g]
+
+    def a(w: Any, z: Any) -> Any:
+        form = kappa * ufl.inner(ufl.grad(w), ufl.grad(z)) * ufl.dx + reaction * w * z * ufl.dx
+        if eq.boundary == "penalty":
+            form = form + eq.penalty * w * z * _ds(case, mesh, facets)
+        return form
+
+    def ell(z: Any) -> Any:
+        form = source * z * ufl.dx
+        if eq.boundary == "penalty":
+            form = form + eq.penalty * g * z * _ds(case, mesh, facets)
+        return form
+
+    bcs = []
+    if eq.boundary == "exact":
+        dofs = dolfinx.fem.locate_dofs_topological(space, mesh.topology.dim - 1, where)
+        bcs.append(dolfinx.fem.dirichletbc(g, dofs))
+    return Ritz(field, a, ell, bcs=bcs), keep
+
+
+def _ds(case: Case, mesh: dolfinx.mesh.Mesh, facets: Any) -> ufl.Measure:
+    """The measure of the Dirichlet boundary (all exterior facets, or the tagged ones)."""
+    assert case.equation is not None
+    tags = case.equation.dirichlet
+    if tags == "all":
+        return ufl.ds(domain=mesh)
+    return ufl.Measure("ds", domain=mesh, subdomain_data=facets, subdomain_id=tuple(tags))
+
+
+def _reference(
+    case: Case, mesh: dolfinx.mesh.Mesh, facets: Any, mu: float | None, index: int
+) -> dolfinx.fem.Function:
+    """The finite-element solution of the case's equation (degree ``reference_degree``) at μ,
+    by a direct solve. Collective."""
+    eq, solution = case.equation, case.solution
+    assert eq is not None and solution is not None
+    names = _names(case)
+    degree = solution.reference_degree
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+    coefficients = dolfinx.fem.functionspace(mesh, ("Lagrange", degree + 1))
+
+    def coefficient(text: str, key: str) -> dolfinx.fem.Function:
+        return _interpolated(coefficients, text, key, names, mu)
+
+    u, v = ufl.TrialFunction(space), ufl.TestFunction(space)
+    kappa = coefficient(eq.diffusion, "equation.diffusion")
+    a = kappa * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx
+    a = a + coefficient(eq.reaction, "equation.reaction") * u * v * ufl.dx
+    for i, b in enumerate(eq.velocity or []):
+        a = a + coefficient(b, f"equation.velocity[{i}]") * u.dx(i) * v * ufl.dx
+    ell = coefficient(eq.source, "equation.source") * v * ufl.dx
+    g = _interpolated(space, eq.boundary_value, "equation.boundary_value", (), None)
+    where = domain.boundary_facets(case, mesh, facets, "equation.dirichlet")
+    dofs = dolfinx.fem.locate_dofs_topological(space, mesh.topology.dim - 1, where)
+    problem = dolfinx.fem.petsc.LinearProblem(
+        a,
+        ell,
+        bcs=[dolfinx.fem.dirichletbc(g, dofs)],
+        petsc_options={
+            "ksp_type": "preonly",
+            "pc_type": "lu",
+            "pc_factor_mat_solver_type": "mumps",
+        },
+        petsc_options_prefix=f"natinv_reference_{index}_",
+    )
+    with parallel.collective(mesh.comm, f"{case.source}: the finite-element reference"):
+        result = problem.solve()
+    reference = result[0] if isinstance(result, tuple) else result
+    reference.name = "reference"
+    return reference
+
+
+@dataclass
+class ForwardBuilt:
+    """The objects of a forward case (destroy with :meth:`destroy`)."""
+
+    case: Case
+    mesh: dolfinx.mesh.Mesh
+    field: NeuralField
+    objective: PINN | Ritz
+    check: Quadrature
+    mus: list[float | None]  # the test μ (one None for a plain problem)
+    references: list[npt.NDArray[np.float64]]  # u* at the check points, per test μ
+    reference_functions: list[dolfinx.fem.Function | None]
+    keep: list[Any] = field(default_factory=list)
+
+    @property
+    def comm(self) -> MPI.Comm:
+        return self.mesh.comm
+
+    def values(self, theta: npt.ArrayLike, mu: float | None) -> npt.NDArray[np.float64]:
+        """``u_θ`` at the check points (at μ). Collective for a Ritz loss."""
+        if isinstance(self.objective, PINN):
+            return self.objective.solution(self.check.points, theta, None if mu is None else [mu])
+        return self.check.evaluate(self.objective.solution(theta))
+
+    def errors(self, theta: npt.ArrayLike) -> list[float]:
+        """The relative L2 error at each test μ. Collective."""
+        out = []
+        for mu, reference in zip(self.mus, self.references, strict=True):
+            difference = self.check.integrate((self.values(theta, mu) - reference) ** 2)
+            norm = self.check.integrate(reference**2)
+            out.append(float(np.sqrt(difference / norm)) if norm > 0 else np.sqrt(difference))
+        return out
+
+    def error(self, theta: npt.ArrayLike) -> float:
+        """The largest relative L2 error over the test μ. Collective."""
+        return max(self.errors(theta))
+
+    def solution(self, theta: npt.ArrayLike, mu: float | None) -> dolfinx.fem.Function:
+        """``u_θ`` (at μ) on the solution's Lagrange space. Collective."""
+        if isinstance(self.objective, Ritz):
+            return self.objective.solution(theta)
+        space = self.field.space
+        gdim = self.mesh.geometry.dim
+        out = dolfinx.fem.Function(space, name="u")
+        coordinates = space.tabulate_dof_coordinates()[:, :gdim]
+        out.x.array[:] = self.objective.solution(coordinates, theta, None if mu is None else [mu])
+        return out
+
+    def reference(self, index: int) -> dolfinx.fem.Function:
+        """The exact or reference solution at the ``index``-th test μ, on the solution's
+        space. Collective."""
+        out = dolfinx.fem.Function(self.field.space, name="reference")
+        source = self.reference_functions[index]
+        if source is not None:
+            out.interpolate(source)
+        else:
+            assert self.case.solution is not None and self.case.solution.exact is not None
+            mu = self.mus[index]
+            out = _interpolated(
+                self.field.space, self.case.solution.exact, "solution.exact", _names(self.case), mu
+            )
+            out.name = "reference"
+        return out
+
+    def destroy(self) -> None:
+        self.objective.destroy()
+
+
+def build_forward(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardBuilt:
+    """Mesh, neural solution, loss and references of a forward case. Collective."""
+    settings = case.solution
+    assert settings is not None and case.equation is not None
+    mesh, facets = domain.load_mesh(comm, case)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", settings.degree))
+    network = mlp(settings.network, settings.activation, seed=case.seed)
+    mus: list[float | None] = [None]
+    if case.parametric is not None:
+        mus = list(case.parametric.test)
+        field = NeuralField(space, network, mu=[case.parametric.samples[0]])
+    else:
+        field = NeuralField(space, network)
+    keep: list[Any] = []
+    objective: PINN | Ritz
+    if case.problem == "pinn":
+        objective = _pinn(case, field, mesh)
+    else:
+        objective, keep = _ritz(case, field, mesh, facets)
+    check = cell_quadrature(mesh, 2 * settings.reference_degree)
+    references, functions = [], []
+    for index, mu in enumerate(mus):
+        if settings.exact is not None:
+            formula = compile_expression(settings.exact, "solution.exact", _names(case))
+            points = np.zeros((3, check.points.shape[0]))
+            points[: check.points.shape[1]] = check.points.T
+            references.append(formula(points, **({"mu": mu} if mu is not None else {})))
+            functions.append(None)
+        else:
+            reference = _reference(case, mesh, facets, mu, index)
+            references.append(check.evaluate(reference))
+            functions.append(reference)
+    return ForwardBuilt(case, mesh, field, objective, check, mus, references, functions, keep)
+
+
+def write_results(
+    built: ForwardBuilt,
+    history: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """``summary.json`` (with the error at every test μ), ``solution.bp`` (u_θ and the
+    reference, per test μ), ``convergence.png``, ``fields.png`` and, for a parametric
+    surrogate, ``mu_errors.png``. Returns the summary. Collective."""
+    case, comm = built.case, built.comm
+    folder = case.output
+    theta = built.field.parameters
+    errors = built.errors(theta)
+    summary["relative_l2_error"] = max(errors)
+    if case.parametric is not None:
+        trained = set(case.parametric.samples)
+        summary["errors_by_mu"] = [
+            {"mu": mu, "relative_l2_error": e, "trained": mu in trained}
+            for mu, e in zip(built.mus, errors, strict=True)
+        ]
+    summary["reference"] = (
+        "exact"
+        if case.solution and case.solution.exact
+        else (f"P{case.solution.reference_degree if case.solution else 0} finite elements")
+    )
+    output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
+    output.write_summary(comm, folder / "summary.json", summary)
+    functions = []
+    for index, mu in enumerate(built.mus):
+        suffix = "" if mu is None else f"_mu{mu:+g}"
+        u, reference = built.solution(theta, mu), built.reference(index)
+        u.name, reference.name = f"u{suffix}", f"reference{suffix}"
+        functions += [u, reference]
+    domain.write_vtx(comm, folder / "solution.bp", functions)
+    if history:
+        output.plot_convergence(
+            comm,
+            folder / "convergence.png",
+            {case.optimizer.kind: history},
+            "error",
+            f"{case.name}: relative L2 error of u",
+        )
+    shown = _shown(built.mus)
+    panels = [
+        (mu, functions[2 * i], functions[2 * i + 1]) for i, mu in enumerate(built.mus) if i in shown
+    ]
+    if built.mesh.topology.dim == 1:
+        _plot_lines(comm, folder / "fields.png", case.name, panels)
+    else:
+        _plot_surfaces(comm, folder / "fields.png", case.name, panels)
+    if case.parametric is not None:
+        _plot_mu_errors(comm, folder / "mu_errors.png", case, built.mus, errors)
+    comm.Barrier()  # every file is there when any rank returns
+    return summary
+
+
+def _shown(mus: list[float | None]) -> set[int]:
+    """Up to three test μ to draw: the first, the middle and the last."""
+    return {0, len(mus) // 2, len(mus) - 1}
+
+
+def _label(mu: float | None) -> str:
+    return "" if mu is None else f" (μ = {mu:g})"
+
+
+def _p1(function: dolfinx.fem.Function) -> dolfinx.fem.Function:
+    mesh = function.function_space.mesh
+    out = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", 1)))
+    out.interpolate(function)
+    return out
+
+
+def _plot_lines(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
+    """1D: u_θ and the reference against x, and the pointwise error (log scale)."""
+    curves = []
+    for mu, u, reference in panels:
+        p1u, p1r = _p1(u), _p1(reference)
+        owned = p1u.function_space.dofmap.index_map.size_local
+        x = p1u.function_space.tabulate_dof_coordinates()[:owned, 0]
+        gathered = comm.gather((x, p1u.x.array[:owned], p1r.x.array[:owned]), root=0)
+        if comm.rank == 0:
+            x, a, b = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
+            order = np.argsort(x)
+            curves.append((mu, x[order], a[order], b[order]))
+    if comm.rank != 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, err) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for mu, x, a, b in curves:
+        (line,) = ax.plot(x, b, "-", lw=2.5, alpha=0.4, label=f"reference{_label(mu)}")
+        ax.plot(x, a, "--", color=line.get_color(), lw=1.2, label=f"network{_label(mu)}")
+        gap = np.abs(a - b)
+        gap[gap == 0.0] = np.nan  # exact boundary values: off the log scale
+        err.semilogy(x, gap, color=line.get_color(), label=_label(mu) or None)
+    ax.set_xlabel("x")
+    ax.set_ylabel("u")
+    ax.legend(fontsize=8)
+    err.set_xlabel("x")
+    err.set_ylabel("|u_θ − u*| at the P1 nodes")
+    err.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title)
+    with output.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
+    """2D: one row per μ: u_θ, the reference, and their difference."""
+    rows = []
+    for mu, u, reference in panels:
+        x, a = domain.triangles(_p1(u))
+        _, b = domain.triangles(_p1(reference))
+        rows.append((mu, x, a, b))
+    if comm.rank != 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.tri import Triangulation
+
+    fig, axes = plt.subplots(
+        len(rows), 3, figsize=(13, 3.8 * len(rows)), constrained_layout=True, squeeze=False
+    )
+    for (mu, x, a, b), line in zip(rows, axes, strict=True):
+        tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
+        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+        bound = float(np.abs(a - b).max()) or 1.0
+        for ax, values, name, kwargs in (
+            (line[0], a, "network u_θ", {"vmin": lo, "vmax": hi}),
+            (line[1], b, "reference u*", {"vmin": lo, "vmax": hi}),
+            (line[2], a - b, "u_θ − u*", {"vmin": -bound, "vmax": bound, "cmap": "RdBu_r"}),
+        ):
+            image = ax.tripcolor(tri, values, shading="gouraud", **kwargs)
+            ax.set_title(name + _label(mu))
+            ax.set_aspect("equal")
+            fig.colorbar(image, ax=ax, shrink=0.85)
+    fig.suptitle(title)
+    with output.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _plot_mu_errors(
+    comm: MPI.Comm, path: Any, case: Case, mus: list[Any], errors: list[float]
+) -> None:
+    if comm.rank != 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert case.parametric is not None
+    order = np.argsort(mus)
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.semilogy(np.array(mus)[order], np.array(errors)[order], "o-", label="test μ")
+    for i, mu in enumerate(case.parametric.samples):
+        ax.axvline(mu, color="k", lw=0.6, ls=":", label="training μ" if i == 0 else None)
+    ax.set_xlabel("μ")
+    ax.set_ylabel("relative L2 error of u(·; μ)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.suptitle(f"{case.name}: the surrogate across μ")
+    with output.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
