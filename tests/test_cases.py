@@ -15,6 +15,7 @@ from natinv.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 HOLE = ROOT / "cases" / "diffusion_hole.toml"
 BEAM = ROOT / "cases" / "elasticity_beam.toml"
+TALK = ROOT / "cases" / "talk_pinn_1d.toml"
 
 
 def history_column(folder: Path, name: str) -> list[float]:
@@ -124,17 +125,18 @@ def test_headline_case_runs_in_reduced_form(comm, shared_tmp):
     assert all(timings[k] > 0 for k in ("forward", "adjoint", "jacobian", "gram"))
 
 
-def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp):
+@pytest.mark.parametrize("case", [HOLE, TALK], ids=["inverse", "pinn"])
+def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp, case):
     """4 iterations straight (checkpoints every 2) == 2 iterations, then --resume to 4: the
     same θ (bitwise on one rank; relative 1e-8 on two, where MUMPS's parallel reductions may
-    round differently from run to run)."""
+    round differently from run to run), for an inverse and a forward (PINN) case."""
     thetas = []
     for label, steps in (("straight", [4]), ("resumed", [2, 4])):
         folder = shared_tmp / label
         for i, n in enumerate(steps):
             args = [
                 "run",
-                str(HOLE),
+                str(case),
                 "--iterations",
                 str(n),
                 "--quiet",
@@ -147,7 +149,7 @@ def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp):
             ]
             assert main(args + (["--resume"] if i else [])) == 0
         state = pickle.loads((folder / "checkpoint.pkl").read_bytes())
-        assert len(state["history"]) == 4
+        assert len(state["history"]) == 4 and "torch" in state["rng"]
         thetas.append(state["optimizer"]["theta"])
     assert np.linalg.norm(thetas[1] - thetas[0]) <= 1e-8 * np.linalg.norm(thetas[0])
     if comm.size == 1:  # one rank: no parallel reduction order to vary, bitwise the same

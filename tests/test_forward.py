@@ -1,0 +1,265 @@
+"""Forward cases (the network is the PDE's solution): the residual and the finite-element
+reference built from a case's formulas are right, 1 and 2 ranks agree, the shipped cases run in
+reduced form, and bad forward cases name their key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mpi4py import MPI
+
+import numpy as np
+import pytest
+import torch
+
+from natinv.cases import CaseError, load_case
+from natinv.cli import main
+from natinv.forward import _residual, build_forward
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ROOT / "cases"
+
+# u = x²y solves −∇·((1 + x)∇u) + (1, 2)·∇u + 3u = f with
+# ∇·((1 + x)∇u) = ∂x[(1 + x)2xy] + ∂y[(1 + x)x²] = 2y + 4xy
+MANUFACTURED = """
+name = "manufactured"
+problem = "{problem}"
+[mesh]
+builtin = "rectangle"
+origin = [0.5, -0.25]
+extent = [1.0, 0.75]
+cells = [5, 4]
+[equation]
+diffusion = "1 + x"
+{velocity}
+reaction = "3"
+source = "-(2*y + 4*x*y) {advection} + 3*x**2*y"
+boundary_value = "x**2*y"
+[solution]
+network = [2, 6, 1]
+degree = {degree}
+reference_degree = 3
+[optimizer]
+iterations = 2
+"""
+
+
+def manufactured(folder: Path, comm, problem: str = "pinn", degree: int = 1) -> Path:
+    advection = problem == "pinn"
+    text = MANUFACTURED.format(
+        problem=problem,
+        velocity='velocity = ["1", "2"]' if advection else "",
+        advection="+ 2*x*y + 2*x**2" if advection else "",
+        degree=degree,
+    )
+    path = folder / f"{problem}{degree}.toml"
+    comm.Barrier()
+    if comm.rank == 0:
+        path.write_text(text)
+    comm.Barrier()
+    return path
+
+
+def test_the_residual_of_a_manufactured_solution_vanishes(comm, shared_tmp):
+    """r(u*, x) = −∇·(κ∇u*) + b·∇u* + c u* − f is zero (to rounding) at random points when u*
+    solves the case's equation: the divergence, advection and reaction terms are assembled
+    right from the formulas."""
+    case = load_case(manufactured(shared_tmp, comm))
+    residual = _residual(case)
+    points = torch.as_tensor(np.random.default_rng(0).random((20, 2)), dtype=torch.float64)
+    exact = lambda x: x[0] ** 2 * x[1]  # noqa: E731
+    values = torch.stack([residual(exact, x) for x in points])
+    assert float(values.abs().max()) < 1e-12
+    wrong = torch.stack([residual(lambda x: x[0] ** 2 * x[1] + 0.01 * x[0], x) for x in points])
+    assert float(wrong.abs().max()) > 1e-3  # ... and a different u leaves a residual
+
+
+def test_the_parametric_residual_takes_mu(comm, shared_tmp):
+    """κ = e^{μx}, u = x(1 − x): −(κu′)′ = −κ(μu′ + u″) = f(x; μ) for each μ."""
+    path = shared_tmp / "param.toml"
+    comm.Barrier()
+    if comm.rank == 0:
+        path.write_text(
+            'problem = "pinn"\n[mesh]\nbuiltin = "interval"\ncells = 4\n'
+            '[equation]\ndiffusion = "exp(mu*x)"\nsource = "-exp(mu*x)*(mu*(1 - 2*x) - 2)"\n'
+            "[parametric]\nsamples = [-1.0, 2.0]\n[solution]\nnetwork = [2, 4, 1]\n"
+        )
+    comm.Barrier()
+    residual = _residual(load_case(path))
+    for mu in (-1.0, 0.5, 2.0):
+        m = torch.tensor([mu], dtype=torch.float64)
+        for x in (0.1, 0.6):
+            point = torch.tensor([x], dtype=torch.float64)
+            assert abs(float(residual(lambda y: y[0] * (1 - y[0]), point, m))) < 1e-12
+
+
+@pytest.mark.parametrize("problem", ["pinn", "ritz"])
+def test_the_reference_reproduces_a_polynomial_solution(comm, shared_tmp, problem):
+    """Without solution.exact the error is measured against a finite-element solution of the
+    same equation; with degree 3 it holds u* = x²y exactly (nonzero boundary values, variable
+    κ, reaction and, for the PINN, advection)."""
+    built = build_forward(load_case(manufactured(shared_tmp, comm, problem)), comm)
+    points = built.check.points
+    np.testing.assert_allclose(built.references[0], points[:, 0] ** 2 * points[:, 1], atol=1e-11)
+    built.destroy()
+
+
+def test_the_ritz_minimiser_is_the_galerkin_solution(comm, shared_tmp):
+    """The Ritz case's forms and boundary dofs: on P3 the Galerkin solution (the minimiser of
+    the loss over the space) is u* = x²y, and the loss's gradient vanishes there."""
+    built = build_forward(load_case(manufactured(shared_tmp, comm, "ritz", 3)), comm)
+    galerkin = built.objective.galerkin()
+    values = built.check.evaluate(galerkin)
+    points = built.check.points
+    np.testing.assert_allclose(values, points[:, 0] ** 2 * points[:, 1], atol=1e-10)
+    built.destroy()
+
+
+def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(comm, shared_tmp):
+    """The PINN and Ritz losses of a forward case, their gradients and the error against the
+    reference at a fixed θ do not depend on how the mesh is distributed."""
+    for problem in ("pinn", "ritz"):
+        case = load_case(manufactured(shared_tmp, comm, problem, 2))
+        results = []
+        for c in (comm, MPI.COMM_SELF):
+            built = build_forward(case, c)
+            theta = built.field.parameters
+            value, gradient = built.objective.value_and_gradient(theta)
+            results.append((value, gradient, built.error(theta)))
+            built.destroy()
+        (v1, g1, e1), (v2, g2, e2) = results
+        assert abs(v1 - v2) <= 1e-10 * abs(v2)
+        np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-12 * np.abs(g2).max())
+        assert abs(e1 - e2) <= 1e-10 * e2
+
+
+@pytest.mark.parametrize(
+    ("name", "iterations", "overrides", "files"),
+    [
+        ("talk_pinn_1d", 3, [], ["fields.png", "convergence.png"]),
+        ("poisson_pinn_2d", 3, [], ["fields.png", "convergence.png"]),
+        (
+            "parametric_diffusion",
+            2,
+            ["mesh.cells=6", "parametric.test=[-2.5, 0.0, 1.5]"],
+            ["fields.png", "mu_errors.png"],
+        ),
+        ("ritz_hole", 3, [], ["fields.png", "convergence.png"]),
+    ],
+)
+def test_shipped_forward_cases_run_in_reduced_form(
+    comm, shared_tmp, name, iterations, overrides, files
+):
+    """A few iterations of each shipped forward case: the result files are written, the loss
+    and the error against the exact or reference solution both decrease."""
+    folder = shared_tmp / name
+    args = ["run", str(CASES / f"{name}.toml"), "--iterations", str(iterations), "--quiet"]
+    for item in [*overrides, f"output.folder='{folder}'"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    for file in ["history.csv", "summary.json", *files]:
+        assert (folder / file).is_file(), file
+    assert (folder / "solution.bp").is_dir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["iterations"] == iterations and summary["problem"] in ("pinn", "ritz")
+    rows = (folder / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    loss = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
+    error = [float(r.split(",")[header.index("error")]) for r in rows[1:]]
+    assert loss[-1] < loss[0] and error[-1] < error[0]
+    assert summary["relative_l2_error"] == pytest.approx(error[-1], rel=1e-12)
+    assert summary["timings"]["solve"] > 0 and summary["timings"]["jacobian"] > 0
+    if name == "parametric_diffusion":
+        assert [e["mu"] for e in summary["errors_by_mu"]] == [-2.5, 0.0, 1.5]
+        assert [e["trained"] for e in summary["errors_by_mu"]] == [False, True, False]
+
+
+def test_a_forward_run_stops_at_its_target_error(comm, shared_tmp):
+    """stop = "target": the run ends at the first iteration whose error reaches the target."""
+    folder = shared_tmp / "target"
+    args = ["run", str(CASES / "talk_pinn_1d.toml"), "--quiet", "--iterations", "30"]
+    args += ["--set", "optimizer.target=0.5", "--set", f"output.folder='{folder}'"]
+    assert main(args) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["stopped"] == "target" and summary["relative_l2_error"] <= 0.5
+    rows = (folder / "history.csv").read_text().splitlines()
+    index = rows[0].split(",").index("error")
+    assert all(float(r.split(",")[index]) > 0.5 for r in rows[1:-1])
+
+
+FORWARD = """
+problem = "pinn"
+[mesh]
+builtin = "unit-square"
+cells = 4
+[equation]
+source = "1"
+[solution]
+network = [2, 4, 1]
+"""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["problem='fem'"], r"problem: expected one of \['inverse', 'pinn', 'ritz'\]"),
+        (["model.kind='diffusion'"], r"model: only for inverse problems"),
+        (["regularization.alpha=1.0"], r"regularization: only for inverse problems"),
+        (["equation.dirichlet=[1, 2]"], r"equation\.dirichlet: a PINN case imposes u = g"),
+        (
+            ["solution.network=[3, 4, 1]"],
+            r"solution\.network: expected layer widths \[2, \.\.\., 1\]",
+        ),
+        (["equation.source='sin(mu*x)'"], r"equation\.source: unknown name 'mu'"),
+        (["equation.velocity=['1']"], r"equation\.velocity: expected 2 formula\(s\)"),
+        (
+            ["optimizer.stop='discrepancy'"],
+            r"optimizer\.stop: expected one of \['none', 'target'\]",
+        ),
+        (["optimizer.stop='target'"], r"optimizer\.target: stop = \"target\" needs"),
+        (
+            ["optimizer.kind='tao-nls'"],
+            r"optimizer\.kind: expected one of \['ngd', 'adam', 'lbfgs'\]",
+        ),
+        (["optimizer.metric='l2'"], r"optimizer\.metric: expected one of \['gauss-newton'\]"),
+        (["parametric.samples=[]"], r"parametric\.samples: expected a list of values of μ"),
+        (
+            ["problem='ritz'", "parametric.samples=[1.0]", "solution.network=[3, 4, 1]"],
+            r"parametric\.samples: a parametric surrogate needs problem = \"pinn\"",
+        ),
+        (
+            ["problem='ritz'", "equation.velocity=['1', '0']"],
+            r"equation\.velocity: the Ritz loss needs a symmetric form",
+        ),
+        (
+            ["mesh.builtin='interval'", "mesh.cells=[4, 4]"],
+            r"mesh\.cells: expected a positive integer, got \[4, 4\]",
+        ),
+        (["mesh.origin=[0.0]"], r"mesh\.origin: expected 2 number\(s\)"),
+    ],
+)
+def test_bad_forward_cases_name_the_key(comm, shared_tmp, overrides, message):
+    path = shared_tmp / "forward.toml"
+    comm.Barrier()
+    if comm.rank == 0:
+        path.write_text(FORWARD)
+    comm.Barrier()
+    with pytest.raises(CaseError, match=message):
+        load_case(path, overrides)
+
+
+def test_an_exact_boundary_needs_a_builtin_box_for_a_pinn(comm, shared_tmp):
+    """A PINN's exact boundary values come from a multiplier vanishing on a box's sides: on a
+    mesh file the case must say "penalty" (a Ritz case imposes them at dofs on any mesh)."""
+    text = FORWARD.replace('builtin = "unit-square"\ncells = 4', 'file = "mesh.msh"')
+    path = shared_tmp / "file.toml"
+    comm.Barrier()
+    if comm.rank == 0:
+        path.write_text(text)
+        (shared_tmp / "mesh.msh").write_text("")
+    comm.Barrier()
+    with pytest.raises(CaseError, match=r"equation\.boundary: \"exact\" multiplies the network"):
+        load_case(path, ["equation.boundary='exact'"])
+    assert load_case(path).equation.boundary == "penalty"
+    assert load_case(path, ["problem='ritz'"]).equation.boundary == "exact"
