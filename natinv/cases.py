@@ -5,14 +5,16 @@ Every value is checked where it is read; an error names its key path, e.g.
 must not be silently ignored). ``--set key.path=value`` overrides (TOML values) are applied
 before validation. Paths inside a case are relative to the case file.
 
-A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` optional)::
+An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``, ``[model]``,
+``[parameter]`` and ``[data]`` optional)::
 
     name = "diffusion-hole"
     seed = 0
 
     [mesh]
-    file = "../meshes/plate_with_hole.msh"     # gmsh .msh or XDMF, or a built-in rectangle:
-    # builtin = "rectangle"; extent = [2.0, 0.5]; cells = [40, 10]   (or "unit-square", cells = 32)
+    file = "../meshes/plate_with_hole.msh"     # gmsh .msh or XDMF, or a built-in box:
+    # builtin = "rectangle"; extent = [2.0, 0.5]; cells = [40, 10]; origin = [0.0, 0.0]
+    # (or "unit-square", cells = 32; or "interval", cells = 400, extent = 1.0: forward only)
     # built-in boundary tags: 1 left, 2 right, 3 bottom, 4 top
 
     [model]
@@ -51,12 +53,41 @@ A case (all tables but ``[mesh]``, ``[model]``, ``[parameter]`` and ``[data]`` o
     momentum = "natural-nesterov"; beta = 0.5
     step = "log-grid"
     iterations = 100
-    stop = "discrepancy"                       # or "none"
+    stop = "discrepancy"                       # or "none", or "target" (with target = 1e-2:
+                                               # the relative L2 error against the truth)
     lr = 1e-2                                  # adam
 
     [output]
     folder = "results/diffusion-hole"          # relative to the working directory
     checkpoint_every = 10
+
+A forward case (``problem = "pinn"`` or ``"ritz"``: the network is the PDE's solution) has
+``[equation]`` and ``[solution]`` (and ``[parametric]``) instead of ``[model]``, ``[parameter]``,
+``[data]``, ``[synthesize]`` and ``[regularization]``::
+
+    problem = "pinn"                           # residual loss (ENGD); "ritz": energy loss
+
+    [equation]                                 # −∇·(κ∇u) + b·∇u + c u = f, u = g on the boundary
+    diffusion = "0.1"                          # κ; formulas may name mu in a parametric case
+    velocity = ["1"]                           # b, one formula per coordinate (not for ritz)
+    reaction = "0"                             # c
+    source = "1"                               # f
+    dirichlet = "all"                          # or boundary tags (ritz: natural elsewhere)
+    boundary_value = "0"                       # g, a formula of x, y
+    boundary = "exact"                         # exact | penalty (pinn: exact on built-in boxes)
+    penalty = 1.0; quadrature = 2; boundary_quadrature = 2
+
+    [parametric]                               # one PDE parameter μ (pinn)
+    samples = [-2.0, 0.0, 2.0]; test = [-1.0, 1.0]
+
+    [solution]
+    network = [1, 20, 20, 1]                   # inputs: the coordinates (and μ)
+    activation = "tanh"; degree = 1            # the Lagrange space of outputs (and of Ritz)
+    exact = "x - (exp(x/0.1) - 1)/(exp(1/0.1) - 1)"   # optional: else a P4 reference
+    reference_degree = 4
+
+    [optimizer]                                # ngd | adam | lbfgs; the loss's own metric
+    stop = "target"; target = 1e-5             # or "none"
 """
 
 from __future__ import annotations

@@ -235,18 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 comm,
                 iterations=args.iterations,
             )
+            fit = "misfit" if "misfit" in summaries[0] else "loss"  # inverse, forward
             parallel.rank0_print(
                 comm,
-                f"{'optimizer':<10} {'its':>5} {'stopped':>12} {'misfit':>10} {'error':>10} "
-                f"{'time':>7}",
+                f"{'optimizer':<10} {'its':>5} {'stopped':>12} {fit:>10} {'error':>10} {'time':>7}",
             )
             for s in summaries:
                 error = s["relative_l2_error"]
                 parallel.rank0_print(
                     comm,
                     f"{s['optimizer']:<10} {s['iterations']:5d} {s['stopped']:>12} "
-                    f"{s['misfit']:10.4g} {error if error is not None else float('nan'):10.3e} "
-                    f"{s['time']:7.1f}",
+                    f"{s[fit]:10.4g} {error if error is not None else float('nan'):10.3e} "
+                    f"{s['time'] or 0.0:7.1f}",
                 )
         elif args.command == "synthesize" and args.case is not None:
             from natinv.cases import load_case

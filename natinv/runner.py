@@ -730,6 +730,20 @@ def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.flo
     return inside[:wanted]
 
 
+def _node_noise(space: dolfinx.fem.FunctionSpace, seed: int) -> npt.NDArray[np.float64]:
+    """Standard normal values at the local dofs of a P1 space, drawn per mesh node in the
+    mesh's input numbering: the same noise whatever the number of ranks. Collective."""
+    mesh = space.mesh
+    bs = space.dofmap.index_map_bs
+    nodes = mesh.geometry.index_map().size_global
+    draws = np.random.default_rng(seed).standard_normal((nodes, bs))
+    local = space.dofmap.index_map.size_local + space.dofmap.index_map.num_ghosts
+    inputs = np.empty(local, dtype=np.int64)
+    # P1 dofs and first-order geometry nodes share the reference cell's vertex order
+    inputs[space.dofmap.list] = mesh.geometry.input_global_indices[mesh.geometry.dofmaps[0]]
+    return draws[inputs].reshape(-1)
+
+
 def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
     """Full-field data on the case's own mesh (its nodes are the data points), from a state of
     degree ``synthesize.degree`` (above the inversion's), with noise σ = ``noise``·max|u| at
@@ -756,8 +770,7 @@ def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
         bc.set(fixed)
         bc.set(shifted, x0=np.ones(fixed.size))
     free = ~((fixed - shifted)[:owned] > 0.5)
-    rng = np.random.default_rng(case.seed + 1 + comm.rank)
-    data.x.array[:owned] += sigma * rng.standard_normal(owned) * free
+    data.x.array[:owned] += sigma * _node_noise(p1, case.seed + 1)[:owned] * free
     data.x.scatter_forward()
     if comm.rank == 0:
         case.data.field.parent.mkdir(parents=True, exist_ok=True)
@@ -879,6 +892,7 @@ def compare(
                     "optimizer",
                     "iterations",
                     "stopped",
+                    "loss",
                     "misfit",
                     "relative_l2_error",
                     "time",
@@ -890,7 +904,8 @@ def compare(
             header = list(rows[0])
             lines = [",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows]
             tmp.write_text("\n".join(lines) + "\n")
-    key = "error" if base.parameter.truth is not None else "misfit"
+    known = base.forward or (base.parameter is not None and base.parameter.truth is not None)
+    key = "error" if known else "misfit"
     output.plot_convergence(comm, base.output / "comparison.png", histories, key, base.name)
     comm.Barrier()  # every file is there when any rank returns
     return summaries

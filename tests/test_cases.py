@@ -269,3 +269,27 @@ def test_hippylib_case_with_full_field_data_runs_in_reduced_form(comm, shared_tm
     assert main(args) == 0
     misfits = history_column(folder, "misfit")
     assert len(misfits) == 3 and misfits[-1] < 0.1 * misfits[0]
+
+
+def test_full_field_noise_does_not_depend_on_the_number_of_ranks(comm):
+    """Synthesized full-field noise is drawn per mesh node in the input numbering: the value at
+    each node is the same on this communicator and on one rank (scalar and vector P1)."""
+    from mpi4py import MPI
+
+    import dolfinx
+
+    from natinv.runner import _node_noise
+
+    for shape in ((), (2,)):
+        noise = {}
+        for c in (comm, MPI.COMM_SELF):
+            mesh = dolfinx.mesh.create_unit_square(c, 6, 5)
+            space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, shape))
+            values = _node_noise(space, 7).reshape(-1, space.dofmap.index_map_bs)
+            x = space.tabulate_dof_coordinates()[:, :2]
+            noise[c.size] = {tuple(np.round(p, 9)): v for p, v in zip(x, values, strict=True)}
+        here, alone = noise[comm.size], noise[1]
+        assert len(alone) == 42
+        for point, value in here.items():
+            np.testing.assert_array_equal(value, alone[point])
+        assert len({float(v[0]) for v in alone.values()}) == 42  # independent draws
