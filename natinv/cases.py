@@ -699,7 +699,5 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
             raise t.fail("target", 'stop = "target" needs the relative L2 error to reach')
         if problem == "inverse" and truth is None:
             raise t.fail("stop", '"target" needs parameter.truth to measure the error against')
-    elif optimizer.target is not None:
-        raise t.fail("target", 'used only with stop = "target"')
     t.finish()
     return optimizer
