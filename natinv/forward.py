@@ -396,10 +396,7 @@ def _plot_lines(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> Non
             curves.append((mu, x[order], a[order], b[order]))
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = output.pyplot()
 
     fig, (ax, err) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for mu, x, a, b in curves:
@@ -415,9 +412,7 @@ def _plot_lines(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> Non
     err.set_ylabel("|u_θ − u*| at the P1 nodes")
     err.grid(True, which="both", alpha=0.3)
     fig.suptitle(title)
-    with output.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    output.save_figure(fig, path)
 
 
 def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
@@ -429,10 +424,7 @@ def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> 
         rows.append((mu, x, a, b))
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = output.pyplot()
     from matplotlib.tri import Triangulation
 
     fig, axes = plt.subplots(
@@ -452,9 +444,7 @@ def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> 
             ax.set_aspect("equal")
             fig.colorbar(image, ax=ax, shrink=0.85)
     fig.suptitle(title)
-    with output.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    output.save_figure(fig, path)
 
 
 def _plot_mu_errors(
@@ -462,10 +452,7 @@ def _plot_mu_errors(
 ) -> None:
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = output.pyplot()
 
     assert case.parametric is not None
     order = np.argsort(mus)
@@ -478,6 +465,4 @@ def _plot_mu_errors(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.suptitle(f"{case.name}: the surrogate across μ")
-    with output.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    output.save_figure(fig, path)

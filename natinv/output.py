@@ -20,7 +20,15 @@ import numpy.typing as npt
 
 from natinv.parallel import Comm
 
-__all__ = ["atomic_path", "plot_convergence", "plot_fields", "write_history", "write_summary"]
+__all__ = [
+    "atomic_path",
+    "plot_convergence",
+    "plot_fields",
+    "pyplot",
+    "save_figure",
+    "write_history",
+    "write_summary",
+]
 
 
 @contextmanager
@@ -61,6 +69,23 @@ def write_summary(comm: Comm, path: Path, summary: Mapping[str, Any]) -> None:
         tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the off-screen Agg backend (figures are drawn on rank 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically (a killed run leaves the previous file) and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    pyplot().close(fig)
+
+
 def plot_convergence(
     comm: Comm,
     path: Path,
@@ -73,10 +98,7 @@ def plot_convergence(
     ``level`` draws a dashed horizontal line (e.g. the misfit at the noise level)."""
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_it, ax_t) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for name, records in runs.items():
@@ -95,9 +117,7 @@ def plot_convergence(
         ax.legend()
     if title:
         fig.suptitle(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_fields(
@@ -111,10 +131,7 @@ def plot_fields(
     panel named 'error' gets its own diverging scale centred on zero."""
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.tri import Triangulation
 
     tri = Triangulation(points[:, 0], points[:, 1])
@@ -137,6 +154,4 @@ def plot_fields(
         fig.colorbar(image, ax=ax, shrink=0.85)
     if title:
         fig.suptitle(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -362,7 +362,8 @@ def run(
             built.field.set_parameters(state["field"][comm.rank])
         else:
             optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
+        if "rng" in state:  # (checkpoints before 0.1.0's forward cases have none)
+            torch.set_rng_state(state["rng"]["torch"])
         history = state["history"]
     say = (lambda text: None) if quiet else (lambda text: parallel.rank0_print(comm, text))
     if isinstance(built, Built):
@@ -628,10 +629,7 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
         panels[name] = domain.triangles(f1)
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = output.pyplot()
     from matplotlib.tri import Triangulation
 
     values = [v for _, v in panels.values()]
@@ -656,9 +654,7 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
     if built.sensors is not None:
         np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(built.problem.experiments[0].name)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    output.save_figure(fig, path)
 
 
 def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
@@ -675,10 +671,7 @@ def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
     gathered = comm.gather(local, root=0)
     if comm.rank != 0:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = output.pyplot()
 
     z = np.zeros(built.sensors.values.size)
     assert built.sensors is not None
@@ -694,9 +687,7 @@ def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
     hist.hist(z, bins=20)
     hist.set_xlabel("(Bu − d)/σ")
     hist.set_title(f"RMS {np.sqrt(np.mean(z**2)):.2f} (1 = noise level)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    output.save_figure(fig, path)
 
 
 def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.float64]:
