@@ -37,10 +37,12 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     [data]
     sensors = "data/diffusion_hole.csv"
     sigma = 0.001                              # when the file has no sigma column
+    # and/or averages = "data/probes.csv": means over the mesh's named physical groups
     # or a full field: field = "data/u.xdmf" (P1 node data, as DOLFINx writes it), sigma = 1
 
     [synthesize]                               # `natinv synthesize CASE`
     layout = "random:60"; refine = 1; degree = 3; noise = 0.01
+    regions = "probe-*"                        # the physical groups averaged (a pattern)
 
     [regularization]
     kind = "h1"; alpha = 0.0
@@ -258,6 +260,7 @@ class DataSettings:
     sensors: Path | None = None
     field: Path | None = None
     sigma: float | None = None
+    averages: Path | None = None
 
 
 @dataclass
@@ -266,6 +269,7 @@ class SynthesizeSettings:
     refine: int = 1
     degree: int = 3
     noise: float = 0.01
+    regions: str = "probe-*"
 
 
 @dataclass
@@ -413,6 +417,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         refine=t.integer("refine", 1, low=0),
         degree=t.integer("degree", 3, low=1),
         noise=t.number("noise", 0.01, low=0.0),
+        regions=t.string("regions", "probe-*"),
     )
     t.finish()
 
@@ -590,14 +595,20 @@ def _inverse(
 
     t = root.table("data")
     sensors = t.file("sensors", base, None, exists=False)
+    averages = t.file("averages", base, None, exists=False)
     data_field = t.file("field", base, None, exists=False)
-    if (sensors is None) == (data_field is None):
-        raise t.fail("sensors", "give either sensors (a CSV file) or field (an XDMF file)")
+    if (sensors is None and averages is None) == (data_field is None):
+        raise t.fail(
+            "sensors",
+            "give sensors (a CSV file of point values) and/or averages (a CSV file of region "
+            "averages), or field (an XDMF file)",
+        )
     sigma = t.get("sigma", None)
     data_settings = DataSettings(
         sensors=sensors,
         field=data_field,
         sigma=None if sigma is None else t.number("sigma", low=0.0, low_open=True),
+        averages=averages,
     )
     if data_field is not None and data_settings.sigma is None:
         raise t.fail("sigma", "a full field needs its noise level sigma")

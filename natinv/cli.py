@@ -253,10 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from natinv.runner import synthesize_case
 
             case = load_case(args.case, args.set)
-            data = synthesize_case(case, comm)
-            sigma = data.sigma[0] if data.sigma is not None else 0.0
-            what = f"{data.values.size} sensors" if data.values.size else "full field"
-            parallel.rank0_print(comm, f"{data.source}: {what}, σ = {sigma:.3g}")
+            for data in synthesize_case(case, comm):
+                sigma = data.sigma[0] if data.sigma is not None else 0.0
+                what = "full field"
+                if data.values.size:
+                    what = (
+                        f"{data.values.size} {'averages' if data.region is not None else 'sensors'}"
+                    )
+                parallel.rank0_print(comm, f"{data.source}: {what}, σ = {sigma:.3g}")
         elif args.command == "synthesize":
             from natinv.data import write_sensors
 

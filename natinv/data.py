@@ -12,6 +12,10 @@ column         meaning
 ``component``  optional: which component of a vector state the value measures (0, 1, ...)
 =============  =========================================================================
 
+A file of *region averages* (the mean of the state over a part of the domain or boundary, e.g.
+a probe's footprint) has a ``region`` column, the name of a physical group of the mesh, instead
+of coordinates; ``value``, ``sigma`` and ``experiment`` as above.
+
 Lines starting with ``#`` and blank lines are skipped. Rank 0 reads the file; every problem
 (missing file, unknown or missing column, a field that is not a number, NaN/inf, σ ≤ 0, a
 row of the wrong length) is raised on every rank naming the file and line.
@@ -55,6 +59,7 @@ class SensorData:
     lines: npt.NDArray[np.int64]
     source: str = "<memory>"
     component: npt.NDArray[np.int64] | None = None
+    region: npt.NDArray[np.str_] | None = None  # region averages: the regions' names
 
     def experiments(self, names: list[str] | None = None) -> dict[str, SensorData]:
         """The rows of each experiment (all rows under ``""`` if the file has no experiment
@@ -84,11 +89,12 @@ class SensorData:
                 self.lines[mask],
                 self.source,
                 None if self.component is None else self.component[mask],
+                None if self.region is None else self.region[mask],
             )
         return groups
 
 
-def _parse(text: str, source: str, gdim: int) -> SensorData:
+def _parse(text: str, source: str, gdim: int, regions: bool = False) -> SensorData:
     rows = [
         (number, line)
         for number, line in enumerate(text.splitlines(), start=1)
@@ -98,12 +104,18 @@ def _parse(text: str, source: str, gdim: int) -> SensorData:
         raise ValueError(f"{source}: no header line (expected columns x, y, value, ...)")
     header_line, header = rows[0]
     columns = [c.strip().lower() for c in next(csv.reader([header]))]
-    allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment", "component"}
-    required = [*COORDINATES[:gdim], "value"]
+    if regions:
+        allowed = {"region", "value", "sigma", "experiment"}
+        required = ["region", "value"]
+        what = "a file of region averages"
+    else:
+        allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment", "component"}
+        required = [*COORDINATES[:gdim], "value"]
+        what = f"a {gdim}D sensor file"
     unknown = [c for c in columns if c not in allowed]
     if unknown:
         raise ValueError(
-            f"{source}:{header_line}: unknown column(s) {unknown}; a {gdim}D sensor file has "
+            f"{source}:{header_line}: unknown column(s) {unknown}; {what} has "
             f"columns {sorted(allowed)}"
         )
     missing = [c for c in required if c not in columns]
@@ -111,7 +123,7 @@ def _parse(text: str, source: str, gdim: int) -> SensorData:
         raise ValueError(f"{source}:{header_line}: missing column(s) {missing}")
     if len(set(columns)) != len(columns):
         raise ValueError(f"{source}:{header_line}: repeated column names {columns}")
-    numeric = [c for c in columns if c != "experiment"]
+    numeric = [c for c in columns if c not in ("experiment", "region")]
     table: dict[str, list] = {c: [] for c in columns}
     lines = []
     for number, line in rows[1:]:
@@ -142,19 +154,24 @@ def _parse(text: str, source: str, gdim: int) -> SensorData:
         lines.append(number)
     if not lines:
         raise ValueError(f"{source}: no sensor rows after the header")
+    coordinates = [] if regions else COORDINATES[:gdim]
     return SensorData(
-        points=np.column_stack([table[c] for c in COORDINATES[:gdim]]).astype(np.float64),
+        points=np.column_stack([table[c] for c in coordinates] or [np.zeros((len(lines), 0))])
+        .astype(np.float64)
+        .reshape(len(lines), len(coordinates)),
         values=np.asarray(table["value"], dtype=np.float64),
         sigma=np.asarray(table["sigma"], dtype=np.float64) if "sigma" in table else None,
         experiment=np.asarray(table["experiment"], dtype=str) if "experiment" in table else None,
         lines=np.asarray(lines, dtype=np.int64),
         source=source,
         component=np.asarray(table["component"], dtype=np.int64) if "component" in table else None,
+        region=np.asarray(table["region"], dtype=str) if "region" in table else None,
     )
 
 
-def read_sensors(comm: Comm, path: str | Path, gdim: int) -> SensorData:
-    """Read a sensor CSV file on rank 0 and share it. Collective.
+def read_sensors(comm: Comm, path: str | Path, gdim: int, regions: bool = False) -> SensorData:
+    """Read a sensor CSV file (or, with ``regions``, a file of region averages) on rank 0 and
+    share it. Collective.
 
     Raises:
         CollectiveError: on every rank, naming the file (and line) at fault.
@@ -164,7 +181,7 @@ def read_sensors(comm: Comm, path: str | Path, gdim: int) -> SensorData:
     error: str | None = None
     if comm.rank == 0:
         try:
-            data = _parse(path.read_text(), str(path), gdim)
+            data = _parse(path.read_text(), str(path), gdim, regions)
         except FileNotFoundError:
             error = f"{path}: no such sensor file"
         except (OSError, UnicodeDecodeError) as exc:
@@ -181,8 +198,9 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
     """Write a sensor CSV file (rank 0, atomically: a reader never sees half a file).
     Collective."""
     if comm.rank == 0:
-        gdim = data.points.shape[1]
-        columns = [*COORDINATES[:gdim], "value"]
+        gdim = 0 if data.region is not None else data.points.shape[1]
+        columns = ["region"] if data.region is not None else [*COORDINATES[:gdim]]
+        columns += ["value"]
         columns += ["sigma"] if data.sigma is not None else []
         columns += ["experiment"] if data.experiment is not None else []
         columns += ["component"] if data.component is not None else []
@@ -190,7 +208,8 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for i in range(data.values.size):
-            row = [repr(float(c)) for c in data.points[i]] + [repr(float(data.values[i]))]
+            row = [str(data.region[i])] if data.region is not None else []
+            row += [repr(float(c)) for c in data.points[i, :gdim]] + [repr(float(data.values[i]))]
             if data.sigma is not None:
                 row.append(repr(float(data.sigma[i])))
             if data.experiment is not None:

@@ -8,6 +8,7 @@ the tags a case names into facets; :func:`write_vtx` writes functions for ParaVi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpi4py import MPI
@@ -21,11 +22,26 @@ import numpy.typing as npt
 from natinv import parallel
 from natinv.cases import Case
 
-__all__ = ["boundary_facets", "load_mesh", "triangles", "write_vtx"]
+__all__ = ["Domain", "boundary_facets", "load_domain", "load_mesh", "triangles", "write_vtx"]
 
 
-def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
-    """The case's mesh and its facet tags (None for built-in meshes). Collective."""
+@dataclass
+class Domain:
+    """A case's mesh with its tags: ``facets`` and ``cells`` (None where there are none) and
+    ``groups``, the named physical groups ``name -> (dimension, tag)``."""
+
+    mesh: dolfinx.mesh.Mesh
+    facets: dolfinx.mesh.MeshTags | None
+    cells: dolfinx.mesh.MeshTags | None = None
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+SIDES = {"left": 1, "right": 2, "bottom": 3, "top": 4}
+
+
+def load_domain(comm: MPI.Comm, case: Case) -> Domain:
+    """The case's mesh and tags: a gmsh file's physical groups by name, or a built-in box's
+    sides (``left`` 1, ``right`` 2, ``bottom`` 3, ``top`` 4). Collective."""
     settings = case.mesh
     if settings.builtin is not None:
         lower = np.array(settings.origin)
@@ -34,7 +50,9 @@ def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.me
             mesh = dolfinx.mesh.create_interval(comm, settings.cells[0], [lower[0], upper[0]])
         else:
             mesh = dolfinx.mesh.create_rectangle(comm, [lower, upper], settings.cells)
-        return mesh, side_tags(mesh, lower, upper)
+        fdim = mesh.topology.dim - 1
+        groups = {k: (fdim, v) for k, v in SIDES.items() if v <= 2 * lower.size}
+        return Domain(mesh, side_tags(mesh, lower, upper), None, groups)
     assert settings.file is not None
     with parallel.collective(comm, f"{case.source}: mesh.file {settings.file}"):
         if settings.file.suffix == ".msh":
@@ -44,16 +62,24 @@ def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.me
                 gmsh.initialize()
             gmsh.option.setNumber("General.Terminal", 0)  # no "Info: Reading..." lines
             data = dolfinx.io.gmsh.read_from_msh(settings.file, comm, 0, gdim=2)
-            mesh, facets = data.mesh, data.facet_tags
-        else:
-            with dolfinx.io.XDMFFile(comm, settings.file, "r") as xdmf:
-                mesh = xdmf.read_mesh(name="mesh")
-                mesh.topology.create_connectivity(1, 2)
+            groups = {name: (g.dim, g.tag) for name, g in data.physical_groups.items()}
+            return Domain(data.mesh, data.facet_tags, data.cell_tags, groups)
+        with dolfinx.io.XDMFFile(comm, settings.file, "r") as xdmf:
+            mesh = xdmf.read_mesh(name="mesh")
+            mesh.topology.create_connectivity(1, 2)
+            tags = []
+            for name in ("facets", "cells"):
                 try:
-                    facets = xdmf.read_meshtags(mesh, name="facets")
+                    tags.append(xdmf.read_meshtags(mesh, name=name))
                 except RuntimeError:
-                    facets = None
-    return mesh, facets
+                    tags.append(None)
+    return Domain(mesh, tags[0], tags[1])
+
+
+def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
+    """The case's mesh and its facet tags. Collective."""
+    found = load_domain(comm, case)
+    return found.mesh, found.facets
 
 
 def side_tags(

@@ -11,6 +11,7 @@ true field on a refined mesh.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from natinv.gram import Gram, NaturalSolver
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
 from natinv.objectives.pinn import PINN
 from natinv.objectives.ritz import Ritz
+from natinv.observations import averages as average_observations
 from natinv.observations import full_field, point_sensors, point_values
 from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.natural import NaturalGradientDescent
@@ -134,6 +136,46 @@ def _observations(
     return blocks
 
 
+def _regions(
+    case: Case, found: domain.Domain, averages: SensorData
+) -> tuple[list[Any], npt.NDArray[np.float64]]:
+    """The UFL measure of each average's region (a named physical group of cells or boundary
+    facets) and the regions' centroids. Collective."""
+    import ufl
+
+    mesh = found.mesh
+    tdim = mesh.topology.dim
+    assert averages.region is not None
+    names = [str(r) for r in averages.region]
+    known = {k: v for k, v in found.groups.items() if v[0] in (tdim, tdim - 1)}
+    unknown = [i for i, name in enumerate(names) if name not in known]
+    parallel.check_all(
+        mesh.comm,
+        not unknown,
+        lambda: (
+            f"{averages.source}:{averages.lines[unknown[0]]}: region {names[unknown[0]]!r} is not "
+            f"a physical group of the mesh's cells or facets {sorted(known)}"
+        ),
+    )
+    measures = []
+    for name in names:
+        dim, tag = known[name]
+        if dim == tdim:
+            measures.append(ufl.dx(domain=mesh, subdomain_data=found.cells, subdomain_id=tag))
+        else:
+            measures.append(ufl.ds(domain=mesh, subdomain_data=found.facets, subdomain_id=tag))
+    x = ufl.SpatialCoordinate(mesh)
+    one = dolfinx.fem.Constant(mesh, 1.0)
+    centroids = np.zeros((len(names), 2))
+    for i, measure in enumerate(measures):
+        size, cx, cy = (
+            mesh.comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(f * measure)))
+            for f in (one, x[0], x[1])
+        )
+        centroids[i] = (cx / size, cy / size) if size > 0 else (np.nan, np.nan)
+    return measures, centroids
+
+
 class _FEField:
     """The parameter as a finite-element function (one unknown per dof), in the shape the
     runner asks of a neural field: its "θ" is the owned coefficient vector (distributed)."""
@@ -175,13 +217,34 @@ class Built:
     observations: list[Any]
     problem: InverseProblem
     objective: InverseObjective | None
-    sensors: SensorData | None  # None for full-field data
+    sensors: SensorData | None  # point values (None for full-field data)
     truth: dolfinx.fem.Function | None
+    averages: SensorData | None = None  # region averages
+    centroids: npt.NDArray[np.float64] | None = None  # of the averages' regions
+
+    @property
+    def measured(self) -> bool:
+        """Whether the data are point values and/or region averages (not a full field)."""
+        return self.sensors is not None or self.averages is not None
+
+    @property
+    def sites(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Where each measured value sits (point sensors, then the regions' centroids) and
+        which of them are regions."""
+        points = [np.zeros((0, 2))]
+        points += [self.sensors.points] if self.sensors is not None else []
+        points += [self.centroids] if self.centroids is not None else []
+        stacked = np.concatenate(points)
+        regions = np.zeros(stacked.shape[0], dtype=bool)
+        if self.centroids is not None:
+            regions[stacked.shape[0] - self.centroids.shape[0] :] = True
+        return stacked, regions
 
     @property
     def discrepancy(self) -> float:
-        """The misfit at the noise level, ``n/2`` for n point values (inf: none for fields)."""
-        return 0.5 * self.sensors.values.size if self.sensors is not None else -np.inf
+        """The misfit at the noise level, ``n/2`` for n measured values (-inf: none for full
+        fields)."""
+        return 0.5 * self.num_sensors if self.measured else -np.inf
 
     @property
     def num_sensors(self) -> int:
@@ -198,27 +261,32 @@ class Built:
 
 def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     """Mesh, spaces, model, observations and the neural field of a case. Collective."""
-    mesh, facets = domain.load_mesh(comm, case)
+    found = domain.load_domain(comm, case)
+    mesh, facets = found.mesh, found.facets
     state = _state_space(case, mesh, case.model.degree)
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
     m = dolfinx.fem.Function(space, name="parameter")
     model = _model(case, state, m, facets)
     sensors: SensorData | None = None
+    averages: SensorData | None = None
+    centroids = None
+    observations: list[Any] = []
     if case.data.field is not None:
         data = read_field(comm, case.data.field, state)
         assert case.data.sigma is not None
         observations = [full_field(state, data, case.data.sigma, str(case.data.field.name))]
-    else:
-        assert case.data.sensors is not None
+    if case.data.sensors is not None:
         sensors = read_sensors(comm, case.data.sensors, 2)
-        sigma = sensors.sigma if sensors.sigma is not None else case.data.sigma
-        parallel.check_all(
-            comm,
-            sigma is not None,
-            f"{case.source}: data.sigma: the sensor file {case.data.sensors.name} has no sigma "
-            "column; give data.sigma",
+        observations += _observations(case, state, sensors, _sigma(case, sensors, comm))
+    if case.data.averages is not None:
+        averages = read_sensors(comm, case.data.averages, 2, regions=True)
+        measures, centroids = _regions(case, found, averages)
+        block = average_observations(
+            state, measures, averages.values, _sigma(case, averages, comm), averages.source
         )
-        observations = _observations(case, state, sensors, sigma)
+        offset = 0 if sensors is None else sensors.values.size
+        block.sensor_rows = offset + np.arange(averages.values.size)  # type: ignore[attr-defined]
+        observations.append(block)
     problem = InverseProblem([Experiment(model, observations, case.name)], case.regularization)
     field: NeuralField | _FEField
     if case.optimizer.kind.startswith("tao"):
@@ -231,7 +299,21 @@ def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
         truth = dolfinx.fem.Function(space, name="truth")
         truth.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
     objective = InverseObjective(field, problem) if isinstance(field, NeuralField) else None
-    return Built(mesh, field, model, observations, problem, objective, sensors, truth)
+    return Built(
+        mesh, field, model, observations, problem, objective, sensors, truth, averages, centroids
+    )
+
+
+def _sigma(case: Case, data: SensorData, comm: MPI.Comm) -> Any:
+    """The noise level of a measurement file: its sigma column, or ``data.sigma``. Collective."""
+    assert case.data is not None
+    sigma = data.sigma if data.sigma is not None else case.data.sigma
+    parallel.check_all(
+        comm,
+        sigma is not None,
+        f"{case.source}: data.sigma: {Path(data.source).name} has no sigma column; give data.sigma",
+    )
+    return sigma
 
 
 def _optimizer(case: Case, built: Built | ForwardBuilt) -> tuple[Any, list[Any]]:
@@ -589,7 +671,7 @@ def _write_results(
         {
             "sensors": built.num_sensors,
             "misfit": last.get("misfit"),
-            "discrepancy_level": built.discrepancy if built.sensors is not None else None,
+            "discrepancy_level": built.discrepancy if built.measured else None,
             "relative_l2_error": errors(field.values()),
         }
     )
@@ -609,7 +691,7 @@ def _write_results(
             {case.optimizer.kind: history},
             "misfit",
             case.name,
-            level=built.discrepancy if built.sensors is not None else None,
+            level=built.discrepancy if built.measured else None,
         )
     _plot_fields(comm, folder / "fields.png", built, recovered)
     _plot_misfit(comm, folder / "misfit.png", built)
@@ -645,20 +727,22 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
     for ax, (name, (x, v)) in zip(np.atleast_1d(axes), panels.items(), strict=True):
         tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
         image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
-        if built.sensors is not None:
-            points = built.sensors.points
-            ax.plot(points[:, 0], points[:, 1], "k.", ms=3, label="sensors")
+        sites, regions = built.sites
+        if (~regions).any():
+            ax.plot(*sites[~regions].T, "k.", ms=3, label="sensors")
+        if regions.any():
+            ax.plot(*sites[regions].T, "ks", ms=4, mfc="none", label="averaged regions")
         ax.set_title(name)
         ax.set_aspect("equal")
         fig.colorbar(image, ax=ax, shrink=0.85)
-    if built.sensors is not None:
+    if built.measured:
         np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
     fig.suptitle(built.problem.experiments[0].name)
     output.save_figure(fig, path)
 
 
 def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
-    if built.sensors is None:  # full-field data: the state in state.bp shows it
+    if not built.measured:  # full-field data: the state in state.bp shows it
         return
     u = built.model.u.x.petsc_vec
     local = []
@@ -673,16 +757,21 @@ def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
         return
     plt = output.pyplot()
 
-    z = np.zeros(built.sensors.values.size)
-    assert built.sensors is not None
+    sites, regions = built.sites
+    z = np.zeros(sites.shape[0])
     for blocks in gathered:
         for index, values in blocks:
             z[index] = values
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
     bound = float(np.abs(z).max()) or 1.0
-    image = ax.scatter(*built.sensors.points.T, c=z, cmap="RdBu_r", vmin=-bound, vmax=bound, s=25)
+    style = {"c": z, "cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
+    image = ax.scatter(*sites[~regions].T, s=25, **{**style, "c": z[~regions]})
+    if regions.any():
+        image = ax.scatter(
+            *sites[regions].T, s=40, marker="s", edgecolors="k", **{**style, "c": z[regions]}
+        )
     ax.set_aspect("equal")
-    ax.set_title("(Bu − d)/σ at the sensors")
+    ax.set_title("(Bu − d)/σ" + (" (squares: region averages)" if regions.any() else ""))
     fig.colorbar(image, ax=ax, shrink=0.85)
     hist.hist(z, bins=20)
     hist.set_xlabel("(Bu − d)/σ")
@@ -779,56 +868,197 @@ def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
     )
 
 
-def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> SensorData:
-    """Write the case's sensor file from its true field: the case mesh refined
-    ``synthesize.refine`` times, state and parameter of degree ``synthesize.degree``, sensors
-    by ``synthesize.layout``, noise σ = ``synthesize.noise``·max|u|, seeded by the case's seed.
-    Collective."""
+def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> list[SensorData]:
+    """Write the case's measurement files from its true field: the case mesh refined
+    ``synthesize.refine`` times, state and parameter of degree ``synthesize.degree``; point
+    sensors by ``synthesize.layout`` and/or averages over the physical groups matching
+    ``synthesize.regions``; noise σ = ``synthesize.noise``·max|data|, seeded by the case's seed.
+    Returns what was written. Collective."""
     if case.parameter.truth is None:
         raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
     if case.data.field is not None:
-        return _synthesize_field(case, comm)
-    mesh, facets = domain.load_mesh(comm, case)
+        return [_synthesize_field(case, comm)]
+    found = domain.load_domain(comm, case)
+    mesh, facets, cells = found.mesh, found.facets, found.cells
     # the coarser meshes stay alive while the refined one is in use (freeing them made the
     # parallel solve on the refined mesh crash)
     ancestors = []
     for _ in range(case.synthesize.refine):
-        ancestors.append((mesh, facets))
+        ancestors.append((mesh, facets, cells))
         mesh.topology.create_entities(1)
         option = dolfinx.mesh.RefinementOption.parent_cell_and_facet
         refined, parent_cell, parent_facet = dolfinx.mesh.refine(mesh, option=option)
+        refined.topology.create_entities(1)
+        refined.topology.create_connectivity(1, 2)
         if facets is not None:
-            refined.topology.create_entities(1)
-            refined.topology.create_connectivity(1, 2)
-            facets = dolfinx.mesh.transfer_meshtag(facets, refined, parent_cell, parent_facet)
+            facets = _child_facet_tags(facets, mesh, refined, parent_cell, parent_facet)
+        if cells is not None:
+            cells = _child_cell_tags(cells, mesh, refined, parent_cell)
         mesh = refined
+    written = _synthesize_on(case, domain.Domain(mesh, facets, cells, found.groups))
+    # free the meshes finest first: a coarse mesh released before its refinement made the
+    # 2-rank process abort when the refined one was freed
+    del found, mesh, facets, cells
+    gc.collect()
+    while ancestors:
+        ancestors.pop()
+        gc.collect()
+    return written
+
+
+def _synthesize_on(case: Case, fine: domain.Domain) -> list[SensorData]:
+    """The true state on ``fine`` and the case's point and region data from it."""
+    assert case.parameter is not None and case.parameter.truth is not None
     degree = case.synthesize.degree
-    state = _state_space(case, mesh, degree)
-    parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", degree)))
+    state = _state_space(case, fine.mesh, degree)
+    parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(fine.mesh, ("Lagrange", degree)))
     parameter.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
-    model = _model(case, state, parameter, facets)
-    points = _layout(mesh, case.synthesize.layout, case.seed)
-    values = point_values(model.solve(), points)
+    model = _model(case, state, parameter, fine.facets)
+    u = model.solve()
+    written = []
+    if case.data.sensors is not None:
+        written.append(_synthesize_points(case, fine.mesh, u))
+    if case.data.averages is not None:
+        written.append(_synthesize_averages(case, fine, u))
     model.destroy()
+    return written
+
+
+def _parents(
+    child: dolfinx.mesh.Mesh, parent_cell: npt.NDArray[np.int32]
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """The owned cells of a refined mesh and the rows of ``refine``'s parent arrays that
+    describe them (those arrays follow the cells' original, rank-contiguous numbering)."""
+    owned = child.topology.index_map(child.topology.dim).size_local
+    offset = child.comm.exscan(len(parent_cell)) or 0
+    rows = np.asarray(child.topology.original_cell_index)[:owned].astype(np.int64) - offset
+    return np.arange(owned, dtype=np.int32), rows
+
+
+def _child_cell_tags(
+    tags: dolfinx.mesh.MeshTags,
+    parent: dolfinx.mesh.Mesh,
+    child: dolfinx.mesh.Mesh,
+    parent_cell: npt.NDArray[np.int32],
+) -> dolfinx.mesh.MeshTags:
+    """Cell tags of a refined mesh: each (owned) child cell takes its parent's tag."""
+    tdim = parent.topology.dim
+    imap = parent.topology.index_map(tdim)
+    by_cell = np.full(imap.size_local + imap.num_ghosts, -1, dtype=np.int32)
+    by_cell[tags.indices] = tags.values
+    cells, rows = _parents(child, parent_cell)
+    values = by_cell[np.asarray(parent_cell)[rows]]
+    keep = values >= 0
+    return dolfinx.mesh.meshtags(child, tdim, cells[keep], values[keep])
+
+
+def _child_facet_tags(
+    tags: dolfinx.mesh.MeshTags,
+    parent: dolfinx.mesh.Mesh,
+    child: dolfinx.mesh.Mesh,
+    parent_cell: npt.NDArray[np.int32],
+    parent_facet: npt.NDArray[np.int8],
+) -> dolfinx.mesh.MeshTags:
+    """Facet tags of a refined simplex mesh: a child facet lying on a tagged parent facet takes
+    its tag. (``dolfinx.mesh.transfer_meshtag`` corrupted memory for facets on 2 ranks.)"""
+    tdim = parent.topology.dim
+    fdim = tdim - 1
+    for mesh in (parent, child):
+        mesh.topology.create_connectivity(tdim, fdim)
+    imap = parent.topology.index_map(fdim)
+    by_facet = np.full(imap.size_local + imap.num_ghosts, -1, dtype=np.int32)
+    by_facet[tags.indices] = tags.values
+    per_cell = tdim + 1
+    parent_facets = parent.topology.connectivity(tdim, fdim).array.reshape(-1, per_cell)
+    child_facets = child.topology.connectivity(tdim, fdim).array.reshape(-1, per_cell)
+    cells, rows = _parents(child, parent_cell)
+    parents = np.asarray(parent_cell)[rows]
+    local = np.asarray(parent_facet).reshape(-1, per_cell)[rows].astype(np.int64)
+    # child facet j of cell i lies on facet local[i, j] of the parent cell (-1: inside it)
+    i, j = np.nonzero(local >= 0)
+    tag = by_facet[parent_facets[parents[i], local[i, j]]]
+    found = child_facets[cells[i], j]
+    facets, first = np.unique(found[tag >= 0], return_index=True)
+    return dolfinx.mesh.meshtags(
+        child, fdim, facets.astype(np.int32), tag[tag >= 0][first].astype(np.int32)
+    )
+
+
+def _noisy(case: Case, values: npt.NDArray[np.float64], stream: int) -> tuple[Any, Any]:
+    """Values with seeded Gaussian noise σ = ``synthesize.noise``·max|values|, and σ."""
+    sigma = case.synthesize.noise * float(np.abs(values).max())
+    rng = np.random.default_rng(case.seed + stream)
+    return values + sigma * rng.standard_normal(values.size), np.full(values.size, sigma)
+
+
+def _synthesize_points(case: Case, mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Function) -> SensorData:
+    assert case.data is not None and case.data.sensors is not None
+    points = _layout(mesh, case.synthesize.layout, case.seed)
+    values = point_values(u, points)
     component = None
     if values.ndim == 2:  # a vector state: one row per sensor and component
         bs = values.shape[1]
         component = np.tile(np.arange(bs), points.shape[0])
         points = np.repeat(points, bs, axis=0)
         values = values.reshape(-1)
-    sigma = case.synthesize.noise * float(np.abs(values).max())
-    noisy = values + sigma * np.random.default_rng(case.seed + 1).standard_normal(values.size)
+    noisy, sigma = _noisy(case, values, 1)
     data = SensorData(
         points=points,
         values=noisy,
-        sigma=np.full(values.size, sigma),
+        sigma=sigma,
         experiment=None,
         lines=np.arange(2, values.size + 2),
         source=str(case.data.sensors),
         component=component,
     )
-    assert case.data.sensors is not None
-    write_sensors(comm, case.data.sensors, data)
+    write_sensors(mesh.comm, case.data.sensors, data)
+    return data
+
+
+def _synthesize_averages(case: Case, found: domain.Domain, u: dolfinx.fem.Function) -> SensorData:
+    """The means of ``u`` over the physical groups matching ``synthesize.regions``."""
+    import fnmatch
+
+    assert case.data is not None and case.data.averages is not None
+    comm, tdim = found.mesh.comm, found.mesh.topology.dim
+    candidates = sorted(n for n, (dim, _) in found.groups.items() if dim in (tdim, tdim - 1))
+    names = [n for n in candidates if fnmatch.fnmatch(n, case.synthesize.regions)]
+    parallel.check_all(
+        comm,
+        bool(names),
+        f"{case.source}: synthesize.regions: no physical group matches "
+        f"{case.synthesize.regions!r}; the mesh has {candidates}",
+    )
+    names.sort(key=lambda n: found.groups[n][1])
+    request = SensorData(
+        points=np.zeros((len(names), 0)),
+        values=np.zeros(len(names)),
+        sigma=None,
+        experiment=None,
+        lines=np.zeros(len(names), dtype=np.int64),
+        source=f"{case.source}: synthesize.regions",
+        region=np.array(names),
+    )
+    measures, _ = _regions(case, found, request)
+    one = dolfinx.fem.Constant(found.mesh, 1.0)
+    values = np.array(
+        [
+            comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(u * m)))
+            / comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(one * m)))
+            for m in measures
+        ]
+    )
+    noisy, sigma = _noisy(case, values, 2)
+    data = SensorData(
+        points=np.zeros((len(names), 0)),
+        values=noisy,
+        sigma=sigma,
+        experiment=None,
+        lines=np.arange(2, len(names) + 2),
+        source=str(case.data.averages),
+        region=np.array(names),
+    )
+    write_sensors(comm, case.data.averages, data)
     return data
 
 

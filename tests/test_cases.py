@@ -293,3 +293,91 @@ def test_full_field_noise_does_not_depend_on_the_number_of_ranks(comm):
         for point, value in here.items():
             np.testing.assert_array_equal(value, alone[point])
         assert len({float(v[0]) for v in alone.values()}) == 42  # independent draws
+
+
+LSHAPE = ROOT / "cases" / "diffusion_lshape_probes.toml"
+
+
+def test_probe_average_case_runs_in_reduced_form(comm, shared_tmp):
+    """Two iterations of the shipped probe case: 27 region averages over the mesh's physical
+    groups, the misfit decreases, the misfit figure is written."""
+    folder = shared_tmp / "probes"
+    args = ["run", str(LSHAPE), "--iterations", "2", "--quiet"]
+    assert main([*args, "--set", f"output.folder='{folder}'"]) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["sensors"] == 27 and summary["discrepancy_level"] == 13.5
+    misfits = history_column(folder, "misfit")
+    assert misfits[1] < misfits[0]
+    assert (folder / "misfit.png").is_file() and (folder / "fields.png").is_file()
+
+
+def test_an_unknown_region_is_named_with_its_line(comm, shared_tmp, capsys):
+    path = shared_tmp / "regions.csv"
+    comm.Barrier()
+    if comm.rank == 0:
+        path.write_text("region,value,sigma\nprobe-1,0.01,0.001\nprobe-99,0.01,0.001\n")
+    comm.Barrier()
+    assert main(["run", str(LSHAPE), "--quiet", "--set", f"data.averages='{path}'"]) == 2
+    if comm.rank == 0:
+        err = capsys.readouterr().err
+        assert "regions.csv:3: region 'probe-99' is not a physical group" in err
+        assert "'probe-27'" in err
+
+
+@pytest.mark.parametrize(
+    ("case", "key", "shipped"),
+    [
+        (HOLE, "data.sensors", "diffusion_hole.csv"),
+        (LSHAPE, "data.averages", "lshape_probes.csv"),
+    ],
+)
+def test_synthesize_reproduces_the_shipped_data_on_any_rank_count(
+    comm, shared_tmp, case, key, shipped
+):
+    """`natinv synthesize` on the refined mesh (facet and cell tags carried to the children)
+    writes the shipped files again: the same sensors or regions, values within rounding,
+    on 1 and on 2 ranks."""
+    import csv
+
+    target = shared_tmp / shipped
+    assert main(["synthesize", str(case), "--set", f"{key}='{target}'"]) == 0
+    rows = [list(csv.reader(open(p))) for p in (target, ROOT / "cases" / "data" / shipped)]
+    assert rows[0][0] == rows[1][0] and len(rows[0]) == len(rows[1])
+    for new, old in zip(rows[0][1:], rows[1][1:], strict=True):
+        for a, b in zip(new, old, strict=True):
+            try:
+                assert float(a) == pytest.approx(float(b), rel=1e-9, abs=1e-14)
+            except ValueError:
+                assert a == b  # region names
+
+
+def test_refined_tags_match_dolfinx_and_cover_the_boundary(comm):
+    """The facet and cell tags carried to a refined mesh: on one rank the same as
+    dolfinx.mesh.transfer_meshtag; on any number of ranks every owned exterior facet of the
+    plate with a hole keeps a tag and every owned cell of the L-shape a probe or domain tag."""
+    import dolfinx
+
+    from natinv import domain
+    from natinv.runner import _child_cell_tags, _child_facet_tags
+
+    for path in (HOLE, LSHAPE):
+        found = domain.load_domain(comm, load_case(path))
+        mesh = found.mesh
+        mesh.topology.create_entities(1)
+        option = dolfinx.mesh.RefinementOption.parent_cell_and_facet
+        child, parent_cell, parent_facet = dolfinx.mesh.refine(mesh, option=option)
+        child.topology.create_entities(1)
+        child.topology.create_connectivity(1, 2)
+        facets = _child_facet_tags(found.facets, mesh, child, parent_cell, parent_facet)
+        cells = _child_cell_tags(found.cells, mesh, child, parent_cell)
+        exterior = dolfinx.mesh.exterior_facet_indices(child.topology)
+        owned_facets = child.topology.index_map(1).size_local
+        owned_cells = child.topology.index_map(2).size_local
+        assert set(exterior[exterior < owned_facets]) <= set(facets.indices)
+        assert np.array_equal(np.sort(cells.indices), np.arange(owned_cells))
+        if comm.size == 1:
+            reference = dolfinx.mesh.transfer_meshtag(
+                found.facets, child, parent_cell, parent_facet
+            )
+            np.testing.assert_array_equal(facets.indices, reference.indices)
+            np.testing.assert_array_equal(facets.values, reference.values)

@@ -123,3 +123,37 @@ def test_full_field_from_xdmf_matches_nodes_by_coordinates(comm, shared_tmp):
         read_field(comm, path, p1, "pressure")
     with pytest.raises(CollectiveError, match=r"nothere\.xdmf: no such file"):
         read_field(comm, shared_tmp / "nothere.xdmf", p1)
+
+
+def test_region_average_files_round_trip_and_are_validated(comm, shared_tmp):
+    """A file of region averages names physical groups instead of coordinates; a coordinate
+    column or a missing region column is an error naming file and line."""
+    data = SensorData(
+        points=np.zeros((2, 0)),
+        values=np.array([0.25, 1.0 / 3.0]),
+        sigma=np.array([0.01, 0.02]),
+        experiment=None,
+        lines=np.array([2, 3]),
+        region=np.array(["probe-1", "probe-2"]),
+    )
+    path = shared_tmp / "averages.csv"
+    write_sensors(comm, path, data)
+    back = read_sensors(comm, path, 2, regions=True)
+    assert back.region.tolist() == ["probe-1", "probe-2"] and back.points.shape == (2, 0)
+    np.testing.assert_array_equal(back.values, data.values)
+    np.testing.assert_array_equal(back.sigma, data.sigma)
+    for text, message in (
+        (
+            "x,y,value\n0.1,0.2,1\n",
+            r"bad\.csv:1: unknown column\(s\) \['x', 'y'\]; a file of region",
+        ),
+        ("value,sigma\n1,0.1\n", r"bad\.csv:1: missing column\(s\) \['region'\]"),
+        ("region,value\nprobe-1,nan\n", r"bad\.csv:2: column 'value' is nan"),
+    ):
+        bad = shared_tmp / "bad.csv"
+        comm.Barrier()
+        if comm.rank == 0:
+            bad.write_text(text)
+        comm.Barrier()
+        with pytest.raises(CollectiveError, match=message):
+            read_sensors(comm, bad, 2, regions=True)
