@@ -12,7 +12,12 @@ from helpers import gather_rows, taylor_orders, unit_square
 
 import natinv
 from natinv import models
-from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.objectives.inverse import (
+    Experiment,
+    InverseObjective,
+    InverseProblem,
+    ObservationRows,
+)
 from natinv.observations import averages, full_field, point_sensors
 from natinv.parallel import CollectiveError
 
@@ -140,6 +145,37 @@ def test_gauss_newton_rows_equal_finite_difference_sensitivities(comm):
     gram.destroy()
     gram.metric.destroy()
     objective.destroy()
+    free(problem)
+
+
+@pytest.mark.parametrize(
+    ("kind", "observation"), [c for c in CASES if c[1] != "full"], ids="-".join
+)
+def test_adjoint_and_tangent_jacobians_agree(comm, kind, observation):
+    """B S J by one transposed solve per observation row equals B S J by one tangent solve
+    per parameter (relative 1e-12), for every model (the nonlinear one through its Newton
+    Jacobian) and point or averaged observations; "auto" picks the one with fewer solves."""
+    problem, m = build(comm, kind, observation, regularization=None)
+    field = natinv.NeuralField(m.function_space, natinv.mlp((2, 5, 1), seed=2), "exp")
+    theta = field.parameters
+    jacobians = {}
+    for method in ("tangent", "adjoint"):
+        rows = ObservationRows(field, problem, method)
+        jacobians[method] = gather_rows(comm, rows.jacobian(theta))
+    scale = np.abs(jacobians["tangent"]).max()
+    assert scale > 0
+    assert np.abs(jacobians["adjoint"] - jacobians["tangent"]).max() <= 1e-12 * scale
+    rows = ObservationRows(field, problem)
+    assert rows.method == ("adjoint" if rows.num_global < field.num_parameters else "tangent")
+    free(problem)
+
+
+def test_full_field_rows_use_tangent_solves(comm):
+    problem, m = build(comm, "diffusion", "full", regularization=None)
+    field = natinv.NeuralField(m.function_space, natinv.mlp((2, 3, 1), seed=2), "exp")
+    assert ObservationRows(field, problem).method == "tangent"
+    with pytest.raises(ValueError, match="the adjoint Jacobian needs observation operators"):
+        ObservationRows(field, problem, "adjoint")
     free(problem)
 
 

@@ -330,6 +330,35 @@ class Model:
         rhs.destroy()
         return solution
 
+    def adjoint_tangent(self, rows: PETSc.Mat) -> PETSc.Mat:
+        """``(R S)ᵀ = −Cᵀ P A⁻ᵀ Rᵀ`` for observation rows ``R``, given as the dense matrix
+        ``Rᵀ`` (V × n): the W × n matrix whose columns are the parameter gradients of the n
+        observations, with n transposed solves on the existing factors instead of one tangent
+        solve per parameter direction (``P`` zeroes the Dirichlet rows, as in :meth:`tangent`).
+        Its column layout is that of ``rows``. Collective."""
+        self._require_solution()
+        solution = rows.duplicate()
+        failure = None
+        try:
+            self.ksp.matSolveTranspose(rows, solution)
+        except PETSc.Error as exc:
+            failure = str(exc).strip().splitlines()[0]
+        self.linear_solves += 1
+        parallel.check_all(
+            self.comm,
+            failure is None,
+            lambda: f"{self.name}: the adjoint solves failed ({failure})",
+        )
+        if self._constrained.any():
+            solution.getDenseArray()[self._constrained, :] = 0.0
+        solution.assemble()
+        sensitivity = self.sensitivity_matrix()
+        gradients = sensitivity.transposeMatMult(solution)
+        gradients.scale(-1.0)
+        sensitivity.destroy()
+        solution.destroy()
+        return gradients
+
     def destroy(self) -> None:
         for obj in (self.A, self.ksp, self._b, self._du, self._C):
             if obj is not None:

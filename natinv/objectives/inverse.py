@@ -266,7 +266,7 @@ class ObservationRows:
     """The predicted observations ``B u(k(θ))`` of every experiment as rows (a
     :class:`~natinv.gram.Rows` provider); their Jacobian is ``B S J`` by tangent solves."""
 
-    def __init__(self, field: NeuralField, problem: InverseProblem) -> None:
+    def __init__(self, field: NeuralField, problem: InverseProblem, method: str = "auto") -> None:
         self.field = field
         self.problem = problem
         self.comm = field.comm
@@ -274,6 +274,14 @@ class ObservationRows:
         self.blocks = problem.observations
         self.num_owned = int(sum(obs.num_owned for obs in self.blocks))
         self.num_global = int(sum(obs.num_global for obs in self.blocks))
+        if method not in ("auto", "tangent", "adjoint"):
+            raise ValueError(f"Jacobian method {method!r}: expected auto, tangent or adjoint")
+        operators = all(obs.operator is not None for obs in self.blocks)
+        if method == "adjoint" and not operators:
+            raise ValueError("the adjoint Jacobian needs observation operators (no full field)")
+        if method == "auto":  # a solve per observation row, or per parameter: the fewer
+            method = "adjoint" if operators and self.num_global < self.num_parameters else "tangent"
+        self.method = method
 
     @property
     def parameters(self) -> npt.NDArray[np.float64]:
@@ -319,6 +327,9 @@ class ObservationRows:
         field_jacobian.assemble()
         row = 0
         for experiment in self.problem.experiments:
+            if self.method == "adjoint":
+                row = self._adjoint_rows(experiment, field_jacobian, out, row)
+                continue
             sensitivity = experiment.model.tangent(field_jacobian)
             for obs in experiment.observations:
                 observed = obs.apply(sensitivity)
@@ -330,6 +341,28 @@ class ObservationRows:
             sensitivity.destroy()
         field_jacobian.destroy()
         return out
+
+    def _adjoint_rows(
+        self,
+        experiment: Experiment,
+        field_jacobian: PETSc.Mat,
+        out: npt.NDArray[np.float64],
+        row: int,
+    ) -> int:
+        """``B S J = ((S^T B^T)^T) J`` block by block: one transposed solve per observation
+        row, then ``(Cᵀ P Λ)ᵀ J``; the rows land where each block owns them. Collective."""
+        for obs in experiment.observations:
+            # Bᵀ (V × n, columns laid out as B's rows) as a new dense matrix: petsc4py's
+            # transpose() and convert() without an output matrix work in place
+            rows = obs.operator.transpose(PETSc.Mat())
+            rows.convert("dense")
+            gradients = experiment.model.adjoint_tangent(rows)  # W × n
+            observed = gradients.transposeMatMult(field_jacobian)  # n × P
+            out[row : row + obs.num_owned] = observed.getDenseArray(readonly=True)[: obs.num_owned]
+            row += obs.num_owned
+            for obj in (rows, gradients, observed):
+                obj.destroy()
+        return row
 
     def metric(self) -> PETSc.Mat:
         """The block-diagonal noise metric of all observations, in the rows' layout."""
