@@ -8,7 +8,8 @@ max|u| (σ known). Inversion: 24 × 24 mesh, P2 state, κ in P1.
 Methods, each for the same wall-time budget:
 
 - κ = exp(N(x)), N an MLP [2, 20, 20, 1] tanh (P = 501): natural gradient in the Gauss–Newton
-  metric ``(BSJ)ᵀΓ⁻¹(BSJ)`` (Levenberg–Marquardt damping, log-grid line search), without and with
+  metric ``(BSJ)ᵀΓ⁻¹(BSJ)`` (Levenberg–Marquardt damping, log-grid line search or, with
+  ``--step armijo``, backtracking from the full step: fewer forward solves), without and with
   natural Nesterov momentum; Adam (lr 1e-2); L-BFGS (memory 20, Armijo);
 - the classical baseline: m = log κ as a P1 function (625 unknowns), H1 Tikhonov
   ``½α|m|²_H1``, TAO Gauss–Newton–CG (``nls``) run to ‖g‖/‖g₀‖ ≤ 1e-6, for α on a grid; the
@@ -19,7 +20,8 @@ The neural methods stop by the same discrepancy principle (the misfit reaches ``
 budget. Prints, per method, the relative L2 error of κ over time, the error where it stopped and
 the time to reach the baseline's error.
 
-Usage: ``python bench/inverse_nn.py [--budget 60] [--seed 0]`` (serial; one BLAS thread).
+Usage: ``python bench/inverse_nn.py [--budget 60] [--seed 0] [--step armijo]`` (serial; one BLAS
+thread).
 """
 
 from __future__ import annotations
@@ -117,7 +119,9 @@ class Problem:
         return InverseProblem([Experiment(model, [obs])], regularization), model, obs
 
 
-def run_neural(problem: Problem, method: str, budget: float, seed: int) -> list[tuple]:
+def run_neural(
+    problem: Problem, method: str, budget: float, seed: int, step: str = "log-grid"
+) -> list[tuple]:
     discrepancy = 0.5 * problem.points.shape[0]
     inverse, model, obs = problem.inverse(exponential=False)
     field = natinv.NeuralField(
@@ -129,7 +133,7 @@ def run_neural(problem: Problem, method: str, budget: float, seed: int) -> list[
         gram = objective.gauss_newton()
         solver = natinv.NaturalSolver(gram, "lm", damping=1e-3)
         momentum = "none" if method == "ngd" else "natural-nesterov"
-        optimizer = NaturalGradientDescent(objective, solver, momentum=momentum, beta=0.5)
+        optimizer = NaturalGradientDescent(objective, solver, step, momentum=momentum, beta=0.5)
     elif method == "adam":
         optimizer = Adam(objective, lr=1e-2)
     else:
@@ -184,6 +188,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per method")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--step", choices=["log-grid", "armijo"], default="log-grid", help="natural methods' step"
+    )
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     points = sensors(args.seed)
@@ -202,7 +209,7 @@ def main() -> None:
             )
     traces = {f"FE field + TAO nls, α={chosen:.0e}": candidates[chosen]}
     for method in ("natural-nesterov", "ngd", "lbfgs", "adam"):
-        traces[method] = run_neural(problem, method, args.budget, args.seed)
+        traces[method] = run_neural(problem, method, args.budget, args.seed, args.step)
     baseline_trace = next(iter(traces.values()))
     target, base_time = baseline_trace[-1][2], baseline_trace[-1][1]
     if comm.rank == 0:
