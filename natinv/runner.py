@@ -5,8 +5,10 @@ optimises with a progress line on rank 0, checkpoints every N iterations (atomic
 run keeps the previous checkpoint) and writes ``results/<case>/``: ``history.csv``,
 ``summary.json``, the fields for ParaView (VTX: ``parameter.bp`` with the recovered and, when
 known, the true field; ``state.bp``), and figures (``convergence.png``, ``fields.png`` with the
-sensors marked, ``misfit.png``). :func:`synthesize_case` writes a case's sensor file from its
-true field on a refined mesh.
+sensors and averaged regions marked, ``misfit.png``). Forward cases (PINN, Ritz) are built by
+:mod:`natinv.forward` and run through the same loop, checkpoints and history.
+:func:`synthesize_case` writes a case's measurement files (point sensors, region averages or a
+full field) from its true field on a refined mesh.
 """
 
 from __future__ import annotations
