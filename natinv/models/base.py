@@ -315,19 +315,28 @@ class Model:
         if self._constrained.any():
             rhs.getDenseArray()[self._constrained, :] = 0.0
         rhs.assemble()
+        solution = self._mat_solve(rhs, transpose=False)
+        rhs.destroy()
+        return solution
+
+    def _mat_solve(self, rhs: PETSc.Mat, transpose: bool) -> PETSc.Mat:
+        """``A⁻¹ X`` (or ``A⁻ᵀ X``) for the dense columns of ``rhs`` on the existing factors;
+        a failure is one message on every rank. Collective."""
         solution = rhs.duplicate()
         failure = None
         try:
-            self.ksp.matSolve(rhs, solution)
+            (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(rhs, solution)
         except PETSc.Error as exc:
             failure = str(exc).strip().splitlines()[0]
         self.linear_solves += 1
         parallel.check_all(
             self.comm,
             failure is None,
-            lambda: f"{self.name}: the tangent solves failed ({failure})",
+            lambda: (
+                f"{self.name}: the {'adjoint' if transpose else 'tangent'} solves failed "
+                f"({failure})"
+            ),
         )
-        rhs.destroy()
         return solution
 
     def adjoint_tangent(self, rows: PETSc.Mat) -> PETSc.Mat:
@@ -337,18 +346,7 @@ class Model:
         solve per parameter direction (``P`` zeroes the Dirichlet rows, as in :meth:`tangent`).
         Its column layout is that of ``rows``. Collective."""
         self._require_solution()
-        solution = rows.duplicate()
-        failure = None
-        try:
-            self.ksp.matSolveTranspose(rows, solution)
-        except PETSc.Error as exc:
-            failure = str(exc).strip().splitlines()[0]
-        self.linear_solves += 1
-        parallel.check_all(
-            self.comm,
-            failure is None,
-            lambda: f"{self.name}: the adjoint solves failed ({failure})",
-        )
+        solution = self._mat_solve(rows, transpose=True)
         if self._constrained.any():
             solution.getDenseArray()[self._constrained, :] = 0.0
         solution.assemble()
