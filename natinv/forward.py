@@ -208,6 +208,43 @@ def _reference(
     return reference
 
 
+def _check_formulas(case: Case, check: Quadrature, boundary: Quadrature) -> None:
+    """Every formula of the case is finite at the mesh's quadrature points (boundary values at
+    the boundary's), for every μ: one message naming the key and a point otherwise.
+    Collective."""
+    eq, solution = case.equation, case.solution
+    assert eq is not None and solution is not None
+    names = _names(case)
+    formulas = [
+        ("equation.diffusion", eq.diffusion, check),
+        ("equation.reaction", eq.reaction, check),
+        ("equation.source", eq.source, check),
+        ("equation.boundary_value", eq.boundary_value, boundary),
+        *((f"equation.velocity[{i}]", b, check) for i, b in enumerate(eq.velocity or [])),
+        *((("solution.exact", solution.exact, check),) if solution.exact else ()),
+    ]
+    mus: list[float | None] = [None]
+    if case.parametric is not None:
+        mus = sorted(set(case.parametric.samples) | set(case.parametric.test))
+    for key, text, where in formulas:
+        formula = compile_expression(text, key, names if key != "equation.boundary_value" else ())
+        points = np.zeros((3, where.points.shape[0]))
+        points[: where.points.shape[1]] = where.points.T
+        for mu in mus:
+            values = formula(points, **({"mu": mu} if mu is not None else {}))
+            bad = np.nonzero(~np.isfinite(values))[0]
+            first = where.points[bad[0]].tolist() if bad.size else None
+            parallel.check_all(
+                check.comm,
+                bad.size == 0,
+                lambda key=key, text=text, mu=mu, first=first: (
+                    f"{case.source}: {key}: {text!r} is not finite at some points of the mesh"
+                    + (f", e.g. x = {first}" if first is not None else "")
+                    + (f" (μ = {mu:g})" if mu is not None else "")
+                ),
+            )
+
+
 @dataclass
 class ForwardBuilt:
     """The objects of a forward case (destroy with :meth:`destroy`)."""
@@ -221,6 +258,10 @@ class ForwardBuilt:
     references: list[npt.NDArray[np.float64]]  # u* at the check points, per test μ
     reference_functions: list[dolfinx.fem.Function | None]
     keep: list[Any] = field(default_factory=list)
+    norms: list[float] = field(init=False)  # ‖u*‖²_L2 per test μ
+
+    def __post_init__(self) -> None:
+        self.norms = [self.check.integrate(r**2) for r in self.references]
 
     @property
     def comm(self) -> MPI.Comm:
@@ -233,12 +274,11 @@ class ForwardBuilt:
         return self.check.evaluate(self.objective.solution(theta))
 
     def errors(self, theta: npt.ArrayLike) -> list[float]:
-        """The relative L2 error at each test μ. Collective."""
+        """The relative L2 error at each test μ (absolute where u* = 0). Collective."""
         out = []
-        for mu, reference in zip(self.mus, self.references, strict=True):
+        for mu, reference, norm in zip(self.mus, self.references, self.norms, strict=True):
             difference = self.check.integrate((self.values(theta, mu) - reference) ** 2)
-            norm = self.check.integrate(reference**2)
-            out.append(float(np.sqrt(difference / norm)) if norm > 0 else np.sqrt(difference))
+            out.append(float(np.sqrt(difference / (norm if norm > 0 else 1.0))))
         return out
 
     def error(self, theta: npt.ArrayLike) -> float:
@@ -259,17 +299,20 @@ class ForwardBuilt:
     def reference(self, index: int) -> dolfinx.fem.Function:
         """The exact or reference solution at the ``index``-th test μ, on the solution's
         space. Collective."""
-        out = dolfinx.fem.Function(self.field.space, name="reference")
         source = self.reference_functions[index]
         if source is not None:
+            out = dolfinx.fem.Function(self.field.space)
             out.interpolate(source)
         else:
             assert self.case.solution is not None and self.case.solution.exact is not None
-            mu = self.mus[index]
             out = _interpolated(
-                self.field.space, self.case.solution.exact, "solution.exact", _names(self.case), mu
+                self.field.space,
+                self.case.solution.exact,
+                "solution.exact",
+                _names(self.case),
+                self.mus[index],
             )
-            out.name = "reference"
+        out.name = "reference"
         return out
 
     def destroy(self) -> None:
@@ -289,13 +332,14 @@ def build_forward(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardBuilt:
         field = NeuralField(space, network, mu=[case.parametric.samples[0]])
     else:
         field = NeuralField(space, network)
+    check = cell_quadrature(mesh, 2 * settings.reference_degree)
+    _check_formulas(case, check, boundary_quadrature(mesh, case.equation.boundary_quadrature))
     keep: list[Any] = []
     objective: PINN | Ritz
     if case.problem == "pinn":
         objective = _pinn(case, field, mesh)
     else:
         objective, keep = _ritz(case, field, mesh, facets)
-    check = cell_quadrature(mesh, 2 * settings.reference_degree)
     references, functions = [], []
     for index, mu in enumerate(mus):
         if settings.exact is not None:

@@ -309,3 +309,21 @@ def test_a_pinn_with_penalised_boundary_runs_on_a_mesh_file(comm, shared_tmp):
     loss = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
     error = [float(r.split(",")[header.index("error")]) for r in rows[1:]]
     assert loss[-1] < loss[0] and error[-1] < error[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("equation.source='log(x - 2)'", r"equation\.source: 'log\(x - 2\)' is not finite"),
+        ("solution.exact='sqrt(x - 2)'", r"solution\.exact: 'sqrt\(x - 2\)' is not finite"),
+        ("equation.boundary_value='1/(x - 1)'", r"equation\.boundary_value: '1/\(x - 1\)' is"),
+    ],
+)
+def test_a_formula_that_is_not_finite_on_the_mesh_is_named(comm, shared_tmp, override, message):
+    """A coefficient, boundary value or exact solution that is NaN or inf somewhere on the
+    mesh stops the build with one message naming its key (not a NaN loss later on)."""
+    from natinv.parallel import CollectiveError
+
+    case = load_case(CASES / "poisson_pinn_2d.toml", [override, "equation.boundary='penalty'"])
+    with pytest.raises(CollectiveError, match=message):
+        build_forward(case, comm)
