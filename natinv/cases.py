@@ -102,8 +102,6 @@ from pathlib import Path
 from typing import Any
 
 from natinv.expressions import compile_expression
-from natinv.fields import ACTIVATIONS
-from natinv.optim.natural import MOMENTA
 
 __all__ = ["Case", "CaseError", "load_case", "parse_override"]
 
@@ -270,6 +268,7 @@ class SynthesizeSettings:
     degree: int = 3
     noise: float = 0.01
     regions: str = "probe-*"
+    given: bool = False  # whether the case has a [synthesize] table
 
 
 @dataclass
@@ -349,6 +348,18 @@ class Case:
         return self.problem != "inverse"
 
 
+# the names the compute layer defines (natinv.fields.ACTIVATIONS, natinv.optim.natural.MOMENTA),
+# repeated so that reading a case loads neither torch nor DOLFINx (a test keeps them equal)
+ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "silu", "sin")
+MOMENTA = (
+    "none",
+    "heavy-ball",
+    "nesterov",
+    "natural-heavy-ball",
+    "natural-heavy-ball-diff",
+    "natural-nesterov",
+    "spring",
+)
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
 MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
 BUILTIN_MESHES = ("unit-square", "rectangle", "interval")
@@ -418,6 +429,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         degree=t.integer("degree", 3, low=1),
         noise=t.number("noise", 0.01, low=0.0),
         regions=t.string("regions", "probe-*"),
+        given="synthesize" in root.data,
     )
     t.finish()
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mpi4py import MPI
-from petsc4py import PETSc
 
 from natinv import parallel
 
@@ -38,6 +37,7 @@ def info(comm: MPI.Comm = MPI.COMM_WORLD) -> dict[str, str]:
     """Versions of natinv and its stack, and the number of ranks."""
     import mpi4py
     import petsc4py
+    from petsc4py import PETSc
 
     import dolfinx
     import numpy
@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--absolute", action="store_true", help="--noise is σ itself")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--out", type=Path, help="the CSV file to write")
+    syn.add_argument("--force", action="store_true", help="overwrite existing measurement files")
     return parser
 
 
@@ -177,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_in)
     comm = MPI.COMM_WORLD
     if petsc_args:
+        from petsc4py import PETSc
+
         PETSc.Options().insertString(" ".join(petsc_args))
 
     try:
@@ -253,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from natinv.runner import synthesize_case
 
             case = load_case(args.case, args.set)
-            for data in synthesize_case(case, comm):
+            for data in synthesize_case(case, comm, force=args.force):
                 sigma = data.sigma[0] if data.sigma is not None else 0.0
                 what = "full field"
                 if data.values.size:

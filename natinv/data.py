@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.output import atomic_path
+from natinv.output import atomic_path, rank0_writer
 from natinv.parallel import Comm
 
 __all__ = ["SensorData", "read_field", "read_sensors", "write_sensors"]
@@ -196,8 +196,10 @@ def read_sensors(comm: Comm, path: str | Path, gdim: int, regions: bool = False)
 
 def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
     """Write a sensor CSV file (rank 0, atomically: a reader never sees half a file).
-    Collective."""
-    if comm.rank == 0:
+    Collective: an error on rank 0 is raised on every rank."""
+
+    @rank0_writer
+    def write(comm: Comm, path: Path) -> None:
         gdim = 0 if data.region is not None else data.points.shape[1]
         columns = ["region"] if data.region is not None else [*COORDINATES[:gdim]]
         columns += ["value"]
@@ -217,9 +219,10 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
             if data.component is not None:
                 row.append(str(int(data.component[i])))
             writer.writerow(row)
-        with atomic_path(Path(path)) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_text(buffer.getvalue())
-    comm.Barrier()
+
+    write(comm, Path(path))
 
 
 def _xdmf_arrays(path: Path, name: str | None) -> tuple[np.ndarray, np.ndarray, str]:

@@ -54,26 +54,142 @@ def load_domain(comm: MPI.Comm, case: Case) -> Domain:
         groups = {k: (fdim, v) for k, v in SIDES.items() if v <= 2 * lower.size}
         return Domain(mesh, side_tags(mesh, lower, upper), None, groups)
     assert settings.file is not None
-    with parallel.collective(comm, f"{case.source}: mesh.file {settings.file}"):
-        if settings.file.suffix == ".msh":
-            import gmsh
+    where = f"{case.source}: mesh.file {settings.file}"
+    if settings.file.suffix == ".msh":
+        return read_msh(comm, settings.file, where, gdim=2)
+    return read_xdmf(comm, settings.file, where)
 
-            if not gmsh.isInitialized():
-                gmsh.initialize()
-            gmsh.option.setNumber("General.Terminal", 0)  # no "Info: Reading..." lines
-            data = dolfinx.io.gmsh.read_from_msh(settings.file, comm, 0, gdim=2)
-            groups = {name: (g.dim, g.tag) for name, g in data.physical_groups.items()}
-            return Domain(data.mesh, data.facet_tags, data.cell_tags, groups)
-        with dolfinx.io.XDMFFile(comm, settings.file, "r") as xdmf:
-            mesh = xdmf.read_mesh(name="mesh")
-            mesh.topology.create_connectivity(1, 2)
-            tags = []
-            for name in ("facets", "cells"):
-                try:
-                    tags.append(xdmf.read_meshtags(mesh, name=name))
-                except RuntimeError:
-                    tags.append(None)
+
+def read_msh(comm: MPI.Comm, path: Path, where: str, gdim: int = 2) -> Domain:
+    """A gmsh ``.msh`` file: rank 0 reads and checks it (physical groups, every cell tagged once,
+    cells of dimension ``gdim``) and shares the verdict before DOLFINx distributes the mesh, so a
+    truncated or foreign file is one error on every rank. Collective.
+
+    Raises:
+        CollectiveError: naming ``where`` and what is wrong with the file.
+    """
+    import gmsh
+
+    started = comm.rank == 0 and not gmsh.isInitialized()
+
+    def load() -> None:
+        if started:
+            gmsh.initialize(interruptible=False)
+        gmsh.option.setNumber("General.Terminal", 0)  # no "Info: Reading..." lines
+        gmsh.model.add("natinv")
+        if not path.is_file():
+            raise ValueError("not a readable file")
+        try:
+            gmsh.merge(str(path))
+        except Exception as exc:  # gmsh raises a bare Exception with its parser's message
+            raise ValueError(f"not a readable gmsh mesh ({exc})") from None
+        _check_gmsh_model(gmsh.model, gdim)
+
+    try:
+        parallel.on_rank0(comm, where, load)
+        data = dolfinx.io.gmsh.model_to_mesh(
+            gmsh.model if comm.rank == 0 else None, comm, 0, gdim=gdim
+        )
+    finally:
+        if comm.rank == 0 and gmsh.isInitialized():
+            if started:
+                gmsh.finalize()
+            elif "natinv" in gmsh.model.list():
+                gmsh.model.setCurrent("natinv")
+                gmsh.model.remove()
+    groups = {name: (g.dim, g.tag) for name, g in data.physical_groups.items()}
+    return Domain(data.mesh, data.facet_tags, data.cell_tags, groups)
+
+
+def _check_gmsh_model(model: object, gdim: int) -> None:
+    """What DOLFINx needs of a gmsh model, checked on the reading rank alone (ValueError)."""
+    from dolfinx.io.gmsh import extract_topology_and_markers, ufl_mesh
+
+    topologies, groups = extract_topology_and_markers(model)
+    if not groups:
+        raise ValueError("no physical groups (the domain must be a physical group of cells)")
+    dims = {}
+    for element in topologies:
+        _, dim, _, _, _, _ = model.mesh.getElementProperties(element)  # type: ignore[attr-defined]
+        dims[element] = dim
+    tdim = max(dims.values())
+    if tdim != gdim:
+        raise ValueError(f"its tagged cells have dimension {tdim}; expected {gdim}")
+    types, tags, _ = model.mesh.getElements(dim=tdim, tag=-1)  # type: ignore[attr-defined]
+    for element, cells in zip(types, tags, strict=True):
+        if element not in topologies:
+            raise ValueError("cells without a physical group (every cell must be tagged once)")
+        tagged = topologies[element]["entity_tags"]
+        if len(tagged) != len(cells) or len(np.unique(tagged)) != len(tagged):
+            raise ValueError(
+                f"{len(tagged)} tags for {len(cells)} cells (every cell must be tagged once)"
+            )
+        try:
+            ufl_mesh(int(element), gdim, np.float64)
+        except Exception as exc:
+            raise ValueError(f"unsupported cell type {element} ({exc})") from None
+
+
+def read_xdmf(comm: MPI.Comm, path: Path, where: str) -> Domain:
+    """An XDMF mesh named ``mesh`` with optional tags ``facets`` and ``cells`` (as DOLFINx
+    writes them). Rank 0 checks the file and the HDF5 arrays it points to before the parallel
+    read. Collective.
+
+    Raises:
+        CollectiveError: naming ``where`` and what is wrong with the file.
+    """
+    names = parallel.on_rank0(comm, where, lambda: _check_xdmf(path), share=True)
+    assert names is not None
+    with dolfinx.io.XDMFFile(comm, path, "r") as xdmf:
+        mesh = xdmf.read_mesh(name="mesh")
+        mesh.topology.create_connectivity(mesh.topology.dim - 1, mesh.topology.dim)
+        tags = [
+            xdmf.read_meshtags(mesh, name=n) if n in names else None for n in ("facets", "cells")
+        ]
     return Domain(mesh, tags[0], tags[1])
+
+
+def _check_xdmf(path: Path) -> set[str]:
+    """The names of the grids of an XDMF file whose topology and geometry arrays can be read;
+    ValueError unless one is the mesh (``Grid Name="mesh"``)."""
+    import xml.etree.ElementTree as ET
+
+    import h5py
+
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"not an XDMF file ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({parallel.describe_error(exc)})") from None
+    readable = set()
+    for grid in root.iter("Grid"):
+        if grid.find("Topology/DataItem") is None:
+            continue
+        for item in grid.iter("DataItem"):
+            if item.get("Format", "XML") != "HDF":
+                continue
+            file, _, dataset = (item.text or "").strip().partition(":")
+            dims = tuple(int(d) for d in item.get("Dimensions", "").split())
+            try:
+                with h5py.File(path.parent / file, "r") as h5:
+                    shape = h5[dataset].shape
+            except (OSError, KeyError) as exc:
+                raise ValueError(
+                    f"grid {grid.get('Name')!r}: array {file}:{dataset} cannot be read "
+                    f"({parallel.describe_error(exc)})"
+                ) from None
+            if dims and tuple(shape) != dims:
+                raise ValueError(
+                    f"grid {grid.get('Name')!r}: array {file}:{dataset} has shape {shape}, the "
+                    f"file says {dims}"
+                )
+        readable.add(str(grid.get("Name")))
+    if "mesh" not in readable:
+        raise ValueError(
+            f"no grid named 'mesh' with topology and geometry (found {sorted(readable)})"
+        )
+    return readable
 
 
 def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
@@ -132,8 +248,9 @@ def boundary_facets(
 
 def write_vtx(comm: MPI.Comm, path: Path, functions: list[dolfinx.fem.Function]) -> None:
     """The functions (one space) at time 0 in a VTX folder (BP4) for ParaView. Collective."""
-    path.parent.mkdir(parents=True, exist_ok=True) if comm.rank == 0 else None
-    comm.Barrier()
+    parallel.on_rank0(
+        comm, f"{path}: cannot write", lambda: path.parent.mkdir(parents=True, exist_ok=True)
+    )
     with dolfinx.io.VTXWriter(comm, path, functions, engine="BP4") as writer:
         writer.write(0.0)
 

@@ -13,11 +13,15 @@ values when it is evaluated.
 from __future__ import annotations
 
 import ast
+import types
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+if TYPE_CHECKING:  # torch loads with the first torch formula
+    import torch
 
 __all__ = ["FUNCTIONS", "compile_expression", "expression_names", "torch_expression"]
 
@@ -38,24 +42,6 @@ FUNCTIONS: dict[str, Callable[..., npt.NDArray[np.float64]]] = {
     "minimum": np.minimum,
     "maximum": np.maximum,
     "where": np.where,
-}
-TORCH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "exp": torch.exp,
-    "log": torch.log,
-    "sqrt": torch.sqrt,
-    "abs": torch.abs,
-    "sin": torch.sin,
-    "cos": torch.cos,
-    "tan": torch.tan,
-    "tanh": torch.tanh,
-    "sinh": torch.sinh,
-    "cosh": torch.cosh,
-    "arctan": torch.atan,
-    "arcsin": torch.asin,
-    "arccos": torch.acos,
-    "minimum": torch.minimum,
-    "maximum": torch.maximum,
-    "where": torch.where,
 }
 VARIABLES = ("x", "y", "z")
 CONSTANTS = {"pi": np.pi, "e": np.e}
@@ -85,24 +71,43 @@ _NODES = (
 )
 
 
+MAX_LENGTH = 4000  # characters of a formula
+MAX_NODES = 2000  # syntax-tree nodes
+MAX_DEPTH = 60  # nesting of operations
+
+
 def _parse(text: str, name: str, parameters: tuple[str, ...]) -> ast.Expression:
     """The checked syntax tree of ``text``; ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: expected a formula (a string), got {text!r}")
+    shown = text if len(text) <= 80 else text[:60] + " ..."
+    if len(text) > MAX_LENGTH:
+        raise ValueError(f"{name}: the formula has {len(text)} characters (at most {MAX_LENGTH})")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ValueError(f"{name}: cannot parse {text!r} ({exc.msg})") from None
-    for node in ast.walk(tree):
+        raise ValueError(f"{name}: cannot parse {shown!r} ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{name}: {shown!r} is nested too deeply") from None
+    nodes = list(ast.walk(tree))
+    if len(nodes) > MAX_NODES:
+        raise ValueError(f"{name}: {shown!r} has {len(nodes)} terms (at most {MAX_NODES})")
+    if _depth(tree) > MAX_DEPTH:
+        raise ValueError(f"{name}: {shown!r} is nested deeper than {MAX_DEPTH} operations")
+    for node in nodes:
         if not isinstance(node, _NODES):
-            raise ValueError(f"{name}: {type(node).__name__} is not allowed in {text!r}")
-        if isinstance(node, ast.Constant) and not isinstance(node.value, int | float):
-            raise ValueError(f"{name}: only numbers are allowed as constants in {text!r}")
+            raise ValueError(f"{name}: {type(node).__name__} is not allowed in {shown!r}")
+        if isinstance(node, ast.Constant) and (
+            not isinstance(node.value, int | float) or isinstance(node.value, bool)
+        ):
+            raise ValueError(f"{name}: only numbers are allowed as constants in {shown!r}")
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 raise ValueError(
-                    f"{name}: unknown function in {text!r}; allowed: {sorted(FUNCTIONS)}"
+                    f"{name}: unknown function in {shown!r}; allowed: {sorted(FUNCTIONS)}"
                 )
             if node.keywords:
-                raise ValueError(f"{name}: keyword arguments are not allowed in {text!r}")
+                raise ValueError(f"{name}: keyword arguments are not allowed in {shown!r}")
         if isinstance(node, ast.Name) and not (
             node.id in VARIABLES
             or node.id in CONSTANTS
@@ -110,10 +115,38 @@ def _parse(text: str, name: str, parameters: tuple[str, ...]) -> ast.Expression:
             or node.id in parameters
         ):
             raise ValueError(
-                f"{name}: unknown name {node.id!r} in {text!r}; use "
+                f"{name}: unknown name {node.id!r} in {shown!r}; use "
                 f"{', '.join((*VARIABLES, *parameters))}, pi, e and {sorted(FUNCTIONS)}"
             )
     return tree
+
+
+def _depth(node: ast.AST) -> int:
+    """The nesting depth of a syntax tree (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in ast.iter_child_nodes(current))
+    return deepest
+
+
+def _compile(
+    text: str, name: str, parameters: tuple[str, ...]
+) -> tuple[types.CodeType, list[float]]:
+    """The code of a checked formula whose numbers are read from names ``_c0, _c1, ...`` (so
+    that they evaluate in floating point: ``9**9**9`` overflows to inf instead of computing a
+    huge integer, ``1/0`` is inf instead of an exception), and those numbers."""
+    tree = _parse(text, name, parameters)
+    numbers: list[float] = []
+
+    class Numbers(ast.NodeTransformer):
+        def visit_Constant(self, node: ast.Constant) -> ast.AST:
+            numbers.append(float(node.value))
+            return ast.copy_location(ast.Name(id=f"_c{len(numbers) - 1}", ctx=ast.Load()), node)
+
+    tree = ast.fix_missing_locations(Numbers().visit(tree))
+    return compile(tree, f"<{name}>", "eval"), numbers
 
 
 def expression_names(text: str) -> set[str]:
@@ -132,7 +165,9 @@ def compile_expression(
     Raises:
         ValueError: a syntax error, or anything outside the whitelist, naming ``name``.
     """
-    code = compile(_parse(text, name, parameters), f"<{name}>", "eval")
+    code, numbers = _compile(text, name, parameters)
+    shown = text if len(text) <= 80 else text[:60] + " ..."
+    literals = {f"_c{i}": np.float64(v) for i, v in enumerate(numbers)}
 
     def evaluate(x: npt.NDArray[np.float64], **values: float) -> npt.NDArray[np.float64]:
         points = np.asarray(x, dtype=np.float64)
@@ -140,15 +175,43 @@ def compile_expression(
             "__builtins__": {},
             **FUNCTIONS,
             **CONSTANTS,
+            **literals,
             **{v: points[i] for i, v in enumerate(VARIABLES) if i < points.shape[0]},
             **{p: float(values.get(p, 0.0)) for p in parameters},
         }
-        with np.errstate(all="ignore"):
-            value = eval(code, namespace)
-        return np.broadcast_to(np.asarray(value, dtype=np.float64), points.shape[1:]).copy()
+        try:
+            with np.errstate(all="ignore"):
+                value = eval(code, namespace)
+            return np.broadcast_to(np.asarray(value, dtype=np.float64), points.shape[1:]).copy()
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: cannot evaluate {shown!r} ({exc})") from None
 
     evaluate.__doc__ = text
     return evaluate
+
+
+def _torch_functions() -> dict[str, Callable[..., torch.Tensor]]:
+    """The torch counterparts of :data:`FUNCTIONS`."""
+    import torch
+
+    return {
+        "exp": torch.exp,
+        "log": torch.log,
+        "sqrt": torch.sqrt,
+        "abs": torch.abs,
+        "sin": torch.sin,
+        "cos": torch.cos,
+        "tan": torch.tan,
+        "tanh": torch.tanh,
+        "sinh": torch.sinh,
+        "cosh": torch.cosh,
+        "arctan": torch.atan,
+        "arcsin": torch.asin,
+        "arccos": torch.acos,
+        "minimum": torch.minimum,
+        "maximum": torch.maximum,
+        "where": torch.where,
+    }
 
 
 def torch_expression(
@@ -161,8 +224,13 @@ def torch_expression(
     Raises:
         ValueError: as :func:`compile_expression`.
     """
-    code = compile(_parse(text, name, parameters), f"<{name}>", "eval")
+    code, numbers = _compile(text, name, parameters)
+    functions = _torch_functions()
+
+    import torch
+
     constants = {k: float(v) for k, v in CONSTANTS.items()}
+    literals = {f"_c{i}": v for i, v in enumerate(numbers)}  # (python floats, as torch likes)
 
     def evaluate(x: torch.Tensor, *values: torch.Tensor | float) -> torch.Tensor:
         zero = torch.zeros((), dtype=torch.float64)
@@ -170,8 +238,9 @@ def torch_expression(
             # torch's C code imports through the calling frame's builtins; the formula itself
             # cannot name __import__ (only whitelisted names pass the parser)
             "__builtins__": {"__import__": __import__},
-            **TORCH_FUNCTIONS,
+            **functions,
             **constants,
+            **literals,
             **{v: x[i] if i < x.shape[0] else zero for i, v in enumerate(VARIABLES)},
             **dict(zip(parameters, values, strict=True)),
         }

@@ -201,9 +201,16 @@ def _reference(
         },
         petsc_options_prefix=f"natinv_reference_{index}_",
     )
-    with parallel.collective(mesh.comm, f"{case.source}: the finite-element reference"):
-        result = problem.solve()
+    result = problem.solve()  # collective: its failure is seen alike by every rank, below
     reference = result[0] if isinstance(result, tuple) else result
+    owned = reference.function_space.dofmap.index_map.size_local
+    parallel.check_all(
+        mesh.comm,
+        problem.solver.getConvergedReason() > 0
+        and bool(np.all(np.isfinite(reference.x.array[:owned]))),
+        f"{case.source}: the finite-element reference: the P{solution.reference_degree} solve "
+        f"failed (reason {problem.solver.getConvergedReason()})",
+    )
     reference.name = "reference"
     return reference
 
@@ -438,8 +445,11 @@ def _plot_lines(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> Non
             x, a, b = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
             order = np.argsort(x)
             curves.append((mu, x[order], a[order], b[order]))
-    if comm.rank != 0:
-        return
+    _draw_lines(comm, path, title, curves)
+
+
+@output.rank0_writer
+def _draw_lines(comm: MPI.Comm, path: Any, title: str, curves: list[Any]) -> None:
     plt = output.pyplot()
 
     fig, (ax, err) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -466,8 +476,11 @@ def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> 
         x, a = domain.triangles(_p1(u))
         _, b = domain.triangles(_p1(reference))
         rows.append((mu, x, a, b))
-    if comm.rank != 0:
-        return
+    _draw_surfaces(comm, path, title, rows)
+
+
+@output.rank0_writer
+def _draw_surfaces(comm: MPI.Comm, path: Any, title: str, rows: list[Any]) -> None:
     plt = output.pyplot()
     from matplotlib.tri import Triangulation
 
@@ -491,11 +504,10 @@ def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> 
     output.save_figure(fig, path)
 
 
+@output.rank0_writer
 def _plot_mu_errors(
     comm: MPI.Comm, path: Any, case: Case, mus: list[Any], errors: list[float]
 ) -> None:
-    if comm.rank != 0:
-        return
     plt = output.pyplot()
 
     assert case.parametric is not None

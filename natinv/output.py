@@ -1,34 +1,49 @@
 """Results on disk: history CSV, summary JSON, convergence and field figures.
 
-Only rank 0 writes these (non-parallel) files. Files are written to a temporary name and renamed,
-so an interrupted run never leaves a half-written result.
+Only rank 0 writes these (non-parallel) files, through :func:`rank0_writer`: every rank learns
+whether the write succeeded before anyone goes on (an error on rank 0 is raised on every rank,
+no rank is left in a barrier). Files are written to a temporary name and renamed, so an
+interrupted run never leaves a half-written result; they get the permissions the umask allows,
+like any file the user creates. :func:`claim_folder` takes a run's output folder: it must be
+writable, and only one run writes to it at a time.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from natinv import parallel
 from natinv.parallel import Comm
 
 __all__ = [
     "atomic_path",
+    "claim_folder",
     "plot_convergence",
     "plot_fields",
     "pyplot",
+    "rank0_writer",
     "save_figure",
     "write_history",
     "write_summary",
 ]
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask (0o644 under 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextmanager
@@ -36,6 +51,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` that is renamed onto it when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, _file_mode())  # mkstemp's files are private (0600)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -45,10 +61,84 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def rank0_writer[**P](func: Callable[P, None]) -> Callable[P, None]:
+    """Make ``func(comm, path, ...)`` run on rank 0 alone, with its outcome shared: an error
+    there (an unwritable folder, a full disk, a figure that cannot be drawn) is raised on every
+    rank as one :class:`~natinv.parallel.CollectiveError` naming ``path``. Collective."""
+
+    @functools.wraps(func)
+    def write(*args: P.args, **kwargs: P.kwargs) -> None:
+        comm, path = args[0], args[1]
+        parallel.on_rank0(comm, f"{path}: cannot write", lambda: func(*args, **kwargs))  # type: ignore[arg-type]
+
+    return write
+
+
+class _Claim:
+    """A held output folder (see :func:`claim_folder`)."""
+
+    def __init__(self, comm: Comm, folder: Path, stream: IO[str] | None) -> None:
+        self.comm, self.folder, self._stream = comm, folder, stream
+
+    def release(self) -> None:
+        """Let another run write to the folder (rank 0 closes the lock). Local."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    def __enter__(self) -> _Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+LOCK = ".natinv.lock"
+
+
+def claim_folder(comm: Comm, folder: Path) -> _Claim:
+    """Create ``folder`` if needed and hold it for this run: it must be a writable folder, and a
+    second run writing to it at the same time is refused (an advisory lock held by rank 0 until
+    :meth:`release`, dropped by the system if the process dies). Collective.
+
+    Raises:
+        CollectiveError: on every rank, naming the folder and what is wrong.
+    """
+
+    def take() -> IO[str]:
+        import fcntl
+
+        if folder.exists() and not folder.is_dir():
+            raise ValueError("a file is in the place of the output folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        stream = open(folder / LOCK, "a+")
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.seek(0)
+            holder = stream.read().strip() or "?"
+            stream.close()
+            raise ValueError(
+                f"another natinv run is writing to this folder (process {holder}); wait for it "
+                "or choose another output.folder"
+            ) from None
+        stream.seek(0)
+        stream.truncate()
+        stream.write(f"{os.getpid()}\n")
+        stream.flush()
+        probe = folder / f".natinv-write-test-{os.getpid()}"
+        probe.write_text("")  # the lock file may be old: is the folder writable now?
+        probe.unlink()
+        return stream
+
+    stream = parallel.on_rank0(comm, f"output folder {folder}", take)
+    return _Claim(comm, folder, stream)
+
+
+@rank0_writer
 def write_history(comm: Comm, path: Path, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-    """One CSV row per iteration and optimizer (columns: optimizer, then the record keys)."""
-    if comm.rank != 0:
-        return
+    """One CSV row per iteration and optimizer (columns: optimizer, then the record keys).
+    Collective."""
     keys: list[str] = []
     for records in runs.values():
         for record in records:
@@ -61,10 +151,9 @@ def write_history(comm: Comm, path: Path, runs: Mapping[str, Sequence[Mapping[st
                 writer.writerow({"optimizer": name, **record})
 
 
+@rank0_writer
 def write_summary(comm: Comm, path: Path, summary: Mapping[str, Any]) -> None:
-    """``summary`` as indented JSON."""
-    if comm.rank != 0:
-        return
+    """``summary`` as indented JSON. Collective."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
@@ -86,6 +175,7 @@ def save_figure(fig: Any, path: Path) -> None:
     pyplot().close(fig)
 
 
+@rank0_writer
 def plot_convergence(
     comm: Comm,
     path: Path,
@@ -95,9 +185,8 @@ def plot_convergence(
     level: float | None = None,
 ) -> None:
     """``key`` against iteration and against cumulative wall time, one curve per optimizer;
-    ``level`` draws a dashed horizontal line (e.g. the misfit at the noise level)."""
-    if comm.rank != 0:
-        return
+    ``level`` draws a dashed horizontal line (e.g. the misfit at the noise level).
+    Collective."""
     plt = pyplot()
 
     fig, (ax_it, ax_t) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -120,6 +209,7 @@ def plot_convergence(
     save_figure(fig, path)
 
 
+@rank0_writer
 def plot_fields(
     comm: Comm,
     path: Path,
@@ -128,9 +218,7 @@ def plot_fields(
     title: str = "",
 ) -> None:
     """Scalar fields at 2D points (gathered on rank 0), side by side on one colour scale; a
-    panel named 'error' gets its own diverging scale centred on zero."""
-    if comm.rank != 0:
-        return
+    panel named 'error' gets its own diverging scale centred on zero. Collective."""
     plt = pyplot()
     from matplotlib.tri import Triangulation
 

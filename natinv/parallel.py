@@ -6,6 +6,17 @@ the rest of natinv never writes its own reduction or conversion.
 The PyPI wheel of DOLFINx (``dolfinx-solver-real``) must be imported before ``dolfinx`` and
 ``petsc4py`` so that its bundled libraries are found; a conda or Docker DOLFINx has no such module,
 which is fine.
+
+**The one rule for failures under MPI** (every module follows it):
+
+1. A block that may fail on some ranks only (reading a file, evaluating a user formula or a
+   network on local points, a local factorisation) contains no collective call. It records its
+   outcome, and one collective check afterwards (:func:`check_all`, :func:`collective`) raises the
+   same :class:`CollectiveError` on every rank.
+2. I/O done by rank 0 alone (:func:`on_rank0`) broadcasts its success or its error before any
+   rank waits in a barrier or a collective; the others never wait for a rank that has died.
+3. A collective library call that may fail (a parallel mesh read, a distributed solve) is called
+   only after its inputs were checked under rules 1 and 2, so that it fails on every rank alike.
 """
 
 from __future__ import annotations
@@ -13,17 +24,20 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 with contextlib.suppress(ImportError):
     import dolfinx_solver  # noqa: F401  (must precede dolfinx and petsc4py)
 
 from mpi4py import MPI
-from petsc4py import PETSc
 
 import numpy as np
 import numpy.typing as npt
-import torch
+
+if TYPE_CHECKING:  # torch and PETSc load when first used: `natinv --help` stays quick
+    from petsc4py import PETSc
+
+    import torch
 
 __all__ = [
     "CollectiveError",
@@ -36,14 +50,15 @@ __all__ = [
     "check_all",
     "check_replicated",
     "collective",
+    "describe_error",
     "ensure_finite",
     "numpy_from_torch",
+    "on_rank0",
     "rank0_print",
     "torch_from_numpy",
 ]
 
 Comm = MPI.Comm
-T = TypeVar("T")
 
 # torch loads its forward-mode derivative rules (Laplacians in residual losses) through a
 # deprecated torch.jit.script call of its own: nothing a user can act on
@@ -52,7 +67,6 @@ warnings.filterwarnings(
 )
 
 DTYPE = np.float64
-TORCH_DTYPE = torch.float64
 
 
 class CollectiveError(ValueError):
@@ -99,7 +113,42 @@ def collective(comm: Comm, what: str) -> Iterator[None]:
         yield
     except Exception as exc:  # re-raised below on every rank
         error = exc
-    check_all(comm, error is None, lambda: f"{what}: {error}")
+    check_all(comm, error is None, lambda: f"{what}: {describe_error(error)}")  # type: ignore[arg-type]
+
+
+def on_rank0[T](comm: Comm, what: str, work: Callable[[], T], *, share: bool = False) -> T | None:
+    """Run ``work()`` on rank 0 alone and broadcast its outcome. Collective.
+
+    The other ranks wait only in the broadcast, so an error on rank 0 (an unwritable folder, an
+    unreadable file) is raised on every rank as one :class:`CollectiveError` reading
+    ``"{what}: {error}"``; no rank is left in a barrier. ``work`` must not call collectives.
+
+    Returns:
+        ``work()``'s result on rank 0; on the other ranks None, or the result itself when
+        ``share`` (it is then pickled and broadcast).
+    """
+    result: T | None = None
+    error: str | None = None
+    if comm.rank == 0:
+        try:
+            result = work()
+        except Exception as exc:  # raised below on every rank
+            error = f"{what}: {describe_error(exc)}"
+    if comm.size > 1:
+        error, shared = comm.bcast((error, result if share else None), root=0)
+        if comm.rank != 0:
+            result = shared
+    if error is not None:
+        raise CollectiveError(error)
+    return result
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one line: OS errors by their reason (the path is named by the caller)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower() + (f" ({exc.filename})" if exc.filename else "")
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def allreduce_sum(comm: Comm, value: float) -> float:
@@ -150,12 +199,16 @@ def allgather_vec(vec: PETSc.Vec) -> npt.NDArray[np.float64]:
 
 def torch_from_numpy(array: npt.ArrayLike) -> torch.Tensor:
     """A float64 torch tensor sharing memory with ``array`` where possible."""
-    return torch.as_tensor(np.asarray(array, dtype=DTYPE), dtype=TORCH_DTYPE)
+    import torch
+
+    return torch.as_tensor(np.asarray(array, dtype=DTYPE), dtype=torch.float64)
 
 
 def numpy_from_torch(tensor: torch.Tensor) -> npt.NDArray[np.float64]:
     """A float64 numpy array from a tensor (detached, on the CPU)."""
-    return np.asarray(tensor.detach().to(device="cpu", dtype=TORCH_DTYPE).numpy())
+    import torch
+
+    return np.asarray(tensor.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
 def ensure_finite(comm: Comm, array: npt.ArrayLike, name: str) -> None:

@@ -14,7 +14,6 @@ full field) from its true field on a refined mesh.
 from __future__ import annotations
 
 import gc
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from natinv import domain, metrics, models, output, parallel
+from natinv import checkpoint, domain, metrics, models, output, parallel
 from natinv.cases import Case, CaseError
 from natinv.data import SensorData, read_field, read_sensors, write_sensors
 from natinv.expressions import compile_expression
@@ -62,6 +61,25 @@ def _dirichlet(
     return [dolfinx.fem.dirichletbc(zero, dofs, space)]
 
 
+def _interpolate(
+    function: dolfinx.fem.Function, text: str, key: str, case: Case | None = None
+) -> None:
+    """``function`` := the formula ``text`` of the case key ``key``, which must be finite at
+    every interpolation point of the mesh: one error naming the key and a point otherwise, on
+    every rank. Collective."""
+    space = function.function_space
+    with parallel.collective(space.mesh.comm, str(case.source) if case else "natinv"):
+        function.interpolate(compile_expression(text, key))
+        values = function.x.array.reshape(-1, space.dofmap.index_map_bs)
+        bad = np.flatnonzero(~np.all(np.isfinite(values), axis=1))
+        if bad.size:
+            point = space.tabulate_dof_coordinates()[bad[0], : space.mesh.geometry.dim]
+            raise ValueError(
+                f"{key}: {text!r} is not finite at some points of the mesh, e.g. x = "
+                f"{point.tolist()}"
+            )
+
+
 def _model(
     case: Case,
     state: dolfinx.fem.FunctionSpace,
@@ -87,7 +105,7 @@ def _model(
             poisson_ratio=case.model.poisson_ratio,
         )
     source = dolfinx.fem.Function(state, name="source")
-    source.interpolate(compile_expression(case.model.source, "model.source"))
+    _interpolate(source, case.model.source, "model.source", case)
     if case.model.kind == "source":
         return models.source(state, parameter, kappa=source, bcs=bcs)
     if case.model.kind == "diffusion":
@@ -189,7 +207,7 @@ class _FEField:
         self.num_global = space.dofmap.index_map.size_global * space.dofmap.index_map_bs
         self.num_parameters = self.num_global
         start = dolfinx.fem.Function(space)
-        start.interpolate(compile_expression(initial, "parameter.initial"))
+        _interpolate(start, initial, "parameter.initial")
         self._values = np.array(start.x.array[: self.num_owned])
 
     @property
@@ -299,7 +317,7 @@ def build(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Built:
     truth = None
     if case.parameter.truth is not None:
         truth = dolfinx.fem.Function(space, name="truth")
-        truth.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
+        _interpolate(truth, case.parameter.truth, "parameter.truth", case)
     objective = InverseObjective(field, problem) if isinstance(field, NeuralField) else None
     return Built(
         mesh, field, model, observations, problem, objective, sensors, truth, averages, centroids
@@ -378,42 +396,12 @@ class _Errors:
                 obj.destroy()
 
 
-def _checkpoint_path(folder: Path) -> Path:
-    return folder / "checkpoint.pkl"
-
-
 def _save_checkpoint(
     comm: MPI.Comm, folder: Path, case: Case, history: list[dict[str, Any]], **state: Any
 ) -> None:
-    """The iterate's ``state`` (optimizer or field), the history and the random generators'
-    states, written atomically by rank 0. Collective."""
-    state.update(
-        case=case.name,
-        history=history,
-        rng={"torch": torch.get_rng_state()},
-    )
-    if comm.rank == 0:
-        with atomic_path(_checkpoint_path(folder)) as tmp:
-            tmp.write_bytes(pickle.dumps(state))
-    comm.Barrier()
-
-
-def _load_checkpoint(comm: MPI.Comm, folder: Path, case: Case) -> dict[str, Any]:
-    path = _checkpoint_path(folder)
-    state, error = None, None
-    if comm.rank == 0:
-        try:
-            state = pickle.loads(path.read_bytes())
-            if state.get("case") != case.name:
-                error = f"{path}: a checkpoint of case {state.get('case')!r}, not {case.name!r}"
-        except FileNotFoundError:
-            error = f"{path}: no checkpoint to resume from"
-        except (pickle.UnpicklingError, EOFError, AttributeError) as exc:
-            error = f"{path}: unreadable checkpoint ({exc})"
-    error = comm.bcast(error, root=0)
-    if error is not None:
-        raise parallel.CollectiveError(error)
-    return comm.bcast(state, root=0)
+    """The iterate's ``state`` (optimizer or field), the history and the torch generator's
+    state, written atomically by rank 0 (:mod:`natinv.checkpoint`). Collective."""
+    checkpoint.save(comm, folder, case, history, state, rng=torch.get_rng_state().numpy())
 
 
 def run(
@@ -430,25 +418,59 @@ def run(
     uninterrupted run. ``iterations`` overrides ``optimizer.iterations``. Collective."""
     folder = case.output
     built: Built | ForwardBuilt = build_forward(case, comm) if case.forward else build(case, comm)
+    try:
+        with output.claim_folder(comm, folder):
+            return _run(case, built, comm, resume, quiet, iterations)
+    finally:
+        built.destroy()
+
+
+def _run(
+    case: Case,
+    built: Built | ForwardBuilt,
+    comm: MPI.Comm,
+    resume: bool,
+    quiet: bool,
+    iterations: int | None,
+) -> dict[str, Any]:
     optimizer, owned = _optimizer(case, built)
+    try:
+        return _iterate(case, built, comm, optimizer, owned, resume, quiet, iterations)
+    finally:
+        for obj in owned:
+            obj.destroy()
+
+
+def _iterate(
+    case: Case,
+    built: Built | ForwardBuilt,
+    comm: MPI.Comm,
+    optimizer: Any,
+    owned: list[Any],
+    resume: bool,
+    quiet: bool,
+    iterations: int | None,
+) -> dict[str, Any]:
+    folder = case.output
     errors = _Errors(built) if isinstance(built, Built) else None
     history: list[dict[str, Any]] = []
     limit = case.optimizer.iterations if iterations is None else iterations
     if resume:
-        state = _load_checkpoint(comm, folder, case)
+        saved = checkpoint.load(comm, folder, case)
+        state = saved["state"]
         if isinstance(optimizer, FieldBaseline):  # TAO restarts from the saved field
             parallel.check_all(
                 comm,
-                len(state["field"]) == comm.size,
-                f"{_checkpoint_path(folder)}: written on {len(state['field'])} rank(s); a "
+                saved["ranks"] == comm.size and len(state.get("field", [])) == comm.size,
+                f"{folder / checkpoint.FILENAME}: written on {saved['ranks']} rank(s); a "
                 f"finite-element field resumes on as many, not {comm.size}",
             )
             built.field.set_parameters(state["field"][comm.rank])
         else:
             optimizer.load_state_dict(state["optimizer"])
-        if "rng" in state:  # (checkpoints before 0.1.0's forward cases have none)
-            torch.set_rng_state(state["rng"]["torch"])
-        history = state["history"]
+        if saved["rng"] is not None:
+            torch.set_rng_state(torch.from_numpy(np.asarray(saved["rng"], dtype=np.uint8)))
+        history = saved["history"]
     say = (lambda text: None) if quiet else (lambda text: parallel.rank0_print(comm, text))
     if isinstance(built, Built):
         what = f"{built.num_sensors} sensors"
@@ -514,11 +536,10 @@ def run(
         summary = write_forward_results(built, history, summary)
     else:
         assert errors is not None
-        summary = _write_results(case, built, history, errors, stopped, comm, timings)
-        errors.destroy()
-    for obj in owned:
-        obj.destroy()
-    built.destroy()
+        try:
+            summary = _write_results(case, built, history, errors, stopped, comm, timings)
+        finally:
+            errors.destroy()
     return summary
 
 
@@ -711,8 +732,11 @@ def _plot_fields(comm: MPI.Comm, path: Path, built: Built, recovered: dolfinx.fe
         f1 = dolfinx.fem.Function(p1)
         f1.interpolate(function)
         panels[name] = domain.triangles(f1)
-    if comm.rank != 0:
-        return
+    _draw_fields(comm, path, built, panels)
+
+
+@output.rank0_writer
+def _draw_fields(comm: MPI.Comm, path: Path, built: Built, panels: dict[str, Any]) -> None:
     plt = output.pyplot()
     from matplotlib.tri import Triangulation
 
@@ -754,9 +778,11 @@ def _plot_misfit(comm: MPI.Comm, path: Path, built: Built) -> None:
         weights.destroy()
         assert obs.index is not None
         local.append((obs.sensor_rows[obs.index], residual))
-    gathered = comm.gather(local, root=0)
-    if comm.rank != 0:
-        return
+    _draw_misfit(comm, path, built, comm.gather(local, root=0))
+
+
+@output.rank0_writer
+def _draw_misfit(comm: MPI.Comm, path: Path, built: Built, gathered: list[Any]) -> None:
     plt = output.pyplot()
 
     sites, regions = built.sites
@@ -836,7 +862,7 @@ def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
     parameter = dolfinx.fem.Function(
         dolfinx.fem.functionspace(mesh, ("Lagrange", case.synthesize.degree))
     )
-    parameter.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
+    _interpolate(parameter, case.parameter.truth, "parameter.truth", case)
     model = _model(case, state, parameter, facets)
     u = model.solve()
     p1 = _state_space(case, mesh, 1)
@@ -854,9 +880,10 @@ def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
     free = ~((fixed - shifted)[:owned] > 0.5)
     data.x.array[:owned] += sigma * _node_noise(p1, case.seed + 1)[:owned] * free
     data.x.scatter_forward()
-    if comm.rank == 0:
-        case.data.field.parent.mkdir(parents=True, exist_ok=True)
-    comm.Barrier()
+    target = case.data.field
+    parallel.on_rank0(
+        comm, f"{target}: cannot write", lambda: target.parent.mkdir(parents=True, exist_ok=True)
+    )
     with dolfinx.io.XDMFFile(comm, case.data.field, "w") as xdmf:
         xdmf.write_mesh(mesh)
         xdmf.write_function(data, 0.0)
@@ -870,14 +897,39 @@ def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
     )
 
 
-def synthesize_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> list[SensorData]:
+def synthesize_case(
+    case: Case, comm: MPI.Comm = MPI.COMM_WORLD, *, force: bool = False
+) -> list[SensorData]:
     """Write the case's measurement files from its true field: the case mesh refined
     ``synthesize.refine`` times, state and parameter of degree ``synthesize.degree``; point
     sensors by ``synthesize.layout`` and/or averages over the physical groups matching
     ``synthesize.regions``; noise σ = ``synthesize.noise``·max|data|, seeded by the case's seed.
-    Returns what was written. Collective."""
+    Existing files are overwritten only with ``force``. Returns what was written. Collective.
+
+    Raises:
+        CaseError: a forward case, no ``[synthesize]`` table or no ``parameter.truth``, or an
+            existing data file without ``force``.
+    """
+    if case.forward or case.data is None or case.parameter is None:
+        raise CaseError(
+            f"{case.source}: synthesize: a {case.problem!r} case has no measurements to make"
+        )
+    if not case.synthesize.given:
+        raise CaseError(
+            f"{case.source}: synthesize: the case has no [synthesize] table saying how its data "
+            "were made (layout, refine, degree, noise); add one"
+        )
     if case.parameter.truth is None:
         raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
+    targets = [t for t in (case.data.sensors, case.data.averages, case.data.field) if t]
+    if case.data.field is not None:
+        targets.append(case.data.field.with_suffix(".h5"))
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise CaseError(
+            f"{case.source}: synthesize: {', '.join(existing)} exist(s); pass --force to "
+            "overwrite measurement files"
+        )
     if case.data.field is not None:
         return [_synthesize_field(case, comm)]
     found = domain.load_domain(comm, case)
@@ -914,7 +966,7 @@ def _synthesize_on(case: Case, fine: domain.Domain) -> list[SensorData]:
     degree = case.synthesize.degree
     state = _state_space(case, fine.mesh, degree)
     parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(fine.mesh, ("Lagrange", degree)))
-    parameter.interpolate(compile_expression(case.parameter.truth, "parameter.truth"))
+    _interpolate(parameter, case.parameter.truth, "parameter.truth", case)
     model = _model(case, state, parameter, fine.facets)
     u = model.solve()
     written = []
@@ -1099,49 +1151,49 @@ def compare(
     if unknown or not optimizers:
         raise CaseError(f"--optimizers: unknown {unknown}; choose from {sorted(COMPARE_PRESETS)}")
     base = load_case(path, list(overrides))
+    cases = [
+        load_case(
+            path,
+            [
+                *overrides,
+                *COMPARE_PRESETS[name],
+                f"output.folder='{base.output / 'compare' / name}'",
+            ],
+        )
+        for name in optimizers
+    ]
     summaries, histories = [], {}
-    for name in optimizers:
-        folder = base.output / "compare" / name
-        case = load_case(path, [*overrides, *COMPARE_PRESETS[name], f"output.folder='{folder}'"])
-        summary = run(case, comm, quiet=quiet, iterations=iterations)
-        summary["optimizer"] = name
-        summaries.append(summary)
-        histories[name] = _read_history(comm, folder / "history.csv")
-    if comm.rank == 0:
-        rows = [
-            {
-                k: s.get(k)
-                for k in (
-                    "optimizer",
-                    "iterations",
-                    "stopped",
-                    "loss",
-                    "misfit",
-                    "relative_l2_error",
-                    "time",
-                )
-            }
-            for s in summaries
-        ]
-        with atomic_path(base.output / "comparison.csv") as tmp:
-            header = list(rows[0])
-            lines = [",".join(header)] + [",".join(str(r[k]) for k in header) for r in rows]
-            tmp.write_text("\n".join(lines) + "\n")
-    known = base.forward or (base.parameter is not None and base.parameter.truth is not None)
-    key = "error" if known else "misfit"
-    output.plot_convergence(comm, base.output / "comparison.png", histories, key, base.name)
-    comm.Barrier()  # every file is there when any rank returns
+    with output.claim_folder(comm, base.output):
+        for name, case in zip(optimizers, cases, strict=True):
+            summary = run(case, comm, quiet=quiet, iterations=iterations)
+            summary["optimizer"] = name
+            summaries.append(summary)
+            histories[name] = _read_history(comm, case.output / "history.csv")
+        _write_comparison(comm, base.output / "comparison.csv", summaries)
+        known = base.forward or (base.parameter is not None and base.parameter.truth is not None)
+        key = "error" if known else "misfit"
+        output.plot_convergence(comm, base.output / "comparison.png", histories, key, base.name)
     return summaries
 
 
+@output.rank0_writer
+def _write_comparison(comm: MPI.Comm, path: Path, summaries: list[dict[str, Any]]) -> None:
+    keys = ("optimizer", "iterations", "stopped", "loss", "misfit", "relative_l2_error", "time")
+    lines = [",".join(keys)] + [",".join(str(s.get(k)) for k in keys) for s in summaries]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
 def _read_history(comm: MPI.Comm, path: Path) -> list[dict[str, Any]]:
+    """A history CSV on rank 0 (empty elsewhere); its error is raised on every rank."""
     import csv
 
-    if comm.rank != 0:
-        return []
-    with open(path, newline="") as stream:
-        rows = list(csv.DictReader(stream))
-    return [
-        {k: float(v) for k, v in row.items() if k != "optimizer" and v not in ("", "None")}
-        for row in rows
-    ]
+    def read() -> list[dict[str, Any]]:
+        with open(path, newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        return [
+            {k: float(v) for k, v in row.items() if k != "optimizer" and v not in ("", "None")}
+            for row in rows
+        ]
+
+    return parallel.on_rank0(comm, f"{path}: cannot read", read) or []

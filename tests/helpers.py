@@ -37,3 +37,19 @@ def taylor_orders(value, base, value0, slope, direction, hs):
     correct gradient. ``value`` is L, ``value0 = L(x)``, ``slope = ∇L·v`` (summed over ranks)."""
     remainders = np.array([abs(value(base + h * direction) - value0 - h * slope) for h in hs])
     return np.log2(remainders[:-1] / remainders[1:])
+
+
+def read_checkpoint(folder):
+    """A checkpoint's header and arrays, read as plain data (no pickle, no case check)."""
+    import json
+
+    from natinv.checkpoint import FILENAME, decode
+
+    with np.load(folder / FILENAME, allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    header = json.loads(bytes(arrays.pop("__header__")).decode())
+    return {
+        **header,
+        "state": decode(header["state"], arrays),
+        "rng": decode(header["rng"], arrays),
+    }
