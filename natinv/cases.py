@@ -399,12 +399,20 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     """
     path = Path(path)
     source = str(path)
+    if path.is_dir():
+        raise CaseError(f"{source}: a folder, not a case file (a .toml file)")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CaseError(f"{source}: no such case file") from None
+    except UnicodeDecodeError:
+        raise CaseError(f"{source}: not a text file (a case is a TOML text file)") from None
+    except OSError as exc:
+        raise CaseError(f"{source}: cannot be read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise CaseError(f"{source}: not valid TOML ({exc})") from None
+    if not data:
+        raise CaseError(f"{source}: an empty case file (it needs at least a [mesh] table)")
     for text in overrides:
         keys, value = parse_override(text)
         _apply(data, keys, value, source)

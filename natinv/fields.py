@@ -15,6 +15,7 @@ the order of the matrices DOLFINx assembles on ``W_h``.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -257,7 +258,8 @@ class NeuralField:
             if jacobian_memory < 2**20:
                 raise ValueError(f"Invalid jacobian_memory {jacobian_memory}: need >= 1 MiB")
         self.space = space
-        self.network = network.to(dtype=torch.float64)
+        # a float64 copy: the caller's module is neither converted nor overwritten by θ
+        self.network = copy.deepcopy(network).to(dtype=torch.float64)
         self.input_map = input_map
         self.jacobian_memory = int(jacobian_memory)
         self.check = check
@@ -303,7 +305,13 @@ class NeuralField:
             self.comm,
             f"NeuralField: evaluating the network at inputs of shape (n, {gdim + self.num_mu})",
         ):
-            probe = self._point_function(self._theta_tensor(self._theta), self.points[:1])
+            # a rank may own no dof: it probes the origin (any point shows the output shape)
+            sample = (
+                self.points[:1]
+                if self.points.shape[0]
+                else torch.zeros((1, gdim), dtype=torch.float64)
+            )
+            probe = self._point_function(self._theta_tensor(self._theta), sample)
             if probe.shape != (1, self.block_size):
                 raise ValueError(
                     f"the network maps a point to shape {tuple(probe.shape[1:])}, but the space "

@@ -197,7 +197,7 @@ def _reference(
         petsc_options={
             "ksp_type": "preonly",
             "pc_type": "lu",
-            "pc_factor_mat_solver_type": "mumps",
+            "pc_factor_mat_solver_type": parallel.direct_solver(mesh.comm),
         },
         petsc_options_prefix=f"natinv_reference_{index}_",
     )

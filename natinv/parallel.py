@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch and PETSc load when first used: `natinv --help` stays
 __all__ = [
     "CollectiveError",
     "Comm",
+    "SolveError",
     "allgather_vec",
     "allreduce_array",
     "allreduce_max",
@@ -51,6 +52,7 @@ __all__ = [
     "check_replicated",
     "collective",
     "describe_error",
+    "direct_solver",
     "ensure_finite",
     "numpy_from_torch",
     "on_rank0",
@@ -73,13 +75,24 @@ class CollectiveError(ValueError):
     """An input error detected on one or more ranks and raised on every rank with one message."""
 
 
+class SolveError(CollectiveError):
+    """A model cannot be solved for this parameter (not admissible, a diverging or failed
+    solve), raised on every rank. Line searches treat it as an infinite loss; any other
+    :class:`CollectiveError` is a real error."""
+
+
 def rank0_print(comm: Comm, *args: Any, **kwargs: Any) -> None:
     """Print on rank 0 only (flushes, so progress lines appear live under mpirun)."""
     if comm.rank == 0:
         print(*args, **kwargs, flush=True)
 
 
-def check_all(comm: Comm, ok: bool, message: str | Callable[[], str]) -> None:
+def check_all(
+    comm: Comm,
+    ok: bool,
+    message: str | Callable[[], str],
+    error: type[CollectiveError] = CollectiveError,
+) -> None:
     """Raise :class:`CollectiveError` on every rank if ``ok`` is false on any rank. Collective.
 
     Args:
@@ -88,16 +101,17 @@ def check_all(comm: Comm, ok: bool, message: str | Callable[[], str]) -> None:
         message: the error text, or a callable producing it (evaluated only where ``ok`` is
             false). The text of the lowest failing rank is raised everywhere, prefixed with that
             rank when running on more than one.
+        error: the exception class raised (a :class:`CollectiveError`).
     """
     local = None if ok else (message() if callable(message) else message)
     if comm.size == 1:
         if local is not None:
-            raise CollectiveError(local)
+            raise error(local)
         return
     failures = comm.allgather(local)
     for rank, text in enumerate(failures):
         if text is not None:
-            raise CollectiveError(f"{text} (on rank {rank})")
+            raise error(f"{text} (on rank {rank})")
 
 
 @contextlib.contextmanager
@@ -149,6 +163,15 @@ def describe_error(exc: BaseException) -> str:
         return exc.strerror.lower() + (f" ({exc.filename})" if exc.filename else "")
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def direct_solver(comm: Comm) -> str:
+    """The sparse direct solver natinv factorises with on ``comm``: MUMPS on one rank,
+    SuperLU_DIST on more. MUMPS schedules its parallel factorisation dynamically, so two runs on
+    the same ranks differ in the last bits, and an optimizer's line search turns that into
+    different iterates (measured: 25 to 41 TAO iterations for one case on 2 ranks);
+    SuperLU_DIST's parallel factorisation is static and repeats bitwise."""
+    return "mumps" if comm.size == 1 else "superlu_dist"
 
 
 def allreduce_sum(comm: Comm, value: float) -> float:
@@ -211,7 +234,9 @@ def numpy_from_torch(tensor: torch.Tensor) -> npt.NDArray[np.float64]:
     return np.asarray(tensor.detach().to(device="cpu", dtype=torch.float64).numpy())
 
 
-def ensure_finite(comm: Comm, array: npt.ArrayLike, name: str) -> None:
+def ensure_finite(
+    comm: Comm, array: npt.ArrayLike, name: str, error: type[CollectiveError] = CollectiveError
+) -> None:
     """Raise on every rank if ``array`` holds a NaN or an infinity on any rank. Collective."""
     values = np.asarray(array)
     finite = bool(np.all(np.isfinite(values)))
@@ -223,4 +248,4 @@ def ensure_finite(comm: Comm, array: npt.ArrayLike, name: str) -> None:
             f"first at flat index {int(bad[0])} on rank {comm.rank}"
         )
 
-    check_all(comm, finite, message)
+    check_all(comm, finite, message, error)

@@ -354,7 +354,7 @@ def _optimizer(case: Case, built: Built | ForwardBuilt) -> tuple[Any, list[Any]]
         gram = objective.gram
     elif settings.metric == "gauss-newton":
         gram = objective.gauss_newton()
-        owned += [gram, gram.metric]
+        owned += [gram, gram.metric, gram.rows]
     elif settings.metric == "h1":
         matrix = metrics.h1(field.space)
         gram = Gram(field, matrix)
@@ -693,7 +693,7 @@ def _write_results(
     summary.update(
         {
             "sensors": built.num_sensors,
-            "misfit": last.get("misfit"),
+            "misfit": last.get("misfit", float(built.problem.last["misfit"])),
             "discrepancy_level": built.discrepancy if built.measured else None,
             "relative_l2_error": errors(field.values()),
         }
@@ -844,12 +844,19 @@ def _node_noise(space: dolfinx.fem.FunctionSpace, seed: int) -> npt.NDArray[np.f
     mesh = space.mesh
     bs = space.dofmap.index_map_bs
     nodes = mesh.geometry.index_map().size_global
-    draws = np.random.default_rng(seed).standard_normal((nodes, bs))
     local = space.dofmap.index_map.size_local + space.dofmap.index_map.num_ghosts
     inputs = np.empty(local, dtype=np.int64)
     # P1 dofs and first-order geometry nodes share the reference cell's vertex order
     inputs[space.dofmap.list] = mesh.geometry.input_global_indices[mesh.geometry.dofmaps[0]]
-    return draws[inputs].reshape(-1)
+    # the global stream, drawn in chunks: memory per rank independent of the mesh size
+    rng = np.random.default_rng(seed)
+    out = np.empty((local, bs))
+    chunk = max(1, 2**20 // bs)
+    for start in range(0, nodes, chunk):
+        draws = rng.standard_normal((min(chunk, nodes - start), bs))
+        mine = (inputs >= start) & (inputs < start + draws.shape[0])
+        out[mine] = draws[inputs[mine] - start]
+    return out.reshape(-1)
 
 
 def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:

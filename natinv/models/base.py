@@ -5,7 +5,8 @@ A :class:`Model` takes a residual form in the state ``u ∈ V`` and a parameter 
 
 - the state solve: one linear solve when ``F`` is affine in ``u`` (detected from the form), else
   Newton (PETSc SNES); both under the model's PETSc options prefix;
-- ``A = ∂F/∂u`` at the solution, factorised once (MUMPS LU by default) and reused for
+- ``A = ∂F/∂u`` at the solution, factorised once (LU: MUMPS on one rank, SuperLU_DIST on more, see
+  :func:`natinv.parallel.direct_solver`) and reused for
 - the adjoint solve ``Aᵀ λ = −g_u`` and the parameter gradient ``(∂F/∂m)ᵀ λ``, and
 - the tangent (sensitivity) solves ``A (S X) = −(∂F/∂m) X`` for many columns at once
   (``KSPMatSolve``): the Gauss–Newton metric ``(BSJ)ᵀ W (BSJ)``.
@@ -37,7 +38,6 @@ Check = Callable[[dolfinx.fem.Function], str | None]
 DEFAULT_OPTIONS = {
     "ksp_type": "preonly",
     "pc_type": "lu",
-    "pc_factor_mat_solver_type": "mumps",
     "snes_type": "newtonls",
     "snes_linesearch_type": "basic",
     "snes_rtol": 1e-10,
@@ -104,7 +104,11 @@ class Model:
         self._dFdu = dolfinx.fem.form(jacobian)
         self._dFdm = dolfinx.fem.form(sensitivity)
         self._gradient = dolfinx.fem.form(ufl.action(ufl.adjoint(sensitivity), self.p))
-        self._options = {**DEFAULT_OPTIONS, **(petsc_options or {})}
+        self._options = {
+            **DEFAULT_OPTIONS,
+            "pc_factor_mat_solver_type": parallel.direct_solver(self.comm),
+            **(petsc_options or {}),
+        }
         self.A = dolfinx.fem.petsc.create_matrix(self._dFdu)
         self.ksp = PETSc.KSP().create(self.comm)
         self.ksp.setOptionsPrefix(options_prefix)
@@ -170,6 +174,7 @@ class Model:
                 f"({failure or _reason(PETSc.KSP.ConvergedReason, reason)}); the operator may be "
                 "singular or indefinite for this parameter field"
             ),
+            parallel.SolveError,
         )
 
     def _checked_parameter(self) -> None:
@@ -178,10 +183,13 @@ class Model:
             self.comm,
             self.m.x.array[: owned * self.parameter_space.dofmap.index_map_bs],
             f"{self.name}: the parameter field",
+            parallel.SolveError,
         )
         if self.check is not None:
             message = self.check(self.m)
-            parallel.check_all(self.comm, message is None, lambda: f"{self.name}: {message}")
+            parallel.check_all(
+                self.comm, message is None, lambda: f"{self.name}: {message}", parallel.SolveError
+            )
 
     # -- solves --------------------------------------------------------------------------------
 
@@ -191,7 +199,7 @@ class Model:
         Starts from the last solution (Newton) or zero (linear). Collective.
 
         Raises:
-            CollectiveError: the parameter is not admissible, the solve diverged or gave NaN.
+            SolveError: the parameter is not admissible, the solve diverged or gave NaN.
         """
         self._checked_parameter()
         if self.linear:
@@ -216,6 +224,7 @@ class Model:
             self.comm,
             bool(np.all(np.isfinite(self.u.x.array[:owned]))),
             f"{self.name}: the state solve gave non-finite values",
+            parallel.SolveError,
         )
         self.solves += 1
         self.solved_parameter = np.array(self.m.x.array)  # the m the state belongs to
@@ -256,6 +265,7 @@ class Model:
                 f"{snes.getIterationNumber()} iterations); check the parameter field, or tune "
                 f"-{self.prefix}snes_* options"
             ),
+            parallel.SolveError,
         )
         self.u.x.scatter_forward()
 
@@ -336,6 +346,7 @@ class Model:
                 f"{self.name}: the {'adjoint' if transpose else 'tangent'} solves failed "
                 f"({failure})"
             ),
+            parallel.SolveError,
         )
         return solution
 

@@ -239,7 +239,7 @@ class InverseObjective:
         self.evaluations += 1
         try:
             return self.problem.value(self.field.values(theta))
-        except parallel.CollectiveError:  # raised on every rank alike
+        except parallel.SolveError:  # raised on every rank alike; other errors are bugs
             return float("inf")
 
     def value_and_gradient(
@@ -252,7 +252,7 @@ class InverseObjective:
 
     def gauss_newton(self) -> Gram:
         """The Gauss–Newton Gram ``(BSJ)ᵀ W (BSJ)`` of the data misfit (the caller destroys
-        it and its :attr:`~natinv.gram.Gram.metric`)."""
+        it, its :attr:`~natinv.gram.Gram.metric` and its :attr:`~natinv.gram.Gram.rows`)."""
         rows = ObservationRows(self.field, self.problem)
         return Gram(rows, rows.metric())
 
@@ -282,6 +282,7 @@ class ObservationRows:
         if method == "auto":  # a solve per observation row, or per parameter: the fewer
             method = "adjoint" if operators and self.num_global < self.num_parameters else "tangent"
         self.method = method
+        self._field_jacobian: PETSc.Mat | None = None  # J = ∂k/∂θ, kept across calls
 
     @property
     def parameters(self) -> npt.NDArray[np.float64]:
@@ -318,11 +319,13 @@ class ObservationRows:
         self._solve(theta)
         if out is None:
             out = np.empty((self.num_owned, self.num_parameters))
-        field_jacobian = PETSc.Mat().createDense(
-            ((self.field.num_owned, self.field.num_global), (None, self.num_parameters)),
-            comm=self.comm,
-        )
-        field_jacobian.setUp()
+        if self._field_jacobian is None:
+            self._field_jacobian = PETSc.Mat().createDense(
+                ((self.field.num_owned, self.field.num_global), (None, self.num_parameters)),
+                comm=self.comm,
+            )
+            self._field_jacobian.setUp()
+        field_jacobian = self._field_jacobian
         self.field.jacobian(theta, out=field_jacobian.getDenseArray())
         field_jacobian.assemble()
         row = 0
@@ -339,8 +342,13 @@ class ObservationRows:
                 row += obs.num_owned
                 observed.destroy()
             sensitivity.destroy()
-        field_jacobian.destroy()
         return out
+
+    def destroy(self) -> None:
+        """Free the field Jacobian's PETSc matrix. Collective."""
+        if self._field_jacobian is not None:
+            self._field_jacobian.destroy()
+            self._field_jacobian = None
 
     def _adjoint_rows(
         self,

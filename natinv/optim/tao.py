@@ -91,14 +91,24 @@ class FieldBaseline:
             self.tao.setHessian(self._hessian, self._shell, self.preconditioner)
             ksp = self.tao.getKSP()
             ksp.setType(PETSc.KSP.Type.CG)
-            ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
+            if self.comm.size == 1:
+                ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
+            else:  # (SuperLU_DIST has no Cholesky; it repeats bitwise, MUMPS does not)
+                ksp.getPC().setType(PETSc.PC.Type.LU)
+                ksp.getPC().setFactorSolverType(parallel.direct_solver(self.comm))
         self.tao.setFromOptions()
         self._last: npt.NDArray[np.float64] | None = None
+        self.inadmissible: str | None = None  # the last trial point the model refused
         self.history: list[dict[str, Any]] = []
         self._start = 0.0
 
     def _objective_gradient(self, tao: PETSc.TAO, x: PETSc.Vec, g: PETSc.Vec) -> float:
-        value, gradient = self.problem.value_and_gradient(x.array_r)
+        try:
+            value, gradient = self.problem.value_and_gradient(x.array_r)
+        except parallel.SolveError as exc:  # a trial point of the line search: TAO backtracks
+            self.inadmissible = str(exc)
+            g.set(0.0)
+            return float("inf")
         g.array[:] = gradient
         self._last = np.array(x.array_r)
         return value
