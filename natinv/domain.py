@@ -264,7 +264,7 @@ def triangles(
     mesh = space.mesh
     cells = np.arange(mesh.topology.index_map(2).size_local, dtype=np.int32)
     coords = space.tabulate_dof_coordinates()
-    dofs = np.array([space.dofmap.cell_dofs(c)[:3] for c in cells]).reshape(-1)
+    dofs = np.array([space.dofmap.cell_dofs(c)[:3] for c in cells], dtype=np.int32).reshape(-1)
     local_x = coords[dofs, :2]
     local_v = function.x.array[dofs]
     all_x = mesh.comm.gather(local_x, root=0)

@@ -407,7 +407,7 @@ class NeuralField:
         z = functional_call(self.network, {**self._frozen, **params}, (inputs,))
         if z.ndim == 1:
             z = z.unsqueeze(-1)
-        return self.transform(z.reshape(z.shape[0], -1))
+        return self.transform(z.flatten(1))  # (n, block size), also for n = 0
 
     def _point_function(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for flat parameters."""

@@ -71,7 +71,7 @@ def cell_quadrature(mesh: dolfinx.mesh.Mesh, degree: int) -> Quadrature:
     x = dolfinx.fem.Expression(ufl.SpatialCoordinate(mesh), reference)
     det = dolfinx.fem.Expression(abs(ufl.JacobianDeterminant(mesh)), reference)
     points = x.eval(mesh, cells).reshape(-1, gdim)
-    scale = det.eval(mesh, cells).reshape(cells.size, -1)
+    scale = det.eval(mesh, cells).reshape(cells.size, weights.size)
     return Quadrature(
         mesh.comm,
         np.ascontiguousarray(points, dtype=np.float64),

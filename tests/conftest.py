@@ -43,3 +43,11 @@ def petsc_options() -> Iterator[PETSc.Options]:
     yield opts
     for key in set(opts.getAll()) - before:
         opts.delValue(key)
+
+
+@pytest.fixture
+def several_ranks(comm: MPI.Comm) -> None:
+    """For tests that compare a run on all ranks with one on a single rank (COMM_SELF): run
+    serially there is nothing to compare, so they skip and say so."""
+    if comm.size == 1:
+        pytest.skip("compares N ranks with one: runs under mpirun -n 2 (make test does)")

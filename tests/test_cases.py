@@ -202,15 +202,16 @@ def test_compare_runs_each_optimizer_and_writes_one_table_and_plot(comm, shared_
 
 
 def test_elasticity_case_runs_in_reduced_form(comm, shared_tmp):
-    """Two iterations of the shipped elasticity case: a vector state measured component by
-    component (80 rows from 40 sensors), the misfit decreases."""
+    """Four iterations of the shipped elasticity case: a vector state measured component by
+    component (80 rows from 40 sensors); the misfit falls by 2x from the first to the fourth
+    iteration (measured 0.23)."""
     folder = shared_tmp / "beam"
-    args = ["run", str(BEAM), "--iterations", "2", "--quiet", "--set", f"output.folder='{folder}'"]
+    args = ["run", str(BEAM), "--iterations", "4", "--quiet", "--set", f"output.folder='{folder}'"]
     assert main(args) == 0
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["sensors"] == 80 and summary["iterations"] == 2
+    assert summary["sensors"] == 80 and summary["iterations"] == 4
     misfits = history_column(folder, "misfit")
-    assert misfits[1] < misfits[0]
+    assert misfits[-1] <= 0.5 * misfits[0], misfits
 
 
 def test_the_finite_element_baseline_runs_from_a_case(comm, shared_tmp):
@@ -271,7 +272,7 @@ def test_hippylib_case_with_full_field_data_runs_in_reduced_form(comm, shared_tm
     assert len(misfits) == 3 and misfits[-1] < 0.1 * misfits[0]
 
 
-def test_full_field_noise_does_not_depend_on_the_number_of_ranks(comm):
+def test_full_field_noise_does_not_depend_on_the_number_of_ranks(several_ranks, comm):
     """Synthesized full-field noise is drawn per mesh node in the input numbering: the value at
     each node is the same on this communicator and on one rank (scalar and vector P1)."""
     from mpi4py import MPI
@@ -300,14 +301,15 @@ LSHAPE = ROOT / "cases" / "diffusion_lshape_probes.toml"
 
 def test_probe_average_case_runs_in_reduced_form(comm, shared_tmp):
     """Two iterations of the shipped probe case: 27 region averages over the mesh's physical
-    groups, the misfit decreases, the misfit figure is written."""
+    groups; the misfit falls by 20 % in the second iteration (measured 0.61 on 1 and 2 ranks);
+    the misfit figure is written."""
     folder = shared_tmp / "probes"
     args = ["run", str(LSHAPE), "--iterations", "2", "--quiet"]
     assert main([*args, "--set", f"output.folder='{folder}'"]) == 0
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["sensors"] == 27 and summary["discrepancy_level"] == 13.5
     misfits = history_column(folder, "misfit")
-    assert misfits[1] < misfits[0]
+    assert misfits[1] <= 0.8 * misfits[0], misfits
     assert (folder / "misfit.png").is_file() and (folder / "fields.png").is_file()
 
 

@@ -116,7 +116,7 @@ def test_the_ritz_minimiser_is_the_galerkin_solution(comm, shared_tmp):
     built.destroy()
 
 
-def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(comm, shared_tmp):
+def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(several_ranks, comm, shared_tmp):
     """The PINN and Ritz losses of a forward case, their gradients and the error against the
     reference at a fixed θ do not depend on how the mesh is distributed."""
     for problem in ("pinn", "ritz"):
@@ -152,7 +152,9 @@ def test_shipped_forward_cases_run_in_reduced_form(
     comm, shared_tmp, name, iterations, overrides, files
 ):
     """A few iterations of each shipped forward case: the result files are written, the loss
-    and the error against the exact or reference solution both decrease."""
+    falls by 10 % and the error against the exact or reference solution by 5 % from the first
+    to the last iteration (measured, the same on 1 and 2 ranks and 1 and 2 BLAS threads: loss
+    ratios 0.53–0.79, error ratios 0.65–0.86)."""
     folder = shared_tmp / name
     args = ["run", str(CASES / f"{name}.toml"), "--iterations", str(iterations), "--quiet"]
     for item in [*overrides, f"output.folder='{folder}'"]:
@@ -167,7 +169,7 @@ def test_shipped_forward_cases_run_in_reduced_form(
     header = rows[0].split(",")
     loss = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
     error = [float(r.split(",")[header.index("error")]) for r in rows[1:]]
-    assert loss[-1] < loss[0] and error[-1] < error[0]
+    assert loss[-1] <= 0.9 * loss[0] and error[-1] <= 0.95 * error[0], (loss, error)
     assert summary["relative_l2_error"] == pytest.approx(error[-1], rel=1e-12)
     assert summary["timings"]["solve"] > 0 and summary["timings"]["jacobian"] > 0
     if name == "parametric_diffusion":
@@ -284,7 +286,8 @@ def test_a_ritz_penalty_tends_to_the_boundary_values(comm, shared_tmp):
 def test_a_pinn_with_penalised_boundary_runs_on_a_mesh_file(comm, shared_tmp):
     """A PINN on the gmsh plate with a hole (no multiplier there): the boundary values enter
     as a penalty term at the boundary facets' quadrature points; u = 0 on every boundary,
-    error against the P4 reference; the loss and the error decrease in three steps."""
+    error against the P4 reference; in three steps the loss falls by 2x and the error by 2x
+    (measured 0.044 and 0.18 on 1 and 2 ranks)."""
     path = shared_tmp / "plate_pinn.toml"
     comm.Barrier()
     if comm.rank == 0:
@@ -308,7 +311,7 @@ def test_a_pinn_with_penalised_boundary_runs_on_a_mesh_file(comm, shared_tmp):
     header = rows[0].split(",")
     loss = [float(r.split(",")[header.index("loss")]) for r in rows[1:]]
     error = [float(r.split(",")[header.index("error")]) for r in rows[1:]]
-    assert loss[-1] < loss[0] and error[-1] < error[0]
+    assert loss[-1] <= 0.5 * loss[0] and error[-1] <= 0.5 * error[0], (loss, error)
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,7 @@ def _fit_problem(comm, n=6):
         ("cg", 1e-6),
     ],
 )
-def test_distributed_result_equals_the_serial_one(comm, method, tolerance):
+def test_distributed_result_equals_the_serial_one(several_ranks, comm, method, tolerance):
     """G, g and d on COMM_WORLD equal those on the same mesh on COMM_SELF (1e-10).
 
     The damping keeps cond(G + λI) near 1e4, so round-off in d stays far below the tolerance."""

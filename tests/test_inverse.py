@@ -179,7 +179,7 @@ def test_full_field_rows_use_tangent_solves(comm):
     free(problem)
 
 
-def test_one_and_two_ranks_give_the_same_misfit_and_gradient(comm):
+def test_one_and_two_ranks_give_the_same_misfit_and_gradient(several_ranks, comm):
     """The objective and its θ-gradient on COMM_WORLD equal those on COMM_SELF (1e-10)."""
     results = []
     for c in (comm, MPI.COMM_SELF):

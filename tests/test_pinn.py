@@ -78,7 +78,7 @@ def test_batched_trial_losses_equal_one_by_one_losses(comm):
     pinn.destroy()
 
 
-def test_one_and_two_ranks_take_the_same_natural_steps(comm):
+def test_one_and_two_ranks_take_the_same_natural_steps(several_ranks, comm):
     """Five ENGD steps (log-grid line search) give the same iterates on COMM_WORLD as on the
     same mesh on COMM_SELF (relative 1e-10; λ = 1e-4 keeps cond(G + λI) moderate, so that the
     different summation order stays at round-off)."""

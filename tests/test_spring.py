@@ -80,7 +80,7 @@ def test_spring_in_sample_space_takes_the_parameter_space_steps(comm):
     free(sample, parameter, pinn)
 
 
-def test_spring_takes_the_same_steps_on_one_and_two_ranks(comm):
+def test_spring_takes_the_same_steps_on_one_and_two_ranks(several_ranks, comm):
     """Sample-space SPRING (μ = 0.8, log-grid) on COMM_WORLD and on COMM_SELF: the same
     iterates over 5 steps (relative 1e-10)."""
     runs = []

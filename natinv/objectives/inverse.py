@@ -120,7 +120,7 @@ class InverseProblem:
             values.size == self.num_owned,
             lambda: f"parameter has {values.size} owned entries, expected {self.num_owned}",
         )
-        parallel.ensure_finite(self.comm, values, "the parameter field")
+        parallel.ensure_finite(self.comm, values, "the parameter field", parallel.SolveError)
         for experiment in self.experiments:
             experiment.model.set_parameter(values)
 

@@ -215,6 +215,7 @@ class PINN:
         blocks = [
             vmap(self._point_residual(i), in_dims=(None, 0, 0))(params, x, mu).reshape(-1)
             for i, (x, mu) in enumerate(zip(self._points, self._mus, strict=True))
+            if x.shape[0]  # (vmap cannot map over no point: a rank may own no cell)
         ]
         return torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
 
@@ -333,6 +334,8 @@ class PINN:
                 )
             if not bool(torch.isfinite(m).all()):
                 raise ValueError(f"solution: μ is not finite: {m.tolist()}")
+        if x.shape[0] == 0:
+            return np.zeros((0, *(() if self.field.block_size == 1 else (self.field.block_size,))))
         with torch.no_grad():
             return parallel.numpy_from_torch(
                 vmap(self._solution, in_dims=(None, 0, None))(params, x, m)

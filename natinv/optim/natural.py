@@ -281,6 +281,7 @@ class NaturalGradientDescent:
             "direction_norm": float(np.linalg.norm(d)),
             "gradient_norm": float(np.linalg.norm(gradient)),
             "velocity_norm": float(np.linalg.norm(velocity)),
+            "slope": float(gradient @ velocity),  # ⟨∇L, p⟩ (∇L where the direction was taken)
             "damping": self.solver.damping if self.direction == "natural" else 0.0,
             "time": sum(timings.values()),
             **{f"time_{k}": v for k, v in timings.items()},
