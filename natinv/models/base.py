@@ -123,6 +123,10 @@ class Model:
         self.solved_parameter: npt.NDArray[np.float64] | None = None
         self._C: PETSc.Mat | None = None
         self._C_state: int | None = None
+        # transposed solves where the factorisation's own is wrong (see _transposed)
+        self._At: PETSc.Mat | None = None
+        self._transpose_ksp: PETSc.KSP | None = None
+        self._transpose_state: tuple[int | None, bool] | None = None
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         size = self.u.x.array.size
         values, shifted = np.zeros(size), np.zeros(size)
@@ -158,13 +162,38 @@ class Model:
         self.ksp.setOperators(self.A)
         self._state_of_A = self.solves
 
+    def _transposed(self) -> tuple[PETSc.KSP, bool]:
+        """How to solve with ``Aᵀ``: ``(ksp, use_transpose_solve)``. The factorisation's own
+        transposed solve, except SuperLU_DIST's, which in PETSc 3.25 silently solves with ``A``
+        (measured on a 6×6 nonsymmetric matrix: residual of Aᵀx = b 0.15): then ``A`` itself if
+        it is exactly symmetric, else a second factorisation, of an explicit ``Aᵀ``."""
+        pc = self.ksp.getPC()
+        if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
+            return self.ksp, True
+        if self._transpose_state is None or self._transpose_state[0] != self._state_of_A:
+            symmetric = bool(self.A.isSymmetric(0.0))
+            if not symmetric:
+                self._At = self.A.transpose(self._At if self._At is not None else PETSc.Mat())
+                if self._transpose_ksp is None:
+                    self._transpose_ksp = PETSc.KSP().create(self.comm)
+                    self._transpose_ksp.setType("preonly")
+                    self._transpose_ksp.getPC().setType("lu")
+                    self._transpose_ksp.getPC().setFactorSolverType("superlu_dist")
+                self._transpose_ksp.setOperators(self._At)
+            self._transpose_state = (self._state_of_A, symmetric)
+        if self._transpose_state[1]:
+            return self.ksp, False
+        assert self._transpose_ksp is not None
+        return self._transpose_ksp, False
+
     def _linear_solve(self, rhs: PETSc.Vec, out: PETSc.Vec, transpose: bool = False) -> None:
         failure = None
+        ksp, native = self._transposed() if transpose else (self.ksp, False)
         try:
-            (self.ksp.solveTranspose if transpose else self.ksp.solve)(rhs, out)
+            (ksp.solveTranspose if native else ksp.solve)(rhs, out)
         except PETSc.Error as exc:
             failure = str(exc).strip().splitlines()[0]
-        reason = self.ksp.getConvergedReason()
+        reason = ksp.getConvergedReason()
         self.linear_solves += 1
         parallel.check_all(
             self.comm,
@@ -334,8 +363,9 @@ class Model:
         a failure is one message on every rank. Collective."""
         solution = rhs.duplicate()
         failure = None
+        ksp, native = self._transposed() if transpose else (self.ksp, False)
         try:
-            (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(rhs, solution)
+            (ksp.matSolveTranspose if native else ksp.matSolve)(rhs, solution)
         except PETSc.Error as exc:
             failure = str(exc).strip().splitlines()[0]
         self.linear_solves += 1
@@ -369,7 +399,7 @@ class Model:
         return gradients
 
     def destroy(self) -> None:
-        for obj in (self.A, self.ksp, self._b, self._du, self._C):
+        for obj in (self.A, self.ksp, self._b, self._du, self._C, self._At, self._transpose_ksp):
             if obj is not None:
                 obj.destroy()
         self._nonlinear = None
