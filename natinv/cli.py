@@ -208,9 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "run":
             from natinv.cases import load_case
+
+            case = load_case(args.case, args.set)  # (before the compute modules load)
             from natinv.runner import run
 
-            case = load_case(args.case, args.set)
             summary = run(
                 case, comm, resume=args.resume, quiet=args.quiet, iterations=args.iterations
             )
@@ -229,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + f"; results in {case.output}/",
             )
         elif args.command == "compare":
+            from natinv.cases import load_case
+
+            load_case(args.case, args.set)  # a case error before the compute modules load
             from natinv.runner import compare
 
             summaries = compare(
@@ -253,9 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         elif args.command == "synthesize" and args.case is not None:
             from natinv.cases import load_case
-            from natinv.runner import synthesize_case
 
             case = load_case(args.case, args.set)
+            from natinv.runner import synthesize_case
+
             for data in synthesize_case(case, comm, force=args.force):
                 sigma = data.sigma[0] if data.sigma is not None else 0.0
                 what = "full field"

@@ -1,0 +1,370 @@
+"""Failure paths: one error line on every rank and no rank left waiting, checkpoints that are
+data, repeatable parallel runs, and a command line that answers without loading the stack.
+
+The hang tests launch ``mpirun -n 2`` and ``-n 3`` under a timeout when the suite runs serially
+(a hang becomes a failure, not a stuck suite); under ``mpirun -n 2`` they run the same inputs in
+this process, on the suite's own ranks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import read_checkpoint
+
+from natinv.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLE = ROOT / "cases" / "diffusion_hole.toml"
+LSHAPE = ROOT / "cases" / "diffusion_lshape_probes.toml"
+TALK = ROOT / "cases" / "talk_pinn_1d.toml"
+MPIRUN = Path(sys.executable).with_name("mpirun")
+HANG = 120  # seconds: a failing input ends in a few
+
+
+def launch(ranks: int, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``mpirun -n ranks python -m natinv ARGS`` killed after HANG seconds (rc 137 then)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "MPIR_", "MPI_LOCAL"))
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    command = ["timeout", "-s", "KILL", str(HANG), str(MPIRUN), "-n", str(ranks)]
+    command += [sys.executable, "-m", "natinv", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def bad_inputs(folder: Path) -> dict[str, tuple[list[str], str]]:
+    """Inputs that must end in one error line: (natinv arguments, a fragment of the message)."""
+    truncated = folder / "truncated.msh"
+    source = (ROOT / "meshes" / "plate_with_hole.msh").read_bytes()
+    truncated.write_bytes(source[: len(source) // 3])
+    text = folder / "text.msh"
+    text.write_text("this is not a mesh\n")
+    xdmf = folder / "lost.xdmf"
+    xdmf.write_text(
+        '<Xdmf Version="3.0"><Domain><Grid Name="mesh"><Topology TopologyType="Triangle" '
+        'NumberOfElements="2"><DataItem Dimensions="2 3" Format="HDF">lost.h5:/Mesh/topology'
+        '</DataItem></Topology><Geometry GeometryType="XY"><DataItem Dimensions="4 2" '
+        'Format="HDF">lost.h5:/Mesh/x</DataItem></Geometry></Grid></Domain></Xdmf>\n'
+    )
+    binary = folder / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    blocked = folder / "blocked"
+    blocked.write_text("a file where the output folder should be\n")
+    out = f"output.folder='{folder / 'out'}'"
+    run = ["run", str(HOLE), "--iterations", "1", "--quiet", "--set", out, "--set"]
+    return {
+        "truncated mesh": ([*run, f"mesh.file='{truncated}'"], "not a readable gmsh mesh"),
+        "text as mesh": ([*run, f"mesh.file='{text}'"], "not a readable gmsh mesh"),
+        "xdmf without its arrays": ([*run, f"mesh.file='{xdmf}'"], "cannot be read"),
+        "binary data file": ([*run, f"data.sensors='{binary}'"], "cannot be read"),
+        "output folder is a file": (
+            [*run, f"output.folder='{blocked}'"],
+            "a file is in the place of the output folder",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "truncated mesh",
+        "text as mesh",
+        "xdmf without its arrays",
+        "binary data file",
+        "output folder is a file",
+    ],
+)
+def test_bad_input_ends_with_one_error_line_on_every_rank_count(comm, shared_tmp, capsys, what):
+    """On 2 and 3 ranks: exit code 2 within the timeout (no rank left waiting), one
+    ``natinv: error:`` line naming what is wrong, and no result folder."""
+    if comm.rank == 0:
+        inputs = bad_inputs(shared_tmp)
+    comm.Barrier()
+    args, fragment = comm.bcast(inputs[what] if comm.rank == 0 else None, root=0)
+    if comm.size == 1:
+        for ranks in (2, 3):
+            result = launch(ranks, args)
+            assert result.returncode == 2, (ranks, result.returncode, result.stderr[-2000:])
+            assert result.stderr.count("natinv: error:") == 1, result.stderr[-2000:]
+            assert fragment in result.stderr and "Traceback" not in result.stderr
+    else:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("natinv: error:") == (1 if comm.rank == 0 else 0)
+        assert (fragment in err) == (comm.rank == 0)
+    assert not (shared_tmp / "out").exists()
+
+
+def test_a_rank_that_owns_no_cell_takes_part(comm, shared_tmp):
+    """A 1D PINN case with fewer cells than ranks (a rank owns no cell, no quadrature point, no
+    dof) runs to the end: serially, 2 cells on 3 ranks give the loss of 1 rank after 2
+    iterations (relative 1e-12, measured 8e-15; plain NGD with λ = 1e-2: the case's λ = 1e-10
+    turns round-off into 4e-7); under mpirun, 1 cell on the suite's ranks runs."""
+    base = ["run", str(TALK), "--iterations", "2", "--quiet"]
+    for item in ("optimizer.damping=1e-2", "optimizer.momentum='none'"):
+        base += ["--set", item]
+    if comm.size > 1:
+        folder = shared_tmp / "one-cell"
+        args = [*base, "--set", "mesh.cells=1", "--set", f"output.folder='{folder}'"]
+        assert main(args) == 0
+        assert np.isfinite(json.loads((folder / "summary.json").read_text())["loss"])
+        return
+    losses = []
+    for ranks in (1, 3):
+        folder = shared_tmp / f"ranks{ranks}"
+        args = [*base, "--set", "mesh.cells=2", "--set", f"output.folder='{folder}'"]
+        result = launch(ranks, args)
+        assert result.returncode == 0, result.stderr[-2000:]
+        losses.append(json.loads((folder / "summary.json").read_text())["loss"])
+    assert abs(losses[0] - losses[1]) <= 1e-12 * abs(losses[0]), losses
+
+
+FIELD_AS_LOG = (
+    "model.coefficient='exp'",
+    "parameter.initial='0'",
+    "parameter.truth='0.5*cos(pi*x)*cos(pi*y)'",
+)
+
+
+@pytest.mark.parametrize("kind", ["ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm"])
+def test_two_runs_give_the_same_history(comm, shared_tmp, kind):
+    """Every optimizer kind repeats its iterates to the bit (the case's direct solves are
+    static in parallel: MUMPS's dynamic scheduling made 2-rank TAO runs differ)."""
+    histories = []
+    for label in ("first", "second"):
+        folder = shared_tmp / label
+        args = ["run", str(LSHAPE), "--iterations", "3", "--quiet"]
+        for item in (
+            f"optimizer.kind='{kind}'",
+            "optimizer.stop='none'",
+            "regularization.alpha=0.1",
+            f"output.folder='{folder}'",
+            # the finite-element field as log κ (no step of L-BFGS can make κ ≤ 0)
+            *(FIELD_AS_LOG if kind.startswith("tao") else ()),
+        ):
+            args += ["--set", item]
+        assert main(args) == 0
+        comm.Barrier()
+        with open(folder / "history.csv", newline="") as stream:
+            rows = list(csv.DictReader(stream))
+        histories.append([[r[k] for k in r if k not in ("time", "elapsed")] for r in rows])
+    assert len(histories[0]) >= 2 and histories[0] == histories[1]
+
+
+class _Payload:
+    """Unpickling this creates a file: a checkpoint that executed code would leave it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.marker), "w"))
+
+
+def checkpointed(folder: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(HOLE),
+        "--quiet",
+        "--set",
+        f"output.folder='{folder}'",
+        "--set",
+        "output.checkpoint_every=1",
+        "--set",
+        "optimizer.stop='none'",
+        *extra,
+    ]
+
+
+def test_a_crafted_checkpoint_cannot_run_code(comm, shared_tmp, capsys):
+    """A checkpoint whose arrays hold a pickle (that would create a file when loaded) is
+    refused with one message, and the file is not created."""
+    folder = shared_tmp / "crafted"
+    assert main([*checkpointed(folder), "--iterations", "1"]) == 0
+    comm.Barrier()
+    marker = shared_tmp / "executed"
+    if comm.rank == 0:
+        path = folder / "checkpoint.npz"
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+        arrays["a0"] = np.array([_Payload(marker)], dtype=object)
+        with open(path, "wb") as stream:
+            np.savez(stream, **arrays)
+    comm.Barrier()
+    assert main([*checkpointed(folder), "--iterations", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert ("not a natinv checkpoint" in err) == (comm.rank == 0)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings_and_says_what_differs(
+    comm, shared_tmp, capsys
+):
+    """After 1 checkpointed iteration: resuming with another optimizer kind, another network
+    or other data is refused, naming the part that differs; more iterations are fine; a pickle
+    checkpoint of an older natinv is named and not loaded."""
+    folder = shared_tmp / "resume"
+    assert main([*checkpointed(folder), "--iterations", "1"]) == 0
+    comm.Barrier()
+    data = shared_tmp / "other.csv"
+    if comm.rank == 0:
+        lines = (HOLE.parent / "data" / "diffusion_hole.csv").read_text().splitlines()
+        head, *rows = lines
+        first = rows[0].split(",")
+        first[2] = repr(float(first[2]) * 1.01)
+        data.write_text("\n".join([head, ",".join(first), *rows[1:]]) + "\n")
+    comm.Barrier()
+    for extra, part in (
+        (["--set", "optimizer.kind='adam'"], "optimizer"),
+        (["--set", "parameter.network=[2, 8, 1]"], "network"),
+        (["--set", f"data.sensors='{data}'"], "data"),
+    ):
+        assert main([*checkpointed(folder, *extra), "--iterations", "2", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert (f"{part} differs" in err) == (comm.rank == 0), err
+    assert main([*checkpointed(folder), "--iterations", "2", "--resume"]) == 0
+    assert len(read_checkpoint(folder)["history"]) == 2
+    comm.Barrier()
+    if comm.rank == 0:
+        (folder / "checkpoint.npz").rename(folder / "checkpoint.pkl")
+    comm.Barrier()
+    assert main([*checkpointed(folder), "--iterations", "3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert ("pickles are not loaded" in err) == (comm.rank == 0)
+
+
+def test_a_second_run_into_a_held_folder_is_refused(comm, shared_tmp, capsys):
+    """While one run holds an output folder, another run into it stops before its first
+    iteration with one message; once released, the folder can be used again."""
+    from natinv.output import claim_folder
+
+    folder = shared_tmp / "held"
+    args = ["run", str(HOLE), "--iterations", "1", "--quiet", "--set", f"output.folder='{folder}'"]
+    with claim_folder(comm, folder):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert ("another natinv run is writing" in err) == (comm.rank == 0)
+        assert not (folder / "history.csv").exists()
+    assert main(args) == 0
+
+
+def test_result_files_get_the_permissions_of_the_umask(comm, shared_tmp):
+    folder = shared_tmp / "modes"
+    args = ["run", str(HOLE), "--iterations", "1", "--quiet", "--set", f"output.folder='{folder}'"]
+    assert main(args) == 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("history.csv", "summary.json", "fields.png"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("model.source='1/0'", "model.source: '1/0' is not finite"),
+        ("parameter.truth='1/(x-x)'", "parameter.truth: '1/(x-x)' is not finite"),
+        ("model.source='9**9**9*x'", "is not finite"),
+        ("model.source='" + "+".join(["x"] * 2500) + "'", "characters (at most"),
+        ("parameter.truth='" + "(" * 80 + "1 + x" + ")" * 80 + "'", None),
+    ],
+    ids=["division by zero", "nan truth", "huge power", "long formula", "parentheses"],
+)
+def test_formulas_are_checked_on_the_mesh_before_anything_runs(
+    comm, shared_tmp, capsys, setting, fragment
+):
+    """A formula that is infinite or NaN on the mesh, or too large to evaluate, ends with one
+    line naming its key; nothing is written. (Redundant parentheses are fine.)"""
+    folder = shared_tmp / "formula"
+    args = ["run", str(HOLE), "--iterations", "1", "--quiet"]
+    args += ["--set", setting, "--set", f"output.folder='{folder}'"]
+    code = main(args)
+    err = capsys.readouterr().err
+    if fragment is None:
+        assert code == 0
+        return
+    assert code == 2
+    assert (fragment in err) == (comm.rank == 0), err
+    comm.Barrier()
+    assert not folder.exists()
+
+
+def test_synthesize_never_overwrites_data_unasked(comm, shared_tmp, capsys):
+    """``synthesize`` refuses a case without a [synthesize] table and a forward case, and
+    overwrites an existing file only with --force."""
+    target = shared_tmp / "synthetic.csv"
+    base = ["synthesize", str(HOLE), "--set", f"data.sensors='{target}'"]
+    base += ["--set", "synthesize.refine=0", "--set", "synthesize.layout='random:10'"]
+    assert main(base) == 0
+    comm.Barrier()
+    first = target.read_text()
+    assert main([*base, "--set", "seed=3"]) == 2
+    assert ("pass --force" in capsys.readouterr().err) == (comm.rank == 0)
+    assert target.read_text() == first
+    assert main([*base, "--set", "seed=3", "--force"]) == 0
+    comm.Barrier()
+    assert target.read_text() != first
+    stripped = shared_tmp / "plain.toml"
+    if comm.rank == 0:
+        text = HOLE.read_text()
+        start = text.index("[synthesize]")
+        end = text.index("\n[", start + 1)
+        stripped.write_text(text[:start] + text[end + 1 :])
+    comm.Barrier()
+    mesh = ROOT / "meshes" / "plate_with_hole.msh"
+    args = ["--set", f"data.sensors='{target}'", "--set", f"mesh.file='{mesh}'"]
+    assert main(["synthesize", str(stripped), *args]) == 2
+    assert ("no [synthesize] table" in capsys.readouterr().err) == (comm.rank == 0)
+    assert main(["synthesize", str(TALK)]) == 2
+    assert ("has no measurements to make" in capsys.readouterr().err) == (comm.rank == 0)
+
+
+def test_case_files_that_are_not_case_files_are_named(comm, shared_tmp, capsys):
+    """A folder, a binary file and an empty file given as the case: one line naming each."""
+    binary, empty = shared_tmp / "binary.toml", shared_tmp / "empty.toml"
+    if comm.rank == 0:
+        binary.write_bytes(bytes(range(256)))
+        empty.write_text("")
+    comm.Barrier()
+    for path, fragment in (
+        (shared_tmp, "a folder, not a case file"),
+        (binary, "not a text file"),
+        (empty, "an empty case file"),
+    ):
+        assert main(["run", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert (f"{path}: {fragment}" in err) == (comm.rank == 0), err
+
+
+def test_help_and_case_errors_do_not_load_torch_or_dolfinx(comm):
+    """`natinv --help`, `natinv run --help` and a case-file error import neither torch nor
+    DOLFINx (they take seconds to load; the answer should not)."""
+    if comm.rank != 0:
+        comm.Barrier()
+        return
+    probe = (
+        "import sys\n"
+        "from natinv.cli import main\n"
+        "for argv in (['--help'], ['run', '--help'], ['run', 'missing.toml']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'dolfinx', 'matplotlib') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    comm.Barrier()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert "missing.toml: no such case file" in result.stderr
