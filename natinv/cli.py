@@ -1,4 +1,4 @@
-"""The ``natinv`` command: ``run``, ``synthesize``, ``info`` and ``demo``.
+"""The ``natinv`` command: ``run``, ``check``, ``compare``, ``synthesize``, ``info``, ``demo``.
 
 Input errors end with one line ``natinv: error: ...`` on rank 0 and exit code 2 on every rank
 (no traceback, no rank left waiting).
@@ -135,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     run.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    chk = sub.add_parser(
+        "check", help="validate a case completely (files, tags, sensors, formulas), no run"
+    )
+    chk.add_argument("case", type=Path, help="the case file")
+    chk.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a case value"
+    )
     cmp = sub.add_parser("compare", help="run a case with several optimizers, side by side")
     cmp.add_argument("case", type=Path)
     cmp.add_argument(
@@ -229,6 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (f", relative L2 error {error:.3e}" if error is not None else "")
                 + f"; results in {case.output}/",
             )
+        elif args.command == "check":
+            from natinv.cases import load_case
+
+            case = load_case(args.case, args.set)
+            from natinv.check import check_case
+
+            for line in check_case(case, comm):
+                parallel.rank0_print(comm, line)
         elif args.command == "compare":
             from natinv.cases import load_case
 

@@ -414,7 +414,7 @@ def run(
 ) -> dict[str, Any]:
     """Run a case to its stopping rule and write its results; returns the summary.
 
-    ``resume`` continues from ``results/<case>/checkpoint.pkl`` to the same iterates as an
+    ``resume`` continues from ``results/<case>/checkpoint.npz`` to the same iterates as an
     uninterrupted run. ``iterations`` overrides ``optimizer.iterations``. Collective."""
     folder = case.output
     built: Built | ForwardBuilt = build_forward(case, comm) if case.forward else build(case, comm)

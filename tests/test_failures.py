@@ -368,3 +368,23 @@ def test_help_and_case_errors_do_not_load_torch_or_dolfinx(comm):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert "missing.toml: no such case file" in result.stderr
+
+
+def test_check_validates_a_case_without_running_it(comm, shared_tmp, capsys):
+    """`natinv check` reads the mesh and the data and locates the sensors, prints what it
+    found and writes nothing; a sensor outside the mesh is one error naming it."""
+    folder = shared_tmp / "never"
+    assert main(["check", str(HOLE), "--set", f"output.folder='{folder}'"]) == 0
+    out = capsys.readouterr().out
+    if comm.rank == 0:
+        assert "valid" in out and "80 point values" in out and "501 parameters" in out
+    assert out.count("  mesh ") == (1 if comm.rank == 0 else 0)  # printed once, by rank 0
+    comm.Barrier()
+    assert not folder.exists()
+    outside = shared_tmp / "outside.csv"
+    if comm.rank == 0:
+        outside.write_text("x,y,value,sigma\n0.5,0.2,1.0,0.1\n40.0,40.0,1.0,0.1\n")
+    comm.Barrier()
+    assert main(["check", str(HOLE), "--set", f"data.sensors='{outside}'"]) == 2
+    err = capsys.readouterr().err
+    assert ("outside" in err and "40" in err) == (comm.rank == 0), err

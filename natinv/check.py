@@ -1,0 +1,128 @@
+"""``natinv check CASE``: validate a case completely without optimizing, and say what it holds.
+
+Everything a run reads or evaluates before its first iteration is done here the same way —
+the mesh and its tags, the data files, sensors located in the mesh, formulas evaluated on it,
+the network built on the field's space, the forward problem's reference — and the output
+folder is checked to be writable (nothing is written). The report, printed on rank 0, lists the
+mesh, the spaces, the unknown, the observations and the optimizer settings that will be used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mpi4py import MPI
+
+from natinv.cases import Case
+
+__all__ = ["check_case", "output_folder_problem"]
+
+
+def output_folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` could not hold results (None if it can): a file in its place, or the
+    nearest existing folder above it is not writable. Local (rank 0 asks)."""
+    if folder.exists():
+        if not folder.is_dir():
+            return f"{folder}: a file is in the place of the output folder"
+        return None if os.access(folder, os.W_OK) else f"{folder}: not writable"
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent}: a file is in the way of the output folder {folder}"
+    return None if os.access(parent, os.W_OK) else f"{parent}: not writable (for {folder})"
+
+
+def check_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> list[str]:
+    """Build everything of ``case`` that a run builds before iterating, then free it; the report
+    lines (the same on every rank). Collective.
+
+    Raises:
+        CollectiveError, CaseError: what a run would stop with, on every rank.
+    """
+    from natinv import parallel
+    from natinv.forward import build_forward
+    from natinv.runner import build
+
+    problem = parallel.on_rank0(
+        comm, "output.folder", lambda: output_folder_problem(case.output), share=True
+    )
+    if problem is not None:
+        raise parallel.CollectiveError(f"{case.source}: output.folder: {problem}")
+    built: Any = build_forward(case, comm) if case.forward else build(case, comm)
+    try:
+        lines = _report(case, built, comm)
+    finally:
+        built.destroy()
+    return lines
+
+
+def _dofs(space: Any) -> int:
+    return int(space.dofmap.index_map.size_global * space.dofmap.index_map_bs)
+
+
+def _report(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
+    mesh = built.mesh
+    tdim = mesh.topology.dim
+    cells = mesh.topology.index_map(tdim).size_global
+    vertices = mesh.geometry.index_map().size_global
+    where = case.mesh.file.name if case.mesh.file is not None else f"built-in {case.mesh.builtin}"
+    owned = comm.allgather(mesh.topology.index_map(tdim).size_local)
+    lines = [
+        f"case {case.name!r} ({case.problem}, {case.source}): valid",
+        f"  mesh       {where}: {cells} cells, {vertices} vertices, {tdim}D; "
+        f"cells per rank {owned}",
+    ]
+    field = built.field
+    space = field.space
+    degree = space.ufl_element().embedded_superdegree
+    settings = case.optimizer
+    if case.forward:
+        assert case.solution is not None
+        rows = getattr(built.objective, "num_global", field.num_global)
+        what = "residuals" if case.problem == "pinn" else "dofs"
+        lines += [
+            f"  solution   MLP {case.solution.network} ({field.num_parameters} parameters) on "
+            f"P{degree}, {_dofs(space)} dofs",
+            f"  loss       {case.problem}: {rows} {what}"
+            + (f", {len(built.mus)} test μ" if case.parametric is not None else ""),
+        ]
+    else:
+        assert case.parameter is not None and case.model is not None
+        unknown = (
+            f"finite-element field P{degree}, {field.num_parameters} dofs"
+            if settings.kind.startswith("tao")
+            else f"MLP {case.parameter.network} ({field.num_parameters} parameters), transform "
+            f"{case.parameter.transform}, on P{degree} ({_dofs(space)} dofs)"
+        )
+        kinds = []
+        if built.sensors is not None:
+            kinds.append(f"{built.sensors.values.size} point values (every sensor in the mesh)")
+        if built.averages is not None:
+            kinds.append(f"{built.averages.values.size} region averages")
+        if not built.measured:
+            kinds.append("a full field")
+        lines += [
+            f"  model      {case.model.kind}, state P{case.model.degree} "
+            f"({_dofs(built.model.space)} dofs)",
+            f"  unknown    {unknown}",
+            f"  data       {', '.join(kinds)}: {built.num_sensors} rows, every sensor inside "
+            "the mesh" + (f"; noise level: misfit {built.discrepancy:g}" if built.measured else ""),
+        ]
+    detail = (
+        f" ({settings.metric}, {settings.solver} λ={settings.damping:g}, {settings.momentum}"
+        + (f" β={settings.beta:g}" if settings.momentum != "none" else "")
+        + f", {settings.step})"
+        if settings.kind == "ngd"
+        else ""
+    )
+    stop = settings.stop + (f" at {settings.target:g}" if settings.stop == "target" else "")
+    lines += [
+        f"  optimizer  {settings.kind}{detail}, up to {settings.iterations} iterations, "
+        f"stop: {stop}",
+        f"  output     {case.output}/ (writable)"
+        + ("; holds a checkpoint" if (case.output / "checkpoint.npz").exists() else ""),
+    ]
+    return lines
