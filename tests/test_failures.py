@@ -388,3 +388,88 @@ def test_check_validates_a_case_without_running_it(comm, shared_tmp, capsys):
     assert main(["check", str(HOLE), "--set", f"data.sensors='{outside}'"]) == 2
     err = capsys.readouterr().err
     assert ("outside" in err and "40" in err) == (comm.rank == 0), err
+
+
+def test_resume_on_another_rank_count_continues_the_run(comm, shared_tmp):
+    """2 iterations on N ranks, then --resume to 4 on another rank count (serially: 1 then 2
+    ranks; under mpirun: the suite's ranks, then rank 0 alone) gives the losses of 4 straight
+    iterations to relative 1e-8 (measured 2e-10: the rank counts sum in other orders)."""
+    from mpi4py import MPI
+
+    from natinv.cases import load_case
+    from natinv.runner import run
+
+    def case(folder: Path):
+        settings = ["optimizer.stop='none'", "output.checkpoint_every=2"]
+        return load_case(HOLE, [*settings, f"output.folder='{folder}'"])
+
+    straight, resumed = shared_tmp / "straight", shared_tmp / "resumed"
+    run(case(straight), comm, quiet=True, iterations=4)
+    run(case(resumed), comm, quiet=True, iterations=2)
+    comm.Barrier()
+    if comm.size == 1:
+        args = ["run", str(HOLE), "--iterations", "4", "--resume", "--quiet"]
+        for item in ("optimizer.stop='none'", f"output.folder='{resumed}'"):
+            args += ["--set", item]
+        result = launch(2, args)
+        assert result.returncode == 0, result.stderr[-2000:]
+    elif comm.rank == 0:
+        run(case(resumed), MPI.COMM_SELF, quiet=True, iterations=4, resume=True)
+    comm.Barrier()
+    losses = []
+    for folder in (straight, resumed):
+        with open(folder / "history.csv", newline="") as stream:
+            losses.append(np.array([float(r["loss"]) for r in csv.DictReader(stream)]))
+    assert losses[1].size == 4
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-8)
+
+
+def test_zero_iterations_write_the_start(comm, shared_tmp):
+    """`--iterations 0` evaluates the start and writes the results: no history rows, the
+    misfit of the initial field in the summary."""
+    folder = shared_tmp / "zero"
+    args = ["run", str(HOLE), "--iterations", "0", "--quiet", "--set", f"output.folder='{folder}'"]
+    assert main(args) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["iterations"] == 0 and summary["misfit"] > summary["discrepancy_level"]
+    assert (folder / "history.csv").read_text().strip() == "optimizer"
+
+
+def test_an_inadmissible_trial_point_ends_a_tao_run_cleanly(comm, shared_tmp):
+    """TAO L-BFGS on κ itself (no positivity) steps to κ ≤ 0 at once: the model refuses the
+    trial point (a SolveError, an infinite loss for the line search) and TAO stops with its
+    own reason instead of a PETSc error and a traceback."""
+    folder = shared_tmp / "lmvm"
+    args = ["run", str(LSHAPE), "--iterations", "3", "--quiet"]
+    for item in ("optimizer.kind='tao-lmvm'", "optimizer.stop='none'", f"output.folder='{folder}'"):
+        args += ["--set", item]
+    assert main(args) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["stopped"] == "DIVERGED_LS_FAILURE"
+
+
+def test_only_solve_errors_read_as_an_infinite_loss(comm, monkeypatch):
+    """`InverseObjective.value` returns inf where the model cannot be solved, and lets any
+    other collective error (a shape or contract bug) through."""
+    from natinv import parallel
+    from natinv.cases import load_case
+    from natinv.runner import build
+
+    built = build(load_case(HOLE), comm)
+    objective = built.objective
+    theta = objective.field.parameters
+    assert np.isfinite(objective.value(theta))
+
+    def refuse(values):
+        raise parallel.SolveError("diffusion: κ ≤ 0")
+
+    monkeypatch.setattr(built.problem, "value", refuse)
+    assert objective.value(theta) == float("inf")
+
+    def broken(values):
+        raise parallel.CollectiveError("parameter has 3 owned entries, expected 778")
+
+    monkeypatch.setattr(built.problem, "value", broken)
+    with pytest.raises(parallel.CollectiveError, match="owned entries"):
+        objective.value(theta)
+    built.destroy()
