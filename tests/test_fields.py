@@ -182,3 +182,17 @@ def test_input_map_and_a_3d_mesh_keep_the_jacobian_exact(comm):
     fd = (field.values(theta + h * v) - field.values(theta - h * v)) / (2 * h)
     err = allreduce_array(comm, np.array([np.sum((field.jacobian() @ v - fd) ** 2), np.sum(fd**2)]))
     assert np.sqrt(err[0] / err[1]) < 1e-8
+
+
+def test_the_callers_module_is_neither_converted_nor_overwritten(comm):
+    """A float32 module given to NeuralField stays float32 with its own values (the field
+    works on a float64 copy, whose θ comes from rank 0)."""
+    torch.manual_seed(comm.rank)  # different values on each rank: the copy takes rank 0's
+    network = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    before = [p.detach().clone() for p in network.parameters()]
+    space = dolfinx.fem.functionspace(unit_square(comm, 4), ("Lagrange", 1))
+    field = natinv.NeuralField(space, network)
+    field.set_parameters(field.parameters + 1.0)
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
+    assert all(p.dtype == torch.float64 for p in field.network.parameters())
