@@ -43,19 +43,18 @@ def check_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> list[str]:
         CollectiveError, CaseError: what a run would stop with, on every rank.
     """
     from natinv import parallel
-    from natinv.forward import build_forward
-    from natinv.runner import build
+    from natinv.problems import build_problem
 
     problem = parallel.on_rank0(
         comm, "output.folder", lambda: output_folder_problem(case.output), share=True
     )
     if problem is not None:
         raise parallel.CollectiveError(f"{case.source}: output.folder: {problem}")
-    built: Any = build_forward(case, comm) if case.forward else build(case, comm)
+    built: Any = build_problem(case, comm)
     try:
         lines = _report(case, built, comm)
     finally:
-        built.destroy()
+        built.close()
     return lines
 
 

@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from natinv.cases import load_case
 
             load_case(args.case, args.set)  # a case error before the compute modules load
-            from natinv.runner import compare
+            from natinv.compare import compare
 
             summaries = compare(
                 args.case,
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from natinv.cases import load_case
 
             case = load_case(args.case, args.set)
-            from natinv.runner import synthesize_case
+            from natinv.synthesis import synthesize_case
 
             for data in synthesize_case(case, comm, force=args.force):
                 sigma = data.sigma[0] if data.sigma is not None else 0.0
@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.truth is None or args.out is None:
                 raise ValueError("synthesize: give a case file, or --truth and --out")
-            from natinv.synthesize import sensor_layout, synthesize
+            from natinv.synthesis import sensor_layout, synthesize
 
             points = sensor_layout(comm, args.sensors, args.seed, args.jitter)
             data = synthesize(

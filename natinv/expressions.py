@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +23,13 @@ import numpy.typing as npt
 if TYPE_CHECKING:  # torch loads with the first torch formula
     import torch
 
-__all__ = ["FUNCTIONS", "compile_expression", "expression_names", "torch_expression"]
+__all__ = [
+    "FUNCTIONS",
+    "compile_expression",
+    "expression_names",
+    "interpolate",
+    "torch_expression",
+]
 
 FUNCTIONS: dict[str, Callable[..., npt.NDArray[np.float64]]] = {
     "exp": np.exp,
@@ -188,6 +194,39 @@ def compile_expression(
 
     evaluate.__doc__ = text
     return evaluate
+
+
+def interpolate(
+    function: Any,
+    text: str,
+    key: str,
+    *,
+    parameters: tuple[str, ...] = (),
+    values: dict[str, float] | None = None,
+    where: str = "",
+) -> None:
+    """``function`` (a ``dolfinx.fem.Function``) := the formula ``text`` (named ``key``, with
+    the ``parameters`` at ``values``), which must be finite at every interpolation point: one
+    error on every rank naming ``where``, the key and a point otherwise. Collective.
+
+    Raises:
+        CollectiveError: the formula cannot be evaluated or is NaN/inf somewhere on the mesh.
+    """
+    from natinv import parallel
+
+    space = function.function_space
+    formula = compile_expression(text, key, parameters)
+    given = dict(values or {})
+    with parallel.collective(space.mesh.comm, where or key):
+        function.interpolate(lambda x: formula(x, **given))
+        array = function.x.array.reshape(-1, space.dofmap.index_map_bs)
+        bad = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
+        if bad.size:
+            point = space.tabulate_dof_coordinates()[bad[0], : space.mesh.geometry.dim]
+            raise ValueError(
+                f"{key}: {text!r} is not finite at some points of the mesh, e.g. x = "
+                f"{point.tolist()}"
+            )
 
 
 def _torch_functions() -> dict[str, Callable[..., torch.Tensor]]:

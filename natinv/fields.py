@@ -41,6 +41,7 @@ __all__ = [
     "NeuralField",
     "Softplus",
     "Transform",
+    "fill_jacobian",
     "make_transform",
     "mlp",
 ]
@@ -90,6 +91,32 @@ def mlp(
         return nn.Sequential(*layers)
     finally:
         torch.random.set_rng_state(state)
+
+
+def fill_jacobian(
+    out: npt.NDArray[np.float64],
+    per_point: Callable[..., dict[str, torch.Tensor]],
+    params: dict[str, torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    rows_per_point: int,
+    step: int,
+    field: NeuralField,
+    first_row: int = 0,
+) -> None:
+    """Write the rows of a Jacobian into ``out`` chunk by chunk of ``step`` points:
+    ``per_point(params, *chunk)`` maps each input to ``{parameter name: (n, rows_per_point,
+    *shape)}``, laid out in ``field``'s flat θ order, starting at ``first_row``. Local."""
+    count = inputs[0].shape[0]
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        rows = slice(first_row + start * rows_per_point, first_row + stop * rows_per_point)
+        blocks = per_point(params, *(x[start:stop] for x in inputs))
+        offset = 0
+        for name, size in zip(field.parameter_names, field.parameter_sizes, strict=True):
+            out[rows, offset : offset + size] = parallel.numpy_from_torch(
+                blocks[name].reshape((stop - start) * rows_per_point, size)
+            )
+            offset += size
 
 
 class Transform:
@@ -497,19 +524,10 @@ class NeuralField:
 
         per_point = vmap(jacrev(at_point, argnums=0), in_dims=(None, 0))
         params = {name: p.detach() for name, p in self.unflatten(t).items()}
-        bs = self.block_size
-        step = self.chunk_size()
         with torch.no_grad():
-            for start in range(0, self.num_owned_nodes, step):
-                stop = min(start + step, self.num_owned_nodes)
-                rows = slice(start * bs, stop * bs)
-                blocks = per_point(params, self.points[start:stop])  # name -> (n, bs, *shape)
-                offset = 0
-                for name, size in zip(self.parameter_names, self.parameter_sizes, strict=True):
-                    out[rows, offset : offset + size] = parallel.numpy_from_torch(
-                        blocks[name].reshape((stop - start) * bs, size)
-                    )
-                    offset += size
+            fill_jacobian(
+                out, per_point, params, (self.points,), self.block_size, self.chunk_size(), self
+            )
         return out
 
     def jvp(

@@ -22,7 +22,6 @@ which is fine.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +61,6 @@ __all__ = [
 
 Comm = MPI.Comm
 
-# torch loads its forward-mode derivative rules (Laplacians in residual losses) through a
-# deprecated torch.jit.script call of its own: nothing a user can act on
-warnings.filterwarnings(
-    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-)
 
 DTYPE = np.float64
 

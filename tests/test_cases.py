@@ -279,7 +279,7 @@ def test_full_field_noise_does_not_depend_on_the_number_of_ranks(several_ranks, 
 
     import dolfinx
 
-    from natinv.runner import _node_noise
+    from natinv.synthesis import _node_noise
 
     for shape in ((), (2,)):
         noise = {}
@@ -360,7 +360,7 @@ def test_refined_tags_match_dolfinx_and_cover_the_boundary(comm):
     import dolfinx
 
     from natinv import domain
-    from natinv.runner import _child_cell_tags, _child_facet_tags
+    from natinv.synthesis import _child_cell_tags, _child_facet_tags
 
     for path in (HOLE, LSHAPE):
         found = domain.load_domain(comm, load_case(path))

@@ -453,9 +453,9 @@ def test_only_solve_errors_read_as_an_infinite_loss(comm, monkeypatch):
     other collective error (a shape or contract bug) through."""
     from natinv import parallel
     from natinv.cases import load_case
-    from natinv.runner import build
+    from natinv.problems import build_problem
 
-    built = build(load_case(HOLE), comm)
+    built = build_problem(load_case(HOLE), comm)
     objective = built.objective
     theta = objective.field.parameters
     assert np.isfinite(objective.value(theta))
@@ -472,4 +472,4 @@ def test_only_solve_errors_read_as_an_infinite_loss(comm, monkeypatch):
     monkeypatch.setattr(built.problem, "value", broken)
     with pytest.raises(parallel.CollectiveError, match="owned entries"):
         objective.value(theta)
-    built.destroy()
+    built.close()

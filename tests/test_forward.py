@@ -15,7 +15,7 @@ import torch
 
 from natinv.cases import CaseError, load_case
 from natinv.cli import main
-from natinv.forward import _residual, build_forward
+from natinv.problems.forward import _residual, build_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "cases"
@@ -102,7 +102,7 @@ def test_the_reference_reproduces_a_polynomial_solution(comm, shared_tmp, proble
     built = build_forward(load_case(manufactured(shared_tmp, comm, problem)), comm)
     points = built.check.points
     np.testing.assert_allclose(built.references[0], points[:, 0] ** 2 * points[:, 1], atol=1e-11)
-    built.destroy()
+    built.close()
 
 
 def test_the_ritz_minimiser_is_the_galerkin_solution(comm, shared_tmp):
@@ -113,7 +113,7 @@ def test_the_ritz_minimiser_is_the_galerkin_solution(comm, shared_tmp):
     values = built.check.evaluate(galerkin)
     points = built.check.points
     np.testing.assert_allclose(values, points[:, 0] ** 2 * points[:, 1], atol=1e-10)
-    built.destroy()
+    built.close()
 
 
 def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(several_ranks, comm, shared_tmp):
@@ -127,7 +127,7 @@ def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(several_ranks, 
             theta = built.field.parameters
             value, gradient = built.objective.value_and_gradient(theta)
             results.append((value, gradient, built.error(theta)))
-            built.destroy()
+            built.close()
         (v1, g1, e1), (v2, g2, e2) = results
         assert abs(v1 - v2) <= 1e-10 * abs(v2)
         np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-12 * np.abs(g2).max())
@@ -279,7 +279,7 @@ def test_a_ritz_penalty_tends_to_the_boundary_values(comm, shared_tmp):
         exact = built.check.points[:, 0] ** 2 * built.check.points[:, 1]
         difference = built.check.integrate((values - exact) ** 2)
         errors.append(np.sqrt(difference / built.check.integrate(exact**2)))
-        built.destroy()
+        built.close()
     assert errors[1] < 1e-5 and errors[0] > 10 * errors[1]
 
 
@@ -304,7 +304,7 @@ def test_a_pinn_with_penalised_boundary_runs_on_a_mesh_file(comm, shared_tmp):
     assert case.equation.boundary == "penalty"
     built = build_forward(case, comm)
     assert [t.name for t in built.objective.terms] == ["interior", "boundary"]
-    built.destroy()
+    built.close()
     args = ["run", str(path), "--iterations", "3", "--quiet", "--set", f"output.folder='{folder}'"]
     assert main(args) == 0
     rows = (folder / "history.csv").read_text().splitlines()

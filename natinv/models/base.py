@@ -29,6 +29,7 @@ import ufl
 from ufl.algorithms import expand_derivatives
 
 from natinv import parallel
+from natinv.boundary import constrained_dofs
 
 __all__ = ["Model"]
 
@@ -128,13 +129,8 @@ class Model:
         self._transpose_ksp: PETSc.KSP | None = None
         self._transpose_state: tuple[int | None, bool] | None = None
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
-        size = self.u.x.array.size
-        values, shifted = np.zeros(size), np.zeros(size)
-        for bc in self.bcs:
-            bc.set(values)
-            bc.set(shifted, x0=np.ones(size))
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
-        self._constrained = (values - shifted)[:owned] > 0.5
+        self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
         self._state_of_A: int | None = None  # solve counter A was assembled for
         self.solves = 0  # forward solves
         self.linear_solves = 0  # solves with A (forward steps, adjoints, tangent blocks)

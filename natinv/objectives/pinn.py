@@ -24,6 +24,7 @@ evaluate it at any μ.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ import torch
 from torch.func import jacfwd, jacrev, vmap
 
 from natinv import parallel
-from natinv.fields import NeuralField
+from natinv.fields import NeuralField, fill_jacobian
 from natinv.gram import Gram
 from natinv.quadrature import Quadrature
 
@@ -48,6 +49,18 @@ Residual = Callable[[PointFunction, torch.Tensor], torch.Tensor]
 def gradient(u: PointFunction, x: torch.Tensor) -> torch.Tensor:
     """``∇u(x)`` of a scalar point function, shape ``(gdim,)``."""
     return jacrev(u)(x)
+
+
+def _load_forward_rules() -> None:
+    """Load torch's forward-mode derivative rules now, without their warning: torch loads them
+    through a deprecated ``torch.jit.script`` call of its own (nothing a user can act on), on
+    the first ``jacfwd``. Scoped here rather than a process-wide filter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        jacfwd(torch.sin)(torch.zeros((), dtype=torch.float64))
+
+
+_load_forward_rules()
 
 
 def hessian(u: PointFunction, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +254,6 @@ class PINN:
         params = {k: v.detach() for k, v in self._params(theta).items()}
         if out is None:
             out = np.empty((self.num_owned, self.num_parameters), dtype=np.float64)
-        names, sizes = self.field.parameter_names, self.field.parameter_sizes
         gdim = self.field.points.shape[1]
         row = 0
         for index, (x, mu, c) in enumerate(
@@ -251,16 +263,7 @@ class PINN:
             # second derivatives in x keep about gdim + 2 copies of each gradient row alive
             budget = 8 * self.num_parameters * c * 3 * (gdim + 2) + 8 * 1024
             step = max(1, self.field.jacobian_memory // budget)
-            for start in range(0, x.shape[0], step):
-                stop = min(start + step, x.shape[0])
-                blocks = per_point(params, x[start:stop], mu[start:stop])
-                rows = slice(row + start * c, row + stop * c)
-                offset = 0
-                for name, size in zip(names, sizes, strict=True):
-                    out[rows, offset : offset + size] = parallel.numpy_from_torch(
-                        blocks[name].reshape((stop - start) * c, size)
-                    )
-                    offset += size
+            fill_jacobian(out, per_point, params, (x, mu), c, step, self.field, row)
             row += x.shape[0] * c
         return out
 

@@ -31,6 +31,7 @@ from ufl.algorithms.check_arities import ArityMismatch, check_form_arity
 from ufl.algorithms.remove_complex_nodes import remove_complex_nodes
 
 from natinv import metrics, parallel
+from natinv.boundary import constrained_dofs
 from natinv.fields import NeuralField
 from natinv.gram import Gram
 
@@ -96,14 +97,9 @@ class Ritz:
         self.rhs.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
         parallel.ensure_finite(self.comm, self.rhs.array, "the load vector of ell")
         # the constrained dofs and their values: x = α (g − x0) on them, untouched elsewhere
-        size = self._function.x.array.size
-        values, shifted = np.zeros(size), np.zeros(size)
-        for bc in self.bcs:
-            bc.set(values)
-            bc.set(shifted, x0=np.ones(size))
-        owned = slice(0, field.num_owned)
-        self._constrained = (values - shifted)[owned] > 0.5
-        self._values = values[owned].copy()
+        self._constrained, self._values = constrained_dofs(
+            self.bcs, self._function.x.array.size, field.num_owned
+        )
         self.gram = Gram(field, self.metric)
         self._u = self.matrix.createVecRight()
         self._au = self.matrix.createVecLeft()

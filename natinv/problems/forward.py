@@ -35,7 +35,7 @@ import torch
 import ufl
 from torch.func import jacfwd
 
-from natinv import domain, output, parallel
+from natinv import domain, expressions, figures, output, parallel
 from natinv.cases import Case
 from natinv.expressions import compile_expression, expression_names, torch_expression
 from natinv.fields import NeuralField, mlp
@@ -43,7 +43,7 @@ from natinv.objectives.pinn import PINN, Term, gradient, laplacian
 from natinv.objectives.ritz import Ritz
 from natinv.quadrature import Quadrature, boundary_quadrature, cell_quadrature
 
-__all__ = ["ForwardBuilt", "build_forward"]
+__all__ = ["ForwardSetup", "build_forward", "write_results"]
 
 
 def _names(case: Case) -> tuple[str, ...]:
@@ -115,9 +115,8 @@ def _interpolated(
     space: dolfinx.fem.FunctionSpace, text: str, key: str, names: tuple[str, ...], mu: float | None
 ) -> dolfinx.fem.Function:
     function = dolfinx.fem.Function(space)
-    formula = compile_expression(text, key, names)
     values = {"mu": mu} if mu is not None else {}
-    function.interpolate(lambda x: formula(x, **values))
+    expressions.interpolate(function, text, key, parameters=names, values=values)
     return function
 
 
@@ -253,8 +252,10 @@ def _check_formulas(case: Case, check: Quadrature, boundary: Quadrature) -> None
 
 
 @dataclass
-class ForwardBuilt:
-    """The objects of a forward case (destroy with :meth:`destroy`)."""
+class ForwardSetup:
+    """A forward case as library objects (a :class:`~natinv.problems.Problem`): the mesh, the
+    neural solution, its loss, and the exact or reference solutions it is measured against.
+    Free with :meth:`close`."""
 
     case: Case
     mesh: dolfinx.mesh.Mesh
@@ -288,9 +289,27 @@ class ForwardBuilt:
             out.append(float(np.sqrt(difference / (norm if norm > 0 else 1.0))))
         return out
 
-    def error(self, theta: npt.ArrayLike) -> float:
+    def error(self, theta: npt.ArrayLike | None = None) -> float:
         """The largest relative L2 error over the test μ. Collective."""
-        return max(self.errors(theta))
+        return max(self.errors(self.field.parameters if theta is None else theta))
+
+    discrepancy = -np.inf  # no data: no noise level to stop at
+
+    def describe(self) -> str:
+        rows = getattr(self.objective, "num_global", self.field.num_global)
+        return (
+            f"{self.case.problem}, {rows} {'residuals' if self.case.problem == 'pinn' else 'dofs'}"
+        )
+
+    def misfit(self, theta: npt.NDArray[np.float64], loss: float) -> float:
+        return float("nan")  # no data
+
+    def timings(self) -> dict[str, float]:
+        return {}
+
+    def write(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+        """The results of the run into ``case.output`` (see :func:`write_results`)."""
+        return write_results(self, history, summary)
 
     def solution(self, theta: npt.ArrayLike, mu: float | None) -> dolfinx.fem.Function:
         """``u_θ`` (at μ) on the solution's Lagrange space. Collective."""
@@ -322,11 +341,12 @@ class ForwardBuilt:
         out.name = "reference"
         return out
 
-    def destroy(self) -> None:
+    def close(self) -> None:
+        """Free the PETSc objects of the loss. Collective."""
         self.objective.destroy()
 
 
-def build_forward(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardBuilt:
+def build_forward(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardSetup:
     """Mesh, neural solution, loss and references of a forward case. Collective."""
     settings = case.solution
     assert settings is not None and case.equation is not None
@@ -359,11 +379,11 @@ def build_forward(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardBuilt:
             reference = _reference(case, mesh, facets, mu, index)
             references.append(check.evaluate(reference))
             functions.append(reference)
-    return ForwardBuilt(case, mesh, field, objective, check, mus, references, functions, keep)
+    return ForwardSetup(case, mesh, field, objective, check, mus, references, functions, keep)
 
 
 def write_results(
-    built: ForwardBuilt,
+    built: ForwardSetup,
     history: list[dict[str, Any]],
     summary: dict[str, Any],
 ) -> dict[str, Any]:
@@ -403,122 +423,15 @@ def write_results(
             "error",
             f"{case.name}: relative L2 error of u",
         )
-    shown = _shown(built.mus)
+    shown = figures.shown(built.mus)
     panels = [
         (mu, functions[2 * i], functions[2 * i + 1]) for i, mu in enumerate(built.mus) if i in shown
     ]
     if built.mesh.topology.dim == 1:
-        _plot_lines(comm, folder / "fields.png", case.name, panels)
+        figures.solution_lines(comm, folder / "fields.png", case.name, panels)
     else:
-        _plot_surfaces(comm, folder / "fields.png", case.name, panels)
+        figures.solution_surfaces(comm, folder / "fields.png", case.name, panels)
     if case.parametric is not None:
-        _plot_mu_errors(comm, folder / "mu_errors.png", case, built.mus, errors)
+        figures.mu_errors(comm, folder / "mu_errors.png", case, built.mus, errors)
     comm.Barrier()  # every file is there when any rank returns
     return summary
-
-
-def _shown(mus: list[float | None]) -> set[int]:
-    """Up to three test μ to draw: the first, the middle and the last."""
-    return {0, len(mus) // 2, len(mus) - 1}
-
-
-def _label(mu: float | None) -> str:
-    return "" if mu is None else f" (μ = {mu:g})"
-
-
-def _p1(function: dolfinx.fem.Function) -> dolfinx.fem.Function:
-    mesh = function.function_space.mesh
-    out = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", 1)))
-    out.interpolate(function)
-    return out
-
-
-def _plot_lines(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
-    """1D: u_θ and the reference against x, and the pointwise error (log scale)."""
-    curves = []
-    for mu, u, reference in panels:
-        p1u, p1r = _p1(u), _p1(reference)
-        owned = p1u.function_space.dofmap.index_map.size_local
-        x = p1u.function_space.tabulate_dof_coordinates()[:owned, 0]
-        gathered = comm.gather((x, p1u.x.array[:owned], p1r.x.array[:owned]), root=0)
-        if comm.rank == 0:
-            x, a, b = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
-            order = np.argsort(x)
-            curves.append((mu, x[order], a[order], b[order]))
-    _draw_lines(comm, path, title, curves)
-
-
-@output.rank0_writer
-def _draw_lines(comm: MPI.Comm, path: Any, title: str, curves: list[Any]) -> None:
-    plt = output.pyplot()
-
-    fig, (ax, err) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for mu, x, a, b in curves:
-        (line,) = ax.plot(x, b, "-", lw=2.5, alpha=0.4, label=f"reference{_label(mu)}")
-        ax.plot(x, a, "--", color=line.get_color(), lw=1.2, label=f"network{_label(mu)}")
-        gap = np.abs(a - b)
-        gap[gap == 0.0] = np.nan  # exact boundary values: off the log scale
-        err.semilogy(x, gap, color=line.get_color(), label=_label(mu) or None)
-    ax.set_xlabel("x")
-    ax.set_ylabel("u")
-    ax.legend(fontsize=8)
-    err.set_xlabel("x")
-    err.set_ylabel("|u_θ − u*| at the P1 nodes")
-    err.grid(True, which="both", alpha=0.3)
-    fig.suptitle(title)
-    output.save_figure(fig, path)
-
-
-def _plot_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
-    """2D: one row per μ: u_θ, the reference, and their difference."""
-    rows = []
-    for mu, u, reference in panels:
-        x, a = domain.triangles(_p1(u))
-        _, b = domain.triangles(_p1(reference))
-        rows.append((mu, x, a, b))
-    _draw_surfaces(comm, path, title, rows)
-
-
-@output.rank0_writer
-def _draw_surfaces(comm: MPI.Comm, path: Any, title: str, rows: list[Any]) -> None:
-    plt = output.pyplot()
-    from matplotlib.tri import Triangulation
-
-    fig, axes = plt.subplots(
-        len(rows), 3, figsize=(13, 3.8 * len(rows)), constrained_layout=True, squeeze=False
-    )
-    for (mu, x, a, b), line in zip(rows, axes, strict=True):
-        tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
-        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
-        bound = float(np.abs(a - b).max()) or 1.0
-        for ax, values, name, kwargs in (
-            (line[0], a, "network u_θ", {"vmin": lo, "vmax": hi}),
-            (line[1], b, "reference u*", {"vmin": lo, "vmax": hi}),
-            (line[2], a - b, "u_θ − u*", {"vmin": -bound, "vmax": bound, "cmap": "RdBu_r"}),
-        ):
-            image = ax.tripcolor(tri, values, shading="gouraud", **kwargs)
-            ax.set_title(name + _label(mu))
-            ax.set_aspect("equal")
-            fig.colorbar(image, ax=ax, shrink=0.85)
-    fig.suptitle(title)
-    output.save_figure(fig, path)
-
-
-@output.rank0_writer
-def _plot_mu_errors(
-    comm: MPI.Comm, path: Any, case: Case, mus: list[Any], errors: list[float]
-) -> None:
-    plt = output.pyplot()
-
-    assert case.parametric is not None
-    order = np.argsort(mus)
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    ax.semilogy(np.array(mus)[order], np.array(errors)[order], "o-", label="test μ")
-    for i, mu in enumerate(case.parametric.samples):
-        ax.axvline(mu, color="k", lw=0.6, ls=":", label="training μ" if i == 0 else None)
-    ax.set_xlabel("μ")
-    ax.set_ylabel("relative L2 error of u(·; μ)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.suptitle(f"{case.name}: the surrogate across μ")
-    output.save_figure(fig, path)

@@ -1,0 +1,224 @@
+"""Figures of a run: the fields on the mesh, the residuals at the sensors, forward solutions.
+
+Each function gathers what it draws (collectively) and draws it on rank 0 through
+:func:`~natinv.output.rank0_writer`, so a figure that cannot be written is one error on every
+rank. ``convergence.png`` and the comparison figure are drawn by
+:func:`natinv.output.plot_convergence`. Imports no problem or application module (the types in
+the signatures are for readers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mpi4py import MPI
+
+import dolfinx
+import numpy as np
+
+from natinv import domain
+from natinv.output import pyplot, rank0_writer, save_figure
+
+if TYPE_CHECKING:
+    from natinv.cases import Case
+    from natinv.problems.inverse import InverseSetup
+
+__all__ = ["inverse_fields", "misfit", "mu_errors", "shown", "solution_lines", "solution_surfaces"]
+
+
+def inverse_fields(
+    comm: MPI.Comm, path: Path, built: InverseSetup, recovered: dolfinx.fem.Function
+) -> None:
+    """True and recovered parameter on one colour scale, sensors and regions marked.
+    Collective."""
+    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
+    symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
+    panels: dict[str, Any] = {}
+    for name, function in ((f"true {symbol}", built.truth), (f"recovered {symbol}", recovered)):
+        if function is None:
+            continue
+        f1 = dolfinx.fem.Function(p1)
+        f1.interpolate(function)
+        panels[name] = domain.triangles(f1)
+    _draw_fields(comm, path, built, panels)
+
+
+@rank0_writer
+def _draw_fields(comm: MPI.Comm, path: Path, built: InverseSetup, panels: dict[str, Any]) -> None:
+    plt = pyplot()
+    from matplotlib.tri import Triangulation
+
+    values = [v for _, v in panels.values()]
+    lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+    x_all = np.concatenate([x for x, _ in panels.values()])
+    width, height = np.ptp(x_all[:, 0]), np.ptp(x_all[:, 1])
+    if width > 1.5 * height:  # a long domain: the panels one above the other
+        size = (8.0, 1.0 + 6.5 * height / width * len(panels))
+        fig, axes = plt.subplots(len(panels), 1, figsize=size, constrained_layout=True)
+    else:
+        size = (4.6 * len(panels), 4.0)
+        fig, axes = plt.subplots(1, len(panels), figsize=size, constrained_layout=True)
+    for ax, (name, (x, v)) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
+        image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
+        sites, regions = built.sites
+        if (~regions).any():
+            ax.plot(*sites[~regions].T, "k.", ms=3, label="sensors")
+        if regions.any():
+            ax.plot(*sites[regions].T, "ks", ms=4, mfc="none", label="averaged regions")
+        ax.set_title(name)
+        ax.set_aspect("equal")
+        fig.colorbar(image, ax=ax, shrink=0.85)
+    if built.measured:
+        np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle(built.problem.experiments[0].name)
+    save_figure(fig, path)
+
+
+def misfit(comm: MPI.Comm, path: Path, built: InverseSetup) -> None:
+    """The normalised residual (Bu − d)/σ at each sensor and region, and its histogram.
+    Collective."""
+    if not built.measured:  # full-field data: the state in state.bp shows it
+        return
+    u = built.model.u.x.petsc_vec
+    local = []
+    assert built.sensor_rows is not None
+    for obs, rows in zip(built.observations, built.sensor_rows, strict=True):
+        weights = obs.metric.getDiagonal()
+        residual = (obs.predict(u) - obs.data) * np.sqrt(weights.array_r)
+        weights.destroy()
+        assert obs.index is not None
+        local.append((rows[obs.index], residual))
+    _draw_misfit(comm, path, built, comm.gather(local, root=0))
+
+
+@rank0_writer
+def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list[Any]) -> None:
+    plt = pyplot()
+
+    sites, regions = built.sites
+    z = np.zeros(sites.shape[0])
+    for blocks in gathered:
+        for index, values in blocks:
+            z[index] = values
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    bound = float(np.abs(z).max()) or 1.0
+    style = {"c": z, "cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
+    image = ax.scatter(*sites[~regions].T, s=25, **{**style, "c": z[~regions]})
+    if regions.any():
+        image = ax.scatter(
+            *sites[regions].T, s=40, marker="s", edgecolors="k", **{**style, "c": z[regions]}
+        )
+    ax.set_aspect("equal")
+    ax.set_title("(Bu − d)/σ" + (" (squares: region averages)" if regions.any() else ""))
+    fig.colorbar(image, ax=ax, shrink=0.85)
+    hist.hist(z, bins=20)
+    hist.set_xlabel("(Bu − d)/σ")
+    hist.set_title(f"RMS {np.sqrt(np.mean(z**2)):.2f} (1 = noise level)")
+    save_figure(fig, path)
+
+
+def shown(mus: list[float | None]) -> set[int]:
+    """Up to three test μ to draw: the first, the middle and the last."""
+    return {0, len(mus) // 2, len(mus) - 1}
+
+
+def _label(mu: float | None) -> str:
+    return "" if mu is None else f" (μ = {mu:g})"
+
+
+def _p1(function: dolfinx.fem.Function) -> dolfinx.fem.Function:
+    mesh = function.function_space.mesh
+    out = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", 1)))
+    out.interpolate(function)
+    return out
+
+
+def solution_lines(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
+    """1D: u_θ and the reference against x, and the pointwise error (log scale)."""
+    curves = []
+    for mu, u, reference in panels:
+        p1u, p1r = _p1(u), _p1(reference)
+        owned = p1u.function_space.dofmap.index_map.size_local
+        x = p1u.function_space.tabulate_dof_coordinates()[:owned, 0]
+        gathered = comm.gather((x, p1u.x.array[:owned], p1r.x.array[:owned]), root=0)
+        if comm.rank == 0:
+            x, a, b = (np.concatenate(parts) for parts in zip(*gathered, strict=True))
+            order = np.argsort(x)
+            curves.append((mu, x[order], a[order], b[order]))
+    _draw_lines(comm, path, title, curves)
+
+
+@rank0_writer
+def _draw_lines(comm: MPI.Comm, path: Any, title: str, curves: list[Any]) -> None:
+    plt = pyplot()
+
+    fig, (ax, err) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for mu, x, a, b in curves:
+        (line,) = ax.plot(x, b, "-", lw=2.5, alpha=0.4, label=f"reference{_label(mu)}")
+        ax.plot(x, a, "--", color=line.get_color(), lw=1.2, label=f"network{_label(mu)}")
+        gap = np.abs(a - b)
+        gap[gap == 0.0] = np.nan  # exact boundary values: off the log scale
+        err.semilogy(x, gap, color=line.get_color(), label=_label(mu) or None)
+    ax.set_xlabel("x")
+    ax.set_ylabel("u")
+    ax.legend(fontsize=8)
+    err.set_xlabel("x")
+    err.set_ylabel("|u_θ − u*| at the P1 nodes")
+    err.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def solution_surfaces(comm: MPI.Comm, path: Any, title: str, panels: list[Any]) -> None:
+    """2D: one row per μ: u_θ, the reference, and their difference."""
+    rows = []
+    for mu, u, reference in panels:
+        x, a = domain.triangles(_p1(u))
+        _, b = domain.triangles(_p1(reference))
+        rows.append((mu, x, a, b))
+    _draw_surfaces(comm, path, title, rows)
+
+
+@rank0_writer
+def _draw_surfaces(comm: MPI.Comm, path: Any, title: str, rows: list[Any]) -> None:
+    plt = pyplot()
+    from matplotlib.tri import Triangulation
+
+    fig, axes = plt.subplots(
+        len(rows), 3, figsize=(13, 3.8 * len(rows)), constrained_layout=True, squeeze=False
+    )
+    for (mu, x, a, b), line in zip(rows, axes, strict=True):
+        tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
+        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+        bound = float(np.abs(a - b).max()) or 1.0
+        for ax, values, name, kwargs in (
+            (line[0], a, "network u_θ", {"vmin": lo, "vmax": hi}),
+            (line[1], b, "reference u*", {"vmin": lo, "vmax": hi}),
+            (line[2], a - b, "u_θ − u*", {"vmin": -bound, "vmax": bound, "cmap": "RdBu_r"}),
+        ):
+            image = ax.tripcolor(tri, values, shading="gouraud", **kwargs)
+            ax.set_title(name + _label(mu))
+            ax.set_aspect("equal")
+            fig.colorbar(image, ax=ax, shrink=0.85)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+@rank0_writer
+def mu_errors(comm: MPI.Comm, path: Any, case: Case, mus: list[Any], errors: list[float]) -> None:
+    plt = pyplot()
+
+    assert case.parametric is not None
+    order = np.argsort(mus)
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ax.semilogy(np.array(mus)[order], np.array(errors)[order], "o-", label="test μ")
+    for i, mu in enumerate(case.parametric.samples):
+        ax.axvline(mu, color="k", lw=0.6, ls=":", label="training μ" if i == 0 else None)
+    ax.set_xlabel("μ")
+    ax.set_ylabel("relative L2 error of u(·; μ)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.suptitle(f"{case.name}: the surrogate across μ")
+    save_figure(fig, path)

@@ -1,0 +1,448 @@
+"""Inverse cases: a case file's mesh, model, data and unknown as library objects.
+
+:func:`build_inverse` turns an inverse :class:`~natinv.cases.Case` into an :class:`InverseSetup`
+(a :class:`~natinv.problems.Problem`): the mesh and its tags, the state space and the model
+(diffusion, source, nonlinear diffusion, elasticity) with its Dirichlet conditions, the
+observations (point sensors, region averages over the mesh's physical groups, a full field),
+the unknown (a :class:`~natinv.fields.NeuralField`, or a :class:`FEField` for the TAO baseline)
+and the objective; :func:`write_results` writes a finished run. The helpers that build a model
+from a case (:func:`model_of`, :func:`state_space`, :func:`interpolate`) serve synthesis too.
+This module imports no application module above it (runner, compare, CLI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpi4py import MPI
+
+import dolfinx
+import numpy as np
+import numpy.typing as npt
+
+from natinv import domain, expressions, figures, metrics, models, output, parallel
+from natinv.cases import Case
+from natinv.data import SensorData, read_field, read_sensors
+from natinv.fields import NeuralField, mlp
+from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.observations import averages as average_observations
+from natinv.observations import full_field, point_sensors
+
+__all__ = [
+    "FEField",
+    "InverseSetup",
+    "build_inverse",
+    "dirichlet",
+    "interpolate",
+    "model_of",
+    "regions",
+    "state_space",
+    "write_results",
+]
+
+
+def dirichlet(
+    case: Case, space: dolfinx.fem.FunctionSpace, facets: dolfinx.mesh.MeshTags | None
+) -> list[dolfinx.fem.DirichletBC]:
+    """``u = 0`` on the facets of ``model.dirichlet``."""
+    mesh = space.mesh
+    where = domain.boundary_facets(case, mesh, facets, "model.dirichlet")
+    dofs = dolfinx.fem.locate_dofs_topological(space, mesh.topology.dim - 1, where)
+    bs = space.dofmap.index_map_bs
+    zero = np.zeros(bs) if bs > 1 else 0.0
+    return [dolfinx.fem.dirichletbc(zero, dofs, space)]
+
+
+def interpolate(
+    function: dolfinx.fem.Function, text: str, key: str, case: Case | None = None
+) -> None:
+    """``function`` := the formula at the case key ``key`` (finite on the mesh, or one error
+    naming the case file, the key and a point). Collective."""
+    expressions.interpolate(function, text, key, where=str(case.source) if case else "")
+
+
+def model_of(
+    case: Case,
+    state: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    facets: dolfinx.mesh.MeshTags | None,
+) -> models.Model:
+    bcs = dirichlet(case, state, facets)
+    if case.model.kind == "elasticity":
+        import ufl
+
+        traction, measure = None, None
+        if case.model.traction is not None:
+            tag, value = case.model.traction
+            measure = ufl.Measure("ds", domain=state.mesh, subdomain_data=facets, subdomain_id=tag)
+            traction = value
+        return models.elasticity(
+            state,
+            parameter,
+            f=case.model.load,
+            bcs=bcs,
+            traction=traction,
+            traction_measure=measure,
+            poisson_ratio=case.model.poisson_ratio,
+        )
+    source = dolfinx.fem.Function(state, name="source")
+    interpolate(source, case.model.source, "model.source", case)
+    if case.model.kind == "source":
+        return models.source(state, parameter, kappa=source, bcs=bcs)
+    if case.model.kind == "diffusion":
+        return models.diffusion(
+            state, parameter, f=source, bcs=bcs, coefficient=case.model.coefficient
+        )
+    return models.nonlinear_diffusion(state, parameter, f=source, bcs=bcs)
+
+
+def state_space(case: Case, mesh: dolfinx.mesh.Mesh, degree: int) -> dolfinx.fem.FunctionSpace:
+    if case.model.kind == "elasticity":
+        return dolfinx.fem.functionspace(mesh, ("Lagrange", degree, (mesh.geometry.dim,)))
+    return dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+
+
+def _observations(
+    case: Case, state: dolfinx.fem.FunctionSpace, sensors: SensorData, sigma: Any
+) -> list[tuple[Any, npt.NDArray[np.int64]]]:
+    """Point sensors; for a vector state, one block per measured component. Each block comes
+    with the rows of the sensor file it holds."""
+    comm = state.mesh.comm
+    name = str(case.data.sensors.name)
+    bs = state.dofmap.index_map_bs
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), sensors.values.shape)
+    if bs == 1:
+        parallel.check_all(
+            comm,
+            sensors.component is None or bool(np.all(sensors.component == 0)),
+            f"{case.data.sensors}: a component column for a scalar state",
+        )
+        block = point_sensors(state, sensors.points, sensors.values, sig, name=name)
+        return [(block, np.arange(sensors.values.size))]
+    parallel.check_all(
+        comm,
+        sensors.component is not None and bool(np.all(sensors.component < bs)),
+        f"{case.data.sensors}: a vector state needs a component column with values in 0..{bs - 1}",
+    )
+    assert sensors.component is not None
+    blocks = []
+    for c in range(bs):
+        rows = sensors.component == c
+        if rows.any():
+            block = point_sensors(
+                state, sensors.points[rows], sensors.values[rows], sig[rows], [c], f"{name}[{c}]"
+            )
+            blocks.append((block, np.where(rows)[0]))
+    return blocks
+
+
+def regions(
+    case: Case, found: domain.Domain, averages: SensorData
+) -> tuple[list[Any], npt.NDArray[np.float64]]:
+    """The UFL measure of each average's region (a named physical group of cells or boundary
+    facets) and the regions' centroids. Collective."""
+    import ufl
+
+    mesh = found.mesh
+    tdim = mesh.topology.dim
+    assert averages.region is not None
+    names = [str(r) for r in averages.region]
+    known = {k: v for k, v in found.groups.items() if v[0] in (tdim, tdim - 1)}
+    unknown = [i for i, name in enumerate(names) if name not in known]
+    parallel.check_all(
+        mesh.comm,
+        not unknown,
+        lambda: (
+            f"{averages.source}:{averages.lines[unknown[0]]}: region {names[unknown[0]]!r} is not "
+            f"a physical group of the mesh's cells or facets {sorted(known)}"
+        ),
+    )
+    measures = []
+    for name in names:
+        dim, tag = known[name]
+        if dim == tdim:
+            measures.append(ufl.dx(domain=mesh, subdomain_data=found.cells, subdomain_id=tag))
+        else:
+            measures.append(ufl.ds(domain=mesh, subdomain_data=found.facets, subdomain_id=tag))
+    x = ufl.SpatialCoordinate(mesh)
+    one = dolfinx.fem.Constant(mesh, 1.0)
+    centroids = np.zeros((len(names), 2))
+    for i, measure in enumerate(measures):
+        size, cx, cy = (
+            mesh.comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(f * measure)))
+            for f in (one, x[0], x[1])
+        )
+        centroids[i] = (cx / size, cy / size) if size > 0 else (np.nan, np.nan)
+    return measures, centroids
+
+
+class FEField:
+    """The parameter as a finite-element function (one unknown per dof), in the shape the
+    runner asks of a neural field: its "θ" is the owned coefficient vector (distributed)."""
+
+    def __init__(self, space: dolfinx.fem.FunctionSpace, initial: str) -> None:
+        self.space = space
+        self.comm = space.mesh.comm
+        self.num_owned = space.dofmap.index_map.size_local * space.dofmap.index_map_bs
+        self.num_global = space.dofmap.index_map.size_global * space.dofmap.index_map_bs
+        self.num_parameters = self.num_global
+        start = dolfinx.fem.Function(space)
+        interpolate(start, initial, "parameter.initial")
+        self._values = np.array(start.x.array[: self.num_owned])
+
+    @property
+    def parameters(self) -> npt.NDArray[np.float64]:
+        return self._values.copy()
+
+    def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        return self._values.copy() if theta is None else np.asarray(theta, dtype=np.float64)
+
+    def set_parameters(self, theta: npt.ArrayLike) -> None:
+        self._values = np.asarray(theta, dtype=np.float64).copy()
+
+    def function(self) -> dolfinx.fem.Function:
+        out = dolfinx.fem.Function(self.space, name="field")
+        out.x.array[: self.num_owned] = self._values
+        out.x.scatter_forward()
+        return out
+
+
+@dataclass
+class InverseSetup:
+    """An inverse case as library objects (a :class:`~natinv.problems.Problem`): the mesh, the
+    unknown (a neural field, or a finite-element field for the TAO baseline), the model, the
+    observations and the objective. Free with :meth:`close`."""
+
+    mesh: dolfinx.mesh.Mesh
+    field: NeuralField | FEField
+    model: models.Model
+    observations: list[Any]
+    problem: InverseProblem
+    objective: InverseObjective | None
+    sensors: SensorData | None  # point values (None for full-field data)
+    truth: dolfinx.fem.Function | None
+    averages: SensorData | None = None  # region averages
+    centroids: npt.NDArray[np.float64] | None = None  # of the averages' regions
+
+    @property
+    def measured(self) -> bool:
+        """Whether the data are point values and/or region averages (not a full field)."""
+        return self.sensors is not None or self.averages is not None
+
+    @property
+    def sites(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Where each measured value sits (point sensors, then the regions' centroids) and
+        which of them are regions."""
+        points = [np.zeros((0, 2))]
+        points += [self.sensors.points] if self.sensors is not None else []
+        points += [self.centroids] if self.centroids is not None else []
+        stacked = np.concatenate(points)
+        regions = np.zeros(stacked.shape[0], dtype=bool)
+        if self.centroids is not None:
+            regions[stacked.shape[0] - self.centroids.shape[0] :] = True
+        return stacked, regions
+
+    @property
+    def discrepancy(self) -> float:
+        """The misfit at the noise level, ``n/2`` for n measured values (-inf: none for full
+        fields)."""
+        return 0.5 * self.num_sensors if self.measured else -np.inf
+
+    @property
+    def num_sensors(self) -> int:
+        return int(sum(obs.num_global for obs in self.observations))
+
+    case: Case | None = None
+    sensor_rows: list[npt.NDArray[np.int64]] | None = None  # per observation block
+    _errors: _Errors | None = None
+
+    @property
+    def comm(self) -> MPI.Comm:
+        return self.mesh.comm
+
+    def describe(self) -> str:
+        return f"{self.num_sensors} sensors"
+
+    def error(self, theta: npt.ArrayLike | None = None) -> float | None:
+        """The relative L2 error of the parameter against the truth (None without one).
+        Collective."""
+        if self._errors is None:
+            self._errors = _Errors(self)
+        return self._errors(self.field.values(theta))
+
+    def misfit(self, theta: npt.NDArray[np.float64], loss: float) -> float:
+        """The data misfit at the accepted θ (the loss, unless it includes a Tikhonov term).
+        Collective."""
+        assert self.case is not None
+        if self.case.regularization is None:
+            return loss
+        self.problem.value(self.field.values(theta))
+        return float(self.problem.last["misfit"])
+
+    def timings(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.problem.timings.items()}
+
+    def write(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+        """The results of the run into ``case.output`` (see :func:`write_results`)."""
+        return write_results(self, history, summary)
+
+    def close(self) -> None:
+        """Free the PETSc objects of the case. Collective."""
+        if self._errors is not None:
+            self._errors.destroy()
+            self._errors = None
+        if self.objective is not None:
+            self.objective.destroy()
+        self.problem.destroy()
+        for obs in self.observations:
+            obs.destroy()
+        self.model.destroy()
+
+
+def build_inverse(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> InverseSetup:
+    """Mesh, spaces, model, observations and the neural field of a case. Collective."""
+    found = domain.load_domain(comm, case)
+    mesh, facets = found.mesh, found.facets
+    state = state_space(case, mesh, case.model.degree)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
+    m = dolfinx.fem.Function(space, name="parameter")
+    model = model_of(case, state, m, facets)
+    sensors: SensorData | None = None
+    averages: SensorData | None = None
+    centroids = None
+    observations: list[Any] = []
+    rows: list[npt.NDArray[np.int64]] = []  # per block: its rows among the measured values
+    if case.data.field is not None:
+        data = read_field(comm, case.data.field, state)
+        assert case.data.sigma is not None
+        observations = [full_field(state, data, case.data.sigma, str(case.data.field.name))]
+        rows = [np.zeros(0, dtype=np.int64)]
+    if case.data.sensors is not None:
+        sensors = read_sensors(comm, case.data.sensors, 2)
+        for block, where in _observations(case, state, sensors, _sigma(case, sensors, comm)):
+            observations.append(block)
+            rows.append(where)
+    if case.data.averages is not None:
+        averages = read_sensors(comm, case.data.averages, 2, regions=True)
+        measures, centroids = regions(case, found, averages)
+        block = average_observations(
+            state, measures, averages.values, _sigma(case, averages, comm), averages.source
+        )
+        offset = 0 if sensors is None else sensors.values.size
+        observations.append(block)
+        rows.append(offset + np.arange(averages.values.size))
+    problem = InverseProblem([Experiment(model, observations, case.name)], case.regularization)
+    field: NeuralField | FEField
+    if case.optimizer.kind.startswith("tao"):
+        field = FEField(space, case.parameter.initial)
+    else:
+        network = mlp(case.parameter.network, case.parameter.activation, seed=case.seed)
+        field = NeuralField(space, network, case.parameter.transform)
+    truth = None
+    if case.parameter.truth is not None:
+        truth = dolfinx.fem.Function(space, name="truth")
+        interpolate(truth, case.parameter.truth, "parameter.truth", case)
+    objective = InverseObjective(field, problem) if isinstance(field, NeuralField) else None
+    return InverseSetup(
+        mesh,
+        field,
+        model,
+        observations,
+        problem,
+        objective,
+        sensors,
+        truth,
+        averages,
+        centroids,
+        case,
+        rows,
+    )
+
+
+def _sigma(case: Case, data: SensorData, comm: MPI.Comm) -> Any:
+    """The noise level of a measurement file: its sigma column, or ``data.sigma``. Collective."""
+    assert case.data is not None
+    sigma = data.sigma if data.sigma is not None else case.data.sigma
+    parallel.check_all(
+        comm,
+        sigma is not None,
+        f"{case.source}: data.sigma: {Path(data.source).name} has no sigma column; give data.sigma",
+    )
+    return sigma
+
+
+class _Errors:
+    """Relative L2 error of the parameter against the truth (None without a truth)."""
+
+    def __init__(self, built: InverseSetup) -> None:
+        self.truth = built.truth
+        if self.truth is None:
+            return
+        self.mass = metrics.l2(built.field.space)
+        self.x, self.y = self.mass.createVecs()
+        n = built.field.num_owned
+        self.x.array[:] = self.truth.x.array[:n]
+        self.mass.mult(self.x, self.y)
+        self.norm = float(np.sqrt(self.x.dot(self.y)))
+        self.n = n
+
+    def __call__(self, values: npt.NDArray[np.float64]) -> float | None:
+        if self.truth is None:
+            return None
+        self.x.array[:] = values - self.truth.x.array[: self.n]
+        self.mass.mult(self.x, self.y)
+        return float(np.sqrt(self.x.dot(self.y)) / self.norm)
+
+    def destroy(self) -> None:
+        if self.truth is not None:
+            for obj in (self.mass, self.x, self.y):
+                obj.destroy()
+
+
+def write_results(
+    built: InverseSetup, history: list[dict[str, Any]], summary: dict[str, Any]
+) -> dict[str, Any]:
+    """``history.csv``, ``summary.json`` (with the sensors, the misfit, the noise level and the
+    error), ``parameter.bp`` (recovered and true field), ``state.bp``, ``convergence.png``,
+    ``fields.png`` and ``misfit.png`` in ``case.output``. Returns the summary. Collective."""
+    case, comm = built.case, built.comm
+    assert case is not None
+    folder = case.output
+    field = built.field
+    recovered = field.function()
+    recovered.name = "recovered"
+    built.problem.value(field.values())
+    state = built.model.u
+    last = history[-1] if history else {}
+    summary.update(
+        {
+            "sensors": built.num_sensors,
+            "misfit": last.get("misfit", float(built.problem.last["misfit"])),
+            "discrepancy_level": built.discrepancy if built.measured else None,
+            "relative_l2_error": built.error(),
+        }
+    )
+    output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
+    output.write_summary(comm, folder / "summary.json", summary)
+    fields = [recovered] + ([built.truth] if built.truth is not None else [])
+    domain.write_vtx(comm, folder / "parameter.bp", fields)
+    shape = state.function_space.ufl_element().reference_value_shape
+    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1, shape))
+    u1 = dolfinx.fem.Function(p1, name="u")
+    u1.interpolate(state)
+    domain.write_vtx(comm, folder / "state.bp", [u1])
+    if history:
+        output.plot_convergence(
+            comm,
+            folder / "convergence.png",
+            {case.optimizer.kind: history},
+            "misfit",
+            case.name,
+            level=built.discrepancy if built.measured else None,
+        )
+    figures.inverse_fields(comm, folder / "fields.png", built, recovered)
+    figures.misfit(comm, folder / "misfit.png", built)
+    comm.Barrier()  # every file is there when any rank returns
+    return summary
