@@ -103,7 +103,7 @@ from typing import Any
 
 from natinv.expressions import compile_expression
 
-__all__ = ["Case", "CaseError", "load_case", "parse_override"]
+__all__ = ["Case", "CaseError", "ForwardCase", "InverseCase", "load_case", "parse_override"]
 
 
 class CaseError(ValueError):
@@ -323,29 +323,41 @@ class OptimizerSettings:
 
 @dataclass
 class Case:
-    """A validated case."""
+    """What every validated case has; an :class:`InverseCase` or a :class:`ForwardCase`."""
 
     name: str
     source: Path
     seed: int
     mesh: MeshSettings
-    model: ModelSettings | None  # inverse problems
-    parameter: ParameterSettings | None
-    data: DataSettings | None
-    synthesize: SynthesizeSettings
-    regularization: tuple[str, float] | None
     optimizer: OptimizerSettings
     output: Path
     checkpoint_every: int
-    problem: str = "inverse"
-    equation: EquationSettings | None = None  # forward problems (pinn, ritz)
-    solution: SolutionSettings | None = None
-    parametric: ParametricSettings | None = None
+    problem: str
 
     @property
     def forward(self) -> bool:
         """A forward problem: the neural network is the PDE's solution (PINN or Ritz loss)."""
         return self.problem != "inverse"
+
+
+@dataclass
+class InverseCase(Case):
+    """An inverse case (``problem = "inverse"``): a model, data and the unknown field."""
+
+    model: ModelSettings
+    parameter: ParameterSettings
+    data: DataSettings
+    synthesize: SynthesizeSettings
+    regularization: tuple[str, float] | None = None
+
+
+@dataclass
+class ForwardCase(Case):
+    """A forward case (``problem = "pinn"`` or ``"ritz"``): the network is the solution."""
+
+    equation: EquationSettings
+    solution: SolutionSettings
+    parametric: ParametricSettings | None = None
 
 
 # the names the compute layer defines (natinv.fields.ACTIVATIONS, natinv.optim.natural.MOMENTA),
@@ -456,25 +468,30 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     checkpoint_every = t.integer("checkpoint_every", 10, low=0)
     t.finish()
     root.finish()
-    model, parameter, data_settings = inverse if inverse else (None, None, None)
-    equation, solution, parametric_settings = forward if forward else (None, None, None)
-    return Case(
-        name=name,
-        source=path,
-        seed=seed,
-        mesh=mesh,
-        model=model,
-        parameter=parameter,
-        data=data_settings,
-        synthesize=synthesize,
-        regularization=regularization,
-        optimizer=optimizer,
-        output=output,
-        checkpoint_every=checkpoint_every,
-        problem=problem,
-        equation=equation,
-        solution=solution,
-        parametric=parametric_settings,
+    common = {
+        "name": name,
+        "source": path,
+        "seed": seed,
+        "mesh": mesh,
+        "optimizer": optimizer,
+        "output": output,
+        "checkpoint_every": checkpoint_every,
+        "problem": problem,
+    }
+    if inverse:
+        model, parameter, data_settings = inverse
+        return InverseCase(
+            **common,
+            model=model,
+            parameter=parameter,
+            data=data_settings,
+            synthesize=synthesize,
+            regularization=regularization,
+        )
+    assert forward is not None
+    equation, solution, parametric_settings = forward
+    return ForwardCase(
+        **common, equation=equation, solution=solution, parametric=parametric_settings
     )
 
 

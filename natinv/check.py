@@ -15,7 +15,7 @@ from typing import Any
 
 from mpi4py import MPI
 
-from natinv.cases import Case
+from natinv.cases import Case, ForwardCase, InverseCase
 
 __all__ = ["check_case", "output_folder_problem"]
 
@@ -78,8 +78,7 @@ def _report(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
     space = field.space
     degree = space.ufl_element().embedded_superdegree
     settings = case.optimizer
-    if case.forward:
-        assert case.solution is not None
+    if isinstance(case, ForwardCase):
         rows = getattr(built.objective, "num_global", field.num_global)
         what = "residuals" if case.problem == "pinn" else "dofs"
         lines += [
@@ -89,7 +88,7 @@ def _report(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
             + (f", {len(built.mus)} test μ" if case.parametric is not None else ""),
         ]
     else:
-        assert case.parameter is not None and case.model is not None
+        assert isinstance(case, InverseCase)
         unknown = (
             f"finite-element field P{degree}, {field.num_parameters} dofs"
             if settings.kind.startswith("tao")

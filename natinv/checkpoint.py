@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.cases import Case
+from natinv.cases import Case, InverseCase
 from natinv.output import atomic_path
 from natinv.parallel import Comm
 
@@ -56,10 +56,9 @@ def case_digest(case: Case) -> dict[str, str]:
         "seed": case.seed,
         "mesh": [settings["mesh"], _file_digest(case.mesh.file)],
         "optimizer": optimizer,
-        "regularization": settings["regularization"],
+        "regularization": settings.get("regularization"),
     }
-    if not case.forward:
-        assert case.data is not None
+    if isinstance(case, InverseCase):
         files = [case.data.sensors, case.data.averages, case.data.field]
         if case.data.field is not None:
             files.append(case.data.field.with_suffix(".h5"))

@@ -14,7 +14,7 @@ from typing import Any
 from mpi4py import MPI
 
 from natinv import output, parallel
-from natinv.cases import CaseError
+from natinv.cases import CaseError, InverseCase
 from natinv.output import atomic_path
 from natinv.runner import run
 
@@ -74,7 +74,7 @@ def compare(
             summaries.append(summary)
             histories[name] = _read_history(comm, case.output / "history.csv")
         _write_comparison(comm, base.output / "comparison.csv", summaries)
-        known = base.forward or (base.parameter is not None and base.parameter.truth is not None)
+        known = not isinstance(base, InverseCase) or base.parameter.truth is not None
         key = "error" if known else "misfit"
         output.plot_convergence(comm, base.output / "comparison.png", histories, key, base.name)
     return summaries

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.cases import Case
+from natinv.cases import MeshSettings
 
 __all__ = ["Domain", "boundary_facets", "load_domain", "load_mesh", "triangles", "write_vtx"]
 
@@ -39,10 +39,10 @@ class Domain:
 SIDES = {"left": 1, "right": 2, "bottom": 3, "top": 4}
 
 
-def load_domain(comm: MPI.Comm, case: Case) -> Domain:
+def load_domain(comm: MPI.Comm, settings: MeshSettings, source: str | Path = "") -> Domain:
     """The case's mesh and tags: a gmsh file's physical groups by name, or a built-in box's
-    sides (``left`` 1, ``right`` 2, ``bottom`` 3, ``top`` 4). Collective."""
-    settings = case.mesh
+    sides (``left`` 1, ``right`` 2, ``bottom`` 3, ``top`` 4); ``source`` (the case file) is
+    named in errors. Collective."""
     if settings.builtin is not None:
         lower = np.array(settings.origin)
         upper = lower + np.array(settings.extent)
@@ -54,7 +54,7 @@ def load_domain(comm: MPI.Comm, case: Case) -> Domain:
         groups = {k: (fdim, v) for k, v in SIDES.items() if v <= 2 * lower.size}
         return Domain(mesh, side_tags(mesh, lower, upper), None, groups)
     assert settings.file is not None
-    where = f"{case.source}: mesh.file {settings.file}"
+    where = f"{source}: mesh.file {settings.file}" if source else f"mesh.file {settings.file}"
     if settings.file.suffix == ".msh":
         return read_msh(comm, settings.file, where, gdim=2)
     return read_xdmf(comm, settings.file, where)
@@ -192,9 +192,11 @@ def _check_xdmf(path: Path) -> set[str]:
     return readable
 
 
-def load_mesh(comm: MPI.Comm, case: Case) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
-    """The case's mesh and its facet tags. Collective."""
-    found = load_domain(comm, case)
+def load_mesh(
+    comm: MPI.Comm, settings: MeshSettings, source: str | Path = ""
+) -> tuple[dolfinx.mesh.Mesh, dolfinx.mesh.MeshTags | None]:
+    """The mesh and its facet tags. Collective."""
+    found = load_domain(comm, settings, source)
     return found.mesh, found.facets
 
 
@@ -221,14 +223,13 @@ def side_tags(
 
 
 def boundary_facets(
-    case: Case, mesh: dolfinx.mesh.Mesh, facets: dolfinx.mesh.MeshTags | None, key: str
+    mesh: dolfinx.mesh.Mesh,
+    facets: dolfinx.mesh.MeshTags | None,
+    tags: list[int] | str,
+    where: str,
 ) -> npt.NDArray[np.int32]:
-    """The local boundary facets of the tags at ``key`` (``model.dirichlet`` or
-    ``equation.dirichlet``: ``"all"`` or a list of tags, each checked against the mesh's facet
-    tags). Collective."""
-    settings = case.model if key.startswith("model") else case.equation
-    assert settings is not None
-    tags = settings.dirichlet
+    """The local boundary facets of ``tags`` (``"all"``, or a list of tags, each checked
+    against the mesh's facet tags; ``where`` names the setting in the error). Collective."""
     fdim = mesh.topology.dim - 1
     mesh.topology.create_connectivity(fdim, fdim + 1)
     if tags == "all":
@@ -239,7 +240,7 @@ def boundary_facets(
     parallel.check_all(
         comm,
         all(t in known for t in tags),
-        f"{case.source}: {key}: boundary tags {tags} not all in the mesh's facet tags {known}",
+        f"{where}: boundary tags {tags} not all in the mesh's facet tags {known}",
     )
     empty = np.zeros(0, dtype=np.int32)
     found = [facets.find(t) if facets is not None else empty for t in tags]

@@ -21,7 +21,7 @@ from natinv import domain
 from natinv.output import pyplot, rank0_writer, save_figure
 
 if TYPE_CHECKING:
-    from natinv.cases import Case
+    from natinv.cases import ForwardCase
     from natinv.problems.inverse import InverseSetup
 
 __all__ = ["inverse_fields", "misfit", "mu_errors", "shown", "solution_lines", "solution_surfaces"]
@@ -207,10 +207,12 @@ def _draw_surfaces(comm: MPI.Comm, path: Any, title: str, rows: list[Any]) -> No
 
 
 @rank0_writer
-def mu_errors(comm: MPI.Comm, path: Any, case: Case, mus: list[Any], errors: list[float]) -> None:
+def mu_errors(
+    comm: MPI.Comm, path: Any, case: ForwardCase, mus: list[Any], errors: list[float]
+) -> None:
     plt = pyplot()
 
-    assert case.parametric is not None
+    assert case.parametric is not None  # (a parametric case draws this figure)
     order = np.argsort(mus)
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     ax.semilogy(np.array(mus)[order], np.array(errors)[order], "o-", label="test μ")

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from natinv import domain, expressions, models, parallel
 from natinv.boundary import constrained_dofs
-from natinv.cases import Case, CaseError
+from natinv.cases import Case, CaseError, InverseCase
 from natinv.data import SensorData, read_sensors, write_sensors
 from natinv.expressions import compile_expression
 from natinv.observations import point_values
@@ -162,12 +162,12 @@ def _node_noise(space: dolfinx.fem.FunctionSpace, seed: int) -> npt.NDArray[np.f
     return out.reshape(-1)
 
 
-def _synthesize_field(case: Case, comm: MPI.Comm) -> SensorData:
+def _synthesize_field(case: InverseCase, comm: MPI.Comm) -> SensorData:
     """Full-field data on the case's own mesh (its nodes are the data points), from a state of
     degree ``synthesize.degree`` (above the inversion's), with noise σ = ``noise``·max|u| at
     the nodes off the Dirichlet boundary; written as XDMF (P1 node data)."""
     assert case.data.field is not None and case.parameter.truth is not None
-    mesh, facets = domain.load_mesh(comm, case)
+    mesh, facets = domain.load_mesh(comm, case.mesh, case.source)
     state = state_space(case, mesh, case.synthesize.degree)
     parameter = dolfinx.fem.Function(
         dolfinx.fem.functionspace(mesh, ("Lagrange", case.synthesize.degree))
@@ -216,7 +216,7 @@ def synthesize_case(
         CaseError: a forward case, no ``[synthesize]`` table or no ``parameter.truth``, or an
             existing data file without ``force``.
     """
-    if case.forward or case.data is None or case.parameter is None:
+    if not isinstance(case, InverseCase):
         raise CaseError(
             f"{case.source}: synthesize: a {case.problem!r} case has no measurements to make"
         )
@@ -238,7 +238,7 @@ def synthesize_case(
         )
     if case.data.field is not None:
         return [_synthesize_field(case, comm)]
-    found = domain.load_domain(comm, case)
+    found = domain.load_domain(comm, case.mesh, case.source)
     mesh, facets, cells = found.mesh, found.facets, found.cells
     # the coarser meshes stay alive while the refined one is in use (freeing them made the
     # parallel solve on the refined mesh crash)
@@ -266,9 +266,9 @@ def synthesize_case(
     return written
 
 
-def _synthesize_on(case: Case, fine: domain.Domain) -> list[SensorData]:
+def _synthesize_on(case: InverseCase, fine: domain.Domain) -> list[SensorData]:
     """The true state on ``fine`` and the case's point and region data from it."""
-    assert case.parameter is not None and case.parameter.truth is not None
+    assert case.parameter.truth is not None
     degree = case.synthesize.degree
     state = state_space(case, fine.mesh, degree)
     parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(fine.mesh, ("Lagrange", degree)))
@@ -344,15 +344,17 @@ def _child_facet_tags(
     )
 
 
-def _noisy(case: Case, values: npt.NDArray[np.float64], stream: int) -> tuple[Any, Any]:
+def _noisy(case: InverseCase, values: npt.NDArray[np.float64], stream: int) -> tuple[Any, Any]:
     """Values with seeded Gaussian noise σ = ``synthesize.noise``·max|values|, and σ."""
     sigma = case.synthesize.noise * float(np.abs(values).max())
     rng = np.random.default_rng(case.seed + stream)
     return values + sigma * rng.standard_normal(values.size), np.full(values.size, sigma)
 
 
-def _synthesize_points(case: Case, mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Function) -> SensorData:
-    assert case.data is not None and case.data.sensors is not None
+def _synthesize_points(
+    case: InverseCase, mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Function
+) -> SensorData:
+    assert case.data.sensors is not None
     points = _layout(mesh, case.synthesize.layout, case.seed)
     values = point_values(u, points)
     component = None
@@ -375,11 +377,13 @@ def _synthesize_points(case: Case, mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Funct
     return data
 
 
-def _synthesize_averages(case: Case, found: domain.Domain, u: dolfinx.fem.Function) -> SensorData:
+def _synthesize_averages(
+    case: InverseCase, found: domain.Domain, u: dolfinx.fem.Function
+) -> SensorData:
     """The means of ``u`` over the physical groups matching ``synthesize.regions``."""
     import fnmatch
 
-    assert case.data is not None and case.data.averages is not None
+    assert case.data.averages is not None
     comm, tdim = found.mesh.comm, found.mesh.topology.dim
     candidates = sorted(n for n, (dim, _) in found.groups.items() if dim in (tdim, tdim - 1))
     names = [n for n in candidates if fnmatch.fnmatch(n, case.synthesize.regions)]

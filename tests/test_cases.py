@@ -363,7 +363,8 @@ def test_refined_tags_match_dolfinx_and_cover_the_boundary(comm):
     from natinv.synthesis import _child_cell_tags, _child_facet_tags
 
     for path in (HOLE, LSHAPE):
-        found = domain.load_domain(comm, load_case(path))
+        case = load_case(path)
+        found = domain.load_domain(comm, case.mesh, case.source)
         mesh = found.mesh
         mesh.topology.create_entities(1)
         option = dolfinx.mesh.RefinementOption.parent_cell_and_facet

@@ -17,7 +17,7 @@ from mpi4py import MPI
 import numpy as np
 import numpy.typing as npt
 
-from natinv.cases import Case
+from natinv.cases import Case, ForwardCase, InverseCase
 
 __all__ = ["Problem", "build_problem"]
 
@@ -65,10 +65,11 @@ class Problem(Protocol):
 def build_problem(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> Problem:
     """The case as library objects (reads the mesh and the data, checks every formula on the
     mesh). Collective; the caller closes the result."""
-    if case.forward:
+    if isinstance(case, ForwardCase):
         from natinv.problems.forward import build_forward
 
         return build_forward(case, comm)
+    assert isinstance(case, InverseCase)
     from natinv.problems.inverse import build_inverse
 
     return build_inverse(case, comm)

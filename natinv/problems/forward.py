@@ -36,7 +36,7 @@ import ufl
 from torch.func import jacfwd
 
 from natinv import domain, expressions, figures, output, parallel
-from natinv.cases import Case
+from natinv.cases import ForwardCase
 from natinv.expressions import compile_expression, expression_names, torch_expression
 from natinv.fields import NeuralField, mlp
 from natinv.objectives.pinn import PINN, Term, gradient, laplacian
@@ -46,14 +46,13 @@ from natinv.quadrature import Quadrature, boundary_quadrature, cell_quadrature
 __all__ = ["ForwardSetup", "build_forward", "write_results"]
 
 
-def _names(case: Case) -> tuple[str, ...]:
+def _names(case: ForwardCase) -> tuple[str, ...]:
     return ("mu",) if case.parametric is not None else ()
 
 
-def _residual(case: Case) -> Callable[..., torch.Tensor]:
+def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
     """``r(u, x[, μ]) = −∇·(κ∇u) + b·∇u + c u − f`` at one point, in torch."""
     eq = case.equation
-    assert eq is not None
     names = _names(case)
     kappa = torch_expression(eq.diffusion, "equation.diffusion", names)
     source = torch_expression(eq.source, "equation.source", names)
@@ -82,9 +81,8 @@ def _residual(case: Case) -> Callable[..., torch.Tensor]:
     return residual
 
 
-def _pinn(case: Case, field: NeuralField, mesh: dolfinx.mesh.Mesh) -> PINN:
+def _pinn(case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh) -> PINN:
     eq = case.equation
-    assert eq is not None
     g = torch_expression(eq.boundary_value, "equation.boundary_value")
     zero_g = eq.boundary_value.strip() in ("0", "0.0")
     terms = [Term(cell_quadrature(mesh, eq.quadrature), _residual(case), name="interior")]
@@ -121,11 +119,10 @@ def _interpolated(
 
 
 def _ritz(
-    case: Case, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any
+    case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any
 ) -> tuple[Ritz, list[Any]]:
     """The Ritz loss and the functions its forms hold."""
     eq = case.equation
-    assert eq is not None
     space = field.space
     degree = space.element.basix_element.degree
     coefficients = dolfinx.fem.functionspace(mesh, ("Lagrange", degree + 2))
@@ -133,7 +130,9 @@ def _ritz(
     source = _interpolated(coefficients, eq.source, "equation.source", (), None)
     reaction = _interpolated(coefficients, eq.reaction, "equation.reaction", (), None)
     g = _interpolated(space, eq.boundary_value, "equation.boundary_value", (), None)
-    where = domain.boundary_facets(case, mesh, facets, "equation.dirichlet")
+    where = domain.boundary_facets(
+        mesh, facets, case.equation.dirichlet, f"{case.source}: equation.dirichlet"
+    )
     keep: list[Any] = [kappa, source, reaction, g]
 
     def a(w: Any, z: Any) -> Any:
@@ -155,9 +154,8 @@ def _ritz(
     return Ritz(field, a, ell, bcs=bcs), keep
 
 
-def _ds(case: Case, mesh: dolfinx.mesh.Mesh, facets: Any) -> ufl.Measure:
+def _ds(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> ufl.Measure:
     """The measure of the Dirichlet boundary (all exterior facets, or the tagged ones)."""
-    assert case.equation is not None
     tags = case.equation.dirichlet
     if tags == "all":
         return ufl.ds(domain=mesh)
@@ -165,12 +163,11 @@ def _ds(case: Case, mesh: dolfinx.mesh.Mesh, facets: Any) -> ufl.Measure:
 
 
 def _reference(
-    case: Case, mesh: dolfinx.mesh.Mesh, facets: Any, mu: float | None, index: int
+    case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, mu: float | None, index: int
 ) -> dolfinx.fem.Function:
     """The finite-element solution of the case's equation (degree ``reference_degree``) at μ,
     by a direct solve. Collective."""
     eq, solution = case.equation, case.solution
-    assert eq is not None and solution is not None
     names = _names(case)
     degree = solution.reference_degree
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
@@ -187,7 +184,9 @@ def _reference(
         a = a + coefficient(b, f"equation.velocity[{i}]") * u.dx(i) * v * ufl.dx
     ell = coefficient(eq.source, "equation.source") * v * ufl.dx
     g = _interpolated(space, eq.boundary_value, "equation.boundary_value", (), None)
-    where = domain.boundary_facets(case, mesh, facets, "equation.dirichlet")
+    where = domain.boundary_facets(
+        mesh, facets, case.equation.dirichlet, f"{case.source}: equation.dirichlet"
+    )
     dofs = dolfinx.fem.locate_dofs_topological(space, mesh.topology.dim - 1, where)
     problem = dolfinx.fem.petsc.LinearProblem(
         a,
@@ -214,12 +213,11 @@ def _reference(
     return reference
 
 
-def _check_formulas(case: Case, check: Quadrature, boundary: Quadrature) -> None:
+def _check_formulas(case: ForwardCase, check: Quadrature, boundary: Quadrature) -> None:
     """Every formula of the case is finite at the mesh's quadrature points (boundary values at
     the boundary's), for every μ: one message naming the key and a point otherwise.
     Collective."""
     eq, solution = case.equation, case.solution
-    assert eq is not None and solution is not None
     names = _names(case)
     formulas = [
         ("equation.diffusion", eq.diffusion, check),
@@ -257,7 +255,7 @@ class ForwardSetup:
     neural solution, its loss, and the exact or reference solutions it is measured against.
     Free with :meth:`close`."""
 
-    case: Case
+    case: ForwardCase
     mesh: dolfinx.mesh.Mesh
     field: NeuralField
     objective: PINN | Ritz
@@ -330,7 +328,7 @@ class ForwardSetup:
             out = dolfinx.fem.Function(self.field.space)
             out.interpolate(source)
         else:
-            assert self.case.solution is not None and self.case.solution.exact is not None
+            assert self.case.solution.exact is not None
             out = _interpolated(
                 self.field.space,
                 self.case.solution.exact,
@@ -346,11 +344,10 @@ class ForwardSetup:
         self.objective.destroy()
 
 
-def build_forward(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardSetup:
+def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardSetup:
     """Mesh, neural solution, loss and references of a forward case. Collective."""
     settings = case.solution
-    assert settings is not None and case.equation is not None
-    mesh, facets = domain.load_mesh(comm, case)
+    mesh, facets = domain.load_mesh(comm, case.mesh, case.source)
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", settings.degree))
     network = mlp(settings.network, settings.activation, seed=case.seed)
     mus: list[float | None] = [None]

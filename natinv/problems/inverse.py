@@ -1,13 +1,13 @@
 """Inverse cases: a case file's mesh, model, data and unknown as library objects.
 
-:func:`build_inverse` turns an inverse :class:`~natinv.cases.Case` into an :class:`InverseSetup`
-(a :class:`~natinv.problems.Problem`): the mesh and its tags, the state space and the model
-(diffusion, source, nonlinear diffusion, elasticity) with its Dirichlet conditions, the
-observations (point sensors, region averages over the mesh's physical groups, a full field),
-the unknown (a :class:`~natinv.fields.NeuralField`, or a :class:`FEField` for the TAO baseline)
-and the objective; :func:`write_results` writes a finished run. The helpers that build a model
-from a case (:func:`model_of`, :func:`state_space`, :func:`interpolate`) serve synthesis too.
-This module imports no application module above it (runner, compare, CLI).
+:func:`build_inverse` turns an :class:`~natinv.cases.InverseCase` into an
+:class:`InverseSetup` (a :class:`~natinv.problems.Problem`): the mesh and its tags, the state
+space and the model (diffusion, source, nonlinear diffusion, elasticity) with its Dirichlet
+conditions, the observations (point sensors, region averages over the mesh's physical groups, a
+full field), the unknown (a :class:`~natinv.fields.NeuralField`, or a :class:`FEField` for the
+TAO baseline) and the objective; :func:`write_results` writes a finished run. The helpers that
+build a model from a case (:func:`model_of`, :func:`state_space`, :func:`interpolate`) serve
+synthesis too. This module imports no application module above it (runner, compare, CLI).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import domain, expressions, figures, metrics, models, output, parallel
-from natinv.cases import Case
+from natinv.cases import InverseCase
 from natinv.data import SensorData, read_field, read_sensors
 from natinv.fields import NeuralField, mlp
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
@@ -44,11 +44,13 @@ __all__ = [
 
 
 def dirichlet(
-    case: Case, space: dolfinx.fem.FunctionSpace, facets: dolfinx.mesh.MeshTags | None
+    case: InverseCase, space: dolfinx.fem.FunctionSpace, facets: dolfinx.mesh.MeshTags | None
 ) -> list[dolfinx.fem.DirichletBC]:
     """``u = 0`` on the facets of ``model.dirichlet``."""
     mesh = space.mesh
-    where = domain.boundary_facets(case, mesh, facets, "model.dirichlet")
+    where = domain.boundary_facets(
+        mesh, facets, case.model.dirichlet, f"{case.source}: model.dirichlet"
+    )
     dofs = dolfinx.fem.locate_dofs_topological(space, mesh.topology.dim - 1, where)
     bs = space.dofmap.index_map_bs
     zero = np.zeros(bs) if bs > 1 else 0.0
@@ -56,7 +58,7 @@ def dirichlet(
 
 
 def interpolate(
-    function: dolfinx.fem.Function, text: str, key: str, case: Case | None = None
+    function: dolfinx.fem.Function, text: str, key: str, case: InverseCase | None = None
 ) -> None:
     """``function`` := the formula at the case key ``key`` (finite on the mesh, or one error
     naming the case file, the key and a point). Collective."""
@@ -64,7 +66,7 @@ def interpolate(
 
 
 def model_of(
-    case: Case,
+    case: InverseCase,
     state: dolfinx.fem.FunctionSpace,
     parameter: dolfinx.fem.Function,
     facets: dolfinx.mesh.MeshTags | None,
@@ -98,14 +100,16 @@ def model_of(
     return models.nonlinear_diffusion(state, parameter, f=source, bcs=bcs)
 
 
-def state_space(case: Case, mesh: dolfinx.mesh.Mesh, degree: int) -> dolfinx.fem.FunctionSpace:
+def state_space(
+    case: InverseCase, mesh: dolfinx.mesh.Mesh, degree: int
+) -> dolfinx.fem.FunctionSpace:
     if case.model.kind == "elasticity":
         return dolfinx.fem.functionspace(mesh, ("Lagrange", degree, (mesh.geometry.dim,)))
     return dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
 
 
 def _observations(
-    case: Case, state: dolfinx.fem.FunctionSpace, sensors: SensorData, sigma: Any
+    case: InverseCase, state: dolfinx.fem.FunctionSpace, sensors: SensorData, sigma: Any
 ) -> list[tuple[Any, npt.NDArray[np.int64]]]:
     """Point sensors; for a vector state, one block per measured component. Each block comes
     with the rows of the sensor file it holds."""
@@ -139,7 +143,7 @@ def _observations(
 
 
 def regions(
-    case: Case, found: domain.Domain, averages: SensorData
+    case: InverseCase, found: domain.Domain, averages: SensorData
 ) -> tuple[list[Any], npt.NDArray[np.float64]]:
     """The UFL measure of each average's region (a named physical group of cells or boundary
     facets) and the regions' centroids. Collective."""
@@ -254,7 +258,7 @@ class InverseSetup:
     def num_sensors(self) -> int:
         return int(sum(obs.num_global for obs in self.observations))
 
-    case: Case | None = None
+    case: InverseCase | None = None
     sensor_rows: list[npt.NDArray[np.int64]] | None = None  # per observation block
     _errors: _Errors | None = None
 
@@ -275,7 +279,6 @@ class InverseSetup:
     def misfit(self, theta: npt.NDArray[np.float64], loss: float) -> float:
         """The data misfit at the accepted θ (the loss, unless it includes a Tikhonov term).
         Collective."""
-        assert self.case is not None
         if self.case.regularization is None:
             return loss
         self.problem.value(self.field.values(theta))
@@ -301,9 +304,9 @@ class InverseSetup:
         self.model.destroy()
 
 
-def build_inverse(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> InverseSetup:
+def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> InverseSetup:
     """Mesh, spaces, model, observations and the neural field of a case. Collective."""
-    found = domain.load_domain(comm, case)
+    found = domain.load_domain(comm, case.mesh, case.source)
     mesh, facets = found.mesh, found.facets
     state = state_space(case, mesh, case.model.degree)
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
@@ -361,9 +364,8 @@ def build_inverse(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> InverseSetup:
     )
 
 
-def _sigma(case: Case, data: SensorData, comm: MPI.Comm) -> Any:
+def _sigma(case: InverseCase, data: SensorData, comm: MPI.Comm) -> Any:
     """The noise level of a measurement file: its sigma column, or ``data.sigma``. Collective."""
-    assert case.data is not None
     sigma = data.sigma if data.sigma is not None else case.data.sigma
     parallel.check_all(
         comm,
@@ -408,7 +410,6 @@ def write_results(
     error), ``parameter.bp`` (recovered and true field), ``state.bp``, ``convergence.png``,
     ``fields.png`` and ``misfit.png`` in ``case.output``. Returns the summary. Collective."""
     case, comm = built.case, built.comm
-    assert case is not None
     folder = case.output
     field = built.field
     recovered = field.function()
