@@ -122,6 +122,8 @@ def claim_folder(comm: Comm, folder: Path) -> _Claim:
                 f"another natinv run is writing to this folder (process {holder}); wait for it "
                 "or choose another output.folder"
             ) from None
+        except OSError:  # a file system without locks (some network mounts): unguarded
+            pass
         stream.seek(0)
         stream.truncate()
         stream.write(f"{os.getpid()}\n")
