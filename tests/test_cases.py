@@ -384,3 +384,14 @@ def test_refined_tags_match_dolfinx_and_cover_the_boundary(comm):
             )
             np.testing.assert_array_equal(facets.indices, reference.indices)
             np.testing.assert_array_equal(facets.values, reference.values)
+
+
+def test_the_case_schema_names_what_the_compute_layer_defines():
+    """The case parser repeats the activation and momentum names (so that reading a case loads
+    neither torch nor DOLFINx); they are the compute layer's own."""
+    from natinv import cases
+    from natinv.fields import ACTIVATIONS
+    from natinv.optim.natural import MOMENTA
+
+    assert cases.ACTIVATIONS == tuple(ACTIVATIONS)
+    assert cases.MOMENTA == tuple(MOMENTA)
