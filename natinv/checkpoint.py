@@ -142,21 +142,21 @@ def save(
     one). ``state`` is the optimizer's (or the finite-element field's) state; ``rng`` the torch
     generator's state. Collective; every rank gets the error if rank 0 cannot write."""
     path = folder / FILENAME
-    arrays: dict[str, npt.NDArray[Any]] = {}
-    header = {
-        "format": FORMAT,
-        "version": _version(),
-        "case": case.name,
-        "digest": case_digest(case),
-        "ranks": comm.size,
-        "optimizer": case.optimizer.kind,
-        "history": history,
-        "state": encode(dict(state), arrays),
-        "rng": encode(rng, arrays, "rng"),
-    }
-    arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
 
-    def write() -> None:
+    def write() -> None:  # (rank 0: the state is replicated, the files are read once)
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        header = {
+            "format": FORMAT,
+            "version": _version(),
+            "case": case.name,
+            "digest": case_digest(case),
+            "ranks": comm.size,
+            "optimizer": case.optimizer.kind,
+            "history": history,
+            "state": encode(dict(state), arrays),
+            "rng": encode(rng, arrays, "rng"),
+        }
+        arrays[_HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         with atomic_path(path) as tmp, open(tmp, "wb") as stream:
             np.savez(stream, **arrays)
 
