@@ -103,7 +103,15 @@ from typing import Any
 
 from natinv.expressions import compile_expression
 
-__all__ = ["Case", "CaseError", "ForwardCase", "InverseCase", "load_case", "parse_override"]
+__all__ = [
+    "Case",
+    "CaseError",
+    "ForwardCase",
+    "InverseCase",
+    "load_case",
+    "load_case_on",
+    "parse_override",
+]
 
 
 class CaseError(ValueError):
@@ -493,6 +501,28 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     return ForwardCase(
         **common, equation=equation, solution=solution, parametric=parametric_settings
     )
+
+
+def load_case_on(comm: Any, path: str | Path, overrides: list[str] = ()) -> Case:  # type: ignore[assignment]
+    """:func:`load_case` on every rank of ``comm``, which must agree: a file that one rank
+    cannot see or read (a folder not shared by all nodes, a file rewritten meanwhile) is one
+    error on every rank instead of one rank stopping while the others go on into the run.
+    Collective.
+
+    Raises:
+        CaseError: the first failing rank's message, on every rank.
+    """
+    case, error = None, None
+    try:
+        case = load_case(path, overrides)
+    except CaseError as exc:
+        error = str(exc)
+    errors = comm.allgather(error) if comm.size > 1 else [error]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise CaseError(first)
+    assert case is not None
+    return case
 
 
 def _numbers(value: Any, count: int | None = None, positive: bool = False) -> bool:

@@ -45,14 +45,17 @@ def check_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> list[str]:
     from natinv import parallel
     from natinv.problems import build_problem
 
-    problem = parallel.on_rank0(
-        comm, "output.folder", lambda: output_folder_problem(case.output), share=True
+    problem, checkpointed = parallel.on_rank0(  # type: ignore[misc]
+        comm,
+        "output.folder",
+        lambda: (output_folder_problem(case.output), (case.output / "checkpoint.npz").exists()),
+        share=True,
     )
     if problem is not None:
         raise parallel.CollectiveError(f"{case.source}: output.folder: {problem}")
     built: Any = build_problem(case, comm)
     try:
-        lines = _report(case, built, comm)
+        lines = _report(case, built, comm, checkpointed)
     finally:
         built.close()
     return lines
@@ -62,7 +65,7 @@ def _dofs(space: Any) -> int:
     return int(space.dofmap.index_map.size_global * space.dofmap.index_map_bs)
 
 
-def _report(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
+def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[str]:
     mesh = built.mesh
     tdim = mesh.topology.dim
     cells = mesh.topology.index_map(tdim).size_global
@@ -121,6 +124,6 @@ def _report(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
         f"  optimizer  {settings.kind}{detail}, up to {settings.iterations} iterations, "
         f"stop: {stop}",
         f"  output     {case.output}/ (writable)"
-        + ("; holds a checkpoint" if (case.output / "checkpoint.npz").exists() else ""),
+        + ("; holds a checkpoint" if checkpointed else ""),
     ]
     return lines

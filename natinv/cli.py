@@ -214,9 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 comm,
             )
         elif args.command == "run":
-            from natinv.cases import load_case
+            from natinv.cases import load_case_on
 
-            case = load_case(args.case, args.set)  # (before the compute modules load)
+            case = load_case_on(comm, args.case, args.set)  # (before the compute modules load)
             from natinv.runner import run
 
             summary = run(
@@ -237,17 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + f"; results in {case.output}/",
             )
         elif args.command == "check":
-            from natinv.cases import load_case
+            from natinv.cases import load_case_on
 
-            case = load_case(args.case, args.set)
+            case = load_case_on(comm, args.case, args.set)
             from natinv.check import check_case
 
             for line in check_case(case, comm):
                 parallel.rank0_print(comm, line)
         elif args.command == "compare":
-            from natinv.cases import load_case
+            from natinv.cases import load_case_on
 
-            load_case(args.case, args.set)  # a case error before the compute modules load
+            load_case_on(comm, args.case, args.set)  # a case error before the compute modules load
             from natinv.compare import compare
 
             summaries = compare(
@@ -271,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{s['time'] or 0.0:7.1f}",
                 )
         elif args.command == "synthesize" and args.case is not None:
-            from natinv.cases import load_case
+            from natinv.cases import load_case_on
 
-            case = load_case(args.case, args.set)
+            case = load_case_on(comm, args.case, args.set)
             from natinv.synthesis import synthesize_case
 
             for data in synthesize_case(case, comm, force=args.force):

@@ -49,14 +49,15 @@ def compare(
     """Run one case with several optimizers (``ngd``, ``nhb``, ``nnesterov``, ``adam``,
     ``lbfgs``); each writes ``results/<case>/compare/<optimizer>/``, and the case folder gets
     ``comparison.csv`` and ``comparison.png``. Returns the summaries. Collective."""
-    from natinv.cases import load_case
+    from natinv.cases import load_case_on
 
     unknown = [o for o in optimizers if o not in PRESETS]
     if unknown or not optimizers:
         raise CaseError(f"--optimizers: unknown {unknown}; choose from {sorted(PRESETS)}")
-    base = load_case(path, list(overrides))
+    base = load_case_on(comm, path, list(overrides))
     cases = [
-        load_case(
+        load_case_on(
+            comm,
             path,
             [
                 *overrides,

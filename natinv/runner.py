@@ -299,7 +299,7 @@ def _run_tao(
         )
         clock[0] = record["time"]
         if _checkpoint_due(case, entry["iteration"]):
-            _save_checkpoint(comm, case.output, case, history, field=comm.allgather(values))
+            _save_checkpoint(comm, case.output, case, history, field=comm.gather(values, root=0))
         reason = _stop(case, built, misfit, error)
         if reason is not None:
             stopped[0] = reason

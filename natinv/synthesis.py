@@ -230,7 +230,9 @@ def synthesize_case(
     targets = [t for t in (case.data.sensors, case.data.averages, case.data.field) if t]
     if case.data.field is not None:
         targets.append(case.data.field.with_suffix(".h5"))
-    existing = [str(t) for t in targets if t.exists()]
+    existing = parallel.on_rank0(
+        comm, str(case.source), lambda: [str(t) for t in targets if t.exists()], share=True
+    )
     if existing and not force:
         raise CaseError(
             f"{case.source}: synthesize: {', '.join(existing)} exist(s); pass --force to "

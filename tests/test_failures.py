@@ -473,3 +473,27 @@ def test_only_solve_errors_read_as_an_infinite_loss(comm, monkeypatch):
     with pytest.raises(parallel.CollectiveError, match="owned entries"):
         objective.value(theta)
     built.close()
+
+
+def test_a_case_error_seen_by_one_rank_stops_every_rank(comm, shared_tmp, monkeypatch, capsys):
+    """A case file that the last rank cannot read (as on a node that does not share the
+    folder) ends with exit code 2 and one error line on every rank, not with the other ranks
+    waiting in the run; no result folder is made."""
+    from natinv import cases
+
+    real = cases.load_case
+
+    def unreadable_on_the_last_rank(path, overrides=()):
+        if comm.rank == comm.size - 1:
+            raise cases.CaseError(f"{path}: no such case file")
+        return real(path, overrides)
+
+    monkeypatch.setattr(cases, "load_case", unreadable_on_the_last_rank)
+    folder = shared_tmp / "never"
+    for command in ("run", "check", "compare"):
+        args = [command, str(HOLE), "--set", f"output.folder='{folder}'"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("no such case file") == (1 if comm.rank == 0 else 0), err
+    comm.Barrier()
+    assert not folder.exists()
