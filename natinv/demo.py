@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import metrics, output, parallel
+from natinv.directions import NaturalSolver
 from natinv.fields import NeuralField, mlp
-from natinv.gram import NaturalSolver
 from natinv.objectives.fitting import FieldFit
 from natinv.optim.baselines import Adam
 from natinv.optim.natural import NaturalGradientDescent
@@ -62,7 +62,9 @@ def run_demo(config: DemoConfig, comm: MPI.Comm = MPI.COMM_WORLD) -> dict[str, A
     theta0 = field.parameters
     objective = FieldFit(field, target, metric)
     error0 = objective.error(theta0)
-    solver = NaturalSolver(objective.gram, method=config.method, damping=config.damping)
+    solver = NaturalSolver(
+        objective.gram, config.method, damping=config.damping, options_prefix="natinv_gram_"
+    )
     say = (lambda *a: None) if config.quiet else (lambda *a: parallel.rank0_print(comm, *a))
     say(
         f"natinv demo: fit an MLP {list(config.widths)} (P = {field.num_parameters}) to a field "

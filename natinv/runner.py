@@ -25,8 +25,9 @@ import torch
 
 from natinv import checkpoint, metrics, output, parallel
 from natinv.cases import Case
+from natinv.directions import NaturalSolver
 from natinv.fields import NeuralField
-from natinv.gram import Gram, NaturalSolver
+from natinv.gram import Gram
 from natinv.objectives.pinn import PINN
 from natinv.objectives.ritz import Ritz
 from natinv.optim.baselines import LBFGS, Adam
@@ -44,7 +45,9 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
     objective, field = built.objective, built.field
     if settings.kind.startswith("tao"):
         assert isinstance(built, InverseSetup)
-        baseline = FieldBaseline(built.problem, settings.kind.removeprefix("tao-"))
+        baseline = FieldBaseline(
+            built.problem, settings.kind.removeprefix("tao-"), options_prefix="natinv_tao_"
+        )
         return baseline, [baseline]
     assert objective is not None and isinstance(field, NeuralField)
     if settings.kind == "adam":
@@ -63,7 +66,9 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
         owned += [gram, matrix]
     else:
         gram = objective.gram
-    solver = NaturalSolver(gram, settings.solver, damping=settings.damping)
+    solver = NaturalSolver(
+        gram, settings.solver, damping=settings.damping, options_prefix="natinv_gram_"
+    )
     optimizer = NaturalGradientDescent(
         objective, solver, settings.step, momentum=settings.momentum, beta=settings.beta
     )

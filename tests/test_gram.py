@@ -4,6 +4,7 @@ the projection property, rank deficiency, solver selection and bad input."""
 from __future__ import annotations
 
 from mpi4py import MPI
+from petsc4py import PETSc
 
 import dolfinx
 import numpy as np
@@ -257,7 +258,7 @@ def test_petsc_options_override_the_arguments(comm, petsc_options):
     petsc_options["natinv_gram_method"] = "cutoff"
     petsc_options["natinv_gram_cutoff"] = "1e-7"
     petsc_options["natinv_gram_damping"] = "0.5"
-    solver = natinv.NaturalSolver(objective.gram, "cholesky")
+    solver = natinv.NaturalSolver(objective.gram, "cholesky", options_prefix="natinv_gram_")
     assert (solver.method, solver.cutoff, solver.damping) == ("cutoff", 1e-7, 0.5)
     solver.destroy()
     objective.destroy()
@@ -270,7 +271,7 @@ def test_petsc_options_reach_the_inner_krylov_solver(comm, petsc_options):
     _, gradient = objective.value_and_gradient()
     objective.gram.update_jacobian()
     petsc_options["natinv_gram_ksp_max_it"] = "3"
-    solver = natinv.NaturalSolver(objective.gram, "cg", damping=1e-8)
+    solver = natinv.NaturalSolver(objective.gram, "cg", damping=1e-8, options_prefix="natinv_gram_")
     solver.solve(gradient)
     assert solver.info["iterations"] == 3 and solver.info["truncated"]
     solver.destroy()
@@ -337,5 +338,54 @@ def test_a_second_right_hand_side_reuses_the_factorisation(comm, method):
     solver.solve(b)  # assembles G again: new factors
     assert solver.factorizations == 2
     solver.destroy()
+    objective.destroy()
+    matrix.destroy()
+
+
+def test_each_solver_has_its_own_options_prefix(comm, petsc_options):
+    """Options set for one solver's prefix reach that solver and no other in the process."""
+    _field, matrix, objective = _fit_problem(comm)
+    first = natinv.NaturalSolver(objective.gram, "cholesky")
+    second = natinv.NaturalSolver(objective.gram, "cholesky")
+    assert first.prefix != second.prefix
+    petsc_options[f"{first.prefix}method"] = "cutoff"
+    third = natinv.NaturalSolver(objective.gram, "cholesky", options_prefix=first.prefix)
+    fourth = natinv.NaturalSolver(objective.gram, "cholesky")
+    assert (third.method, fourth.method) == ("cutoff", "cholesky")
+    for solver in (first, second, third, fourth):
+        solver.destroy()
+    objective.destroy()
+    matrix.destroy()
+
+
+def test_pushed_options_are_removed_and_the_users_stay(petsc_options):
+    """natinv.options.pushed: a solver's own settings live in the database only inside the
+    block; a value the user set first is neither replaced nor removed."""
+    from natinv import options
+
+    petsc_options["scoped_ksp_rtol"] = "1e-3"
+    with options.pushed("scoped_", {"ksp_rtol": 1e-9, "ksp_type": "cg"}) as view:
+        assert view.getReal("ksp_rtol") == 1e-3 and view.getString("ksp_type") == "cg"
+    database = PETSc.Options()
+    assert database.getReal("scoped_ksp_rtol") == 1e-3 and not database.hasName("scoped_ksp_type")
+
+
+def test_a_composed_solver_equals_the_named_one(comm):
+    """NaturalSolver(gram, Cholesky(), LevenbergMarquardt(λ)) is the "lm" solver: the same
+    directions and the same damping after feedback, to the bit."""
+    from natinv.directions import Cholesky, LevenbergMarquardt
+
+    _field, matrix, objective = _fit_problem(comm)
+    _, gradient = objective.value_and_gradient()
+    objective.gram.assemble()
+    named = natinv.NaturalSolver(objective.gram, "lm", damping=1e-3)
+    composed = natinv.NaturalSolver(objective.gram, Cholesky(), LevenbergMarquardt(1e-3))
+    for solver in (named, composed):
+        solver.report(1.0, 2.0, 1.0)
+    a = named.solve(gradient, assemble=False)
+    b = composed.solve(gradient, assemble=False)
+    assert named.damping == composed.damping and np.array_equal(a, b)
+    named.destroy()
+    composed.destroy()
     objective.destroy()
     matrix.destroy()

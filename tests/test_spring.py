@@ -11,7 +11,7 @@ from test_momentum import free, linear_problem, nonlinear_problem
 from test_pinn import reaction_diffusion
 
 import natinv
-from natinv.gram import SampleSpaceSolver
+from natinv.directions import SampleSpaceSolver
 from natinv.optim import FixedStep, NaturalGradientDescent
 from natinv.parallel import CollectiveError
 

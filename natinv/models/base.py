@@ -28,7 +28,7 @@ import numpy.typing as npt
 import ufl
 from ufl.algorithms import expand_derivatives
 
-from natinv import parallel
+from natinv import options, parallel
 from natinv.boundary import constrained_dofs
 
 __all__ = ["Model"]
@@ -58,7 +58,8 @@ class Model:
             (``functionspace(mesh, basix.ufl.real_element(mesh.basix_cell(), (k,)))``).
         residual: ``(u, m, v) -> F``, a UFL form linear in the test function ``v``.
         bcs: Dirichlet conditions on ``V``.
-        options_prefix: PETSc options prefix of the solvers (``natinv_model_`` by default);
+        options_prefix: PETSc options prefix of the solvers (default: one of its own,
+            :func:`natinv.options.unique_prefix`; the command line uses ``natinv_model_``);
             ``-<prefix>ksp_type``, ``-<prefix>pc_type``, ``-<prefix>snes_rtol``... override the
             defaults (LU with MUMPS, Newton with full steps).
         petsc_options: defaults for options not set on the command line.
@@ -76,7 +77,7 @@ class Model:
         residual: Residual,
         bcs: Sequence[dolfinx.fem.DirichletBC] = (),
         *,
-        options_prefix: str = "natinv_model_",
+        options_prefix: str | None = None,
         petsc_options: dict[str, Any] | None = None,
         check: Check | None = None,
         name: str = "model",
@@ -86,7 +87,7 @@ class Model:
         self.m = parameter
         self.parameter_space = parameter.function_space
         self.bcs = list(bcs)
-        self.prefix = options_prefix
+        self.prefix = options_prefix or options.unique_prefix("natinv_model")
         self.check = check
         self.name = name
         self.u = dolfinx.fem.Function(state_space, name="u")
@@ -112,7 +113,7 @@ class Model:
         }
         self.A = dolfinx.fem.petsc.create_matrix(self._dFdu)
         self.ksp = PETSc.KSP().create(self.comm)
-        self.ksp.setOptionsPrefix(options_prefix)
+        self.ksp.setOptionsPrefix(self.prefix)
         self.ksp.setType(str(self._options["ksp_type"]))
         self.ksp.getPC().setType(str(self._options["pc_type"]))
         if self._options.get("pc_factor_mat_solver_type"):

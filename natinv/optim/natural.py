@@ -47,8 +47,9 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
+from natinv.directions import NaturalSolver, SampleSpaceSolver
 from natinv.fields import NeuralField
-from natinv.gram import Gram, NaturalSolver, SampleSpaceSolver
+from natinv.gram import Gram
 from natinv.optim.steps import StepRule, make_step_rule, run_steps
 
 __all__ = ["MOMENTA", "NaturalGradientDescent", "Objective"]

@@ -23,7 +23,7 @@ from petsc4py import PETSc
 import numpy as np
 import numpy.typing as npt
 
-from natinv import metrics, parallel
+from natinv import metrics, options, parallel
 from natinv.objectives.inverse import InverseProblem
 
 __all__ = ["FieldBaseline"]
@@ -49,7 +49,8 @@ class FieldBaseline:
         method: ``lmvm``, ``nls`` or ``ntr``.
         mass: weight ``δ`` of the mass matrix in the preconditioner ``R + δM`` (and in L-BFGS's
             initial Hessian); ``R`` is the problem's regularisation matrix (zero if none).
-        options_prefix: PETSc options prefix (``-natinv_tao_tao_max_it``...).
+        options_prefix: PETSc options prefix (``-<prefix>tao_max_it``...; default: one of its
+            own, :func:`natinv.options.unique_prefix`).
 
     Call :meth:`destroy` when done.
     """
@@ -60,7 +61,7 @@ class FieldBaseline:
         method: str = "nls",
         *,
         mass: float = 1e-8,
-        options_prefix: str = "natinv_tao_",
+        options_prefix: str | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"Unknown TAO method {method!r}; choose one of {METHODS}")
@@ -77,7 +78,7 @@ class FieldBaseline:
         if problem.R is not None:
             self.preconditioner.axpy(1.0, problem.R)
         self.tao = PETSc.TAO().create(self.comm)
-        self.tao.setOptionsPrefix(options_prefix)
+        self.tao.setOptionsPrefix(options_prefix or options.unique_prefix("natinv_tao"))
         self.tao.setType(method)
         self.tao.setObjectiveGradient(self._objective_gradient, self.gradient)
         self._shell: PETSc.Mat | None = None

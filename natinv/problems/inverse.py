@@ -71,7 +71,9 @@ def model_of(
     parameter: dolfinx.fem.Function,
     facets: dolfinx.mesh.MeshTags | None,
 ) -> models.Model:
+    """The case's model, its solvers under the command line's ``natinv_model_`` prefix."""
     bcs = dirichlet(case, state, facets)
+    prefix = "natinv_model_"
     if case.model.kind == "elasticity":
         import ufl
 
@@ -88,16 +90,22 @@ def model_of(
             traction=traction,
             traction_measure=measure,
             poisson_ratio=case.model.poisson_ratio,
+            options_prefix=prefix,
         )
     source = dolfinx.fem.Function(state, name="source")
     interpolate(source, case.model.source, "model.source", case)
     if case.model.kind == "source":
-        return models.source(state, parameter, kappa=source, bcs=bcs)
+        return models.source(state, parameter, kappa=source, bcs=bcs, options_prefix=prefix)
     if case.model.kind == "diffusion":
         return models.diffusion(
-            state, parameter, f=source, bcs=bcs, coefficient=case.model.coefficient
+            state,
+            parameter,
+            f=source,
+            bcs=bcs,
+            coefficient=case.model.coefficient,
+            options_prefix=prefix,
         )
-    return models.nonlinear_diffusion(state, parameter, f=source, bcs=bcs)
+    return models.nonlinear_diffusion(state, parameter, f=source, bcs=bcs, options_prefix=prefix)
 
 
 def state_space(
