@@ -2,26 +2,15 @@
 
 The natural direction is ``d = (G + λI)⁻¹ ∇L`` with ``G = Jᵀ M J`` the metric pulled back to
 parameter space (natural gradient as the projection of the functional gradient onto the tangent
-space ``T_k = span(J_k)``). Momentum adds ``β m_k`` to the step ``−α d``:
+space ``T_k = span(J_k)``).
 
-=============================  ===================================================================
-``momentum``                   ``m_k``
-=============================  ===================================================================
-``none``                       ``0``
-``heavy-ball``                 ``p_{k−1}`` (parameter space: the naive baseline)
-``nesterov``                   ``p_{k−1}``; the natural step is taken at ``y = θ_k + β p_{k−1}``
-``natural-heavy-ball``         ``G_k⁻¹ J_kᵀ M φ_{k−1}``, ``φ_{k−1} = J_{k−1} p_{k−1}``: the last
-                               velocity, as a function, re-projected onto ``T_k``
-``natural-heavy-ball-diff``    ``G_k⁻¹ J_kᵀ M (v_k − v_{k−1})``, ``v = rows(θ)``: the true (not
-                               linearised) last displacement of the function, re-projected
-``natural-nesterov``           as ``natural-heavy-ball``; the natural step is taken at
-                               ``y = θ_k + β m_k`` (loss, gradient and tangent space at y)
-``spring``                     SPRING (Goldshlager et al. 2024): the *direction* carries the
-                               momentum, ``φ_k = (G_k + λI)⁻¹(∇L − β G_k φ_{k−1}) + β φ_{k−1}``
-                               and ``θ_{k+1} = θ_k − α φ_k``; in sample space with a
-                               :class:`~natinv.gram.SampleSpaceSolver`,
-                               ``φ_k = J̃ᵀ(J̃J̃ᵀ + λI)⁻¹(ρ̃ − β J̃ φ_{k−1}) + β φ_{k−1}``
-=============================  ===================================================================
+Momentum adds ``β m_k`` to the step ``−α d``; the rules (``none``, ``heavy-ball``, ``nesterov``,
+``natural-heavy-ball``, ``natural-heavy-ball-diff``, ``natural-nesterov``, ``spring``) are the
+small objects of :mod:`natinv.optim.momentum`, which say what ``m_k`` is. SPRING (Goldshlager et
+al. 2024) carries the momentum in the direction instead,
+``φ_k = (G_k + λI)⁻¹(∇L − β G_k φ_{k−1}) + β φ_{k−1}`` and ``θ_{k+1} = θ_k − α φ_k``; in sample
+space with a :class:`~natinv.directions.SampleSpaceSolver`,
+``φ_k = J̃ᵀ(J̃J̃ᵀ + λI)⁻¹(ρ̃ − β J̃ φ_{k−1}) + β φ_{k−1}``.
 
 ``p_k = θ_{k+1} − θ_k = β m_k − α d`` with α from the step rule (fixed, or the ENGD log grid over
 α with the momentum part held). Restart (O'Donoghue & Candès 2015): the velocity is dropped when
@@ -50,19 +39,10 @@ from natinv import parallel
 from natinv.directions import NaturalSolver, SampleSpaceSolver
 from natinv.fields import NeuralField
 from natinv.gram import Gram
+from natinv.optim.momentum import MOMENTA, Momentum, Spring, make_momentum
 from natinv.optim.steps import StepRule, make_step_rule, run_steps
 
 __all__ = ["MOMENTA", "NaturalGradientDescent", "Objective"]
-
-MOMENTA = (
-    "none",
-    "heavy-ball",
-    "nesterov",
-    "natural-heavy-ball",
-    "natural-heavy-ball-diff",
-    "natural-nesterov",
-    "spring",
-)
 
 
 class Objective(Protocol):
@@ -87,7 +67,8 @@ class NaturalGradientDescent:
             ``objective.gram`` (configurable with ``-natinv_gram_*`` PETSc options). Its Gram
             defines the metric, which may differ from the loss's own.
         step: ``"log-grid"`` (default), a fixed step size α, or a :class:`StepRule`.
-        momentum: one of :data:`MOMENTA` (default ``"none"``).
+        momentum: one of :data:`MOMENTA` (default ``"none"``) or a
+            :class:`~natinv.optim.momentum.Momentum` rule.
         beta: the momentum factor in [0, 1).
         restart: ``"loss"`` (default), ``"gradient"`` or ``"none"``.
         direction: ``"natural"`` (default) or ``"euclidean"`` (``d = ∇L``; parameter-space
@@ -107,22 +88,22 @@ class NaturalGradientDescent:
         solver: NaturalSolver | None = None,
         step: str | float | StepRule = "log-grid",
         *,
-        momentum: str = "none",
+        momentum: str | Momentum = "none",
         beta: float = 0.0,
         restart: str = "loss",
         direction: str = "natural",
         theta: npt.ArrayLike | None = None,
         projection: NaturalSolver | None = None,
     ) -> None:
-        if momentum not in MOMENTA:
-            raise ValueError(f"Unknown momentum {momentum!r}; choose one of {MOMENTA}")
+        rule = make_momentum(momentum)
+        momentum = rule.name
         if not (0.0 <= beta < 1.0):
             raise ValueError(f"Invalid momentum factor beta: {beta} (must lie in [0, 1))")
         if restart not in self.RESTARTS:
             raise ValueError(f"Unknown restart rule {restart!r}; choose one of {self.RESTARTS}")
         if direction not in self.DIRECTIONS:
             raise ValueError(f"Unknown direction {direction!r}; choose one of {self.DIRECTIONS}")
-        if direction == "euclidean" and (momentum.startswith("natural") or momentum == "spring"):
+        if direction == "euclidean" and rule.natural:
             raise ValueError(
                 f"Momentum {momentum!r} re-projects with G: it needs direction='natural'"
             )
@@ -138,7 +119,7 @@ class NaturalGradientDescent:
                     f"(∇L = Jᵀ M ρ); {type(objective).__name__} has none"
                 )
         if projection is not None:
-            if not momentum.startswith("natural"):
+            if not rule.natural or isinstance(rule, Spring):
                 raise ValueError(
                     f"A projection metric re-projects natural momentum; momentum {momentum!r} "
                     "has none to project"
@@ -155,17 +136,13 @@ class NaturalGradientDescent:
         self.gram = self.solver.gram
         self.projector = projection if projection is not None else self.solver
         self.comm = self.gram.comm
+        self.rule = rule
         self.momentum, self.beta, self.restart, self.direction = momentum, beta, restart, direction
         start = objective.field.parameters if theta is None else np.asarray(theta, dtype=float)
         parallel.ensure_finite(self.comm, start, "initial θ")
         self.theta = start.copy()
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
-        self.velocity: npt.NDArray[np.float64] | None = None  # p_{k-1}, φ_{k-1} (SPRING)
-        self.previous: npt.NDArray[np.float64] | None = None  # θ_{k-1} (replicated)
-        self.anchor: npt.NDArray[np.float64] | None = None  # where J of φ was taken
-        self._phi: npt.NDArray[np.float64] | None = None  # J_{k-1} p_{k-1} on owned rows
-        self._rows: npt.NDArray[np.float64] | None = None  # v_{k-1} = rows(θ_{k-1})
 
     def step(self) -> dict[str, Any]:
         """One step; returns its record (loss, step size, restart, timings). Collective."""
@@ -178,10 +155,9 @@ class NaturalGradientDescent:
             timings[name] = timings.get(name, 0.0) + now - clock
             clock = now
 
-        theta, beta, kind = self.theta, self.beta, self.momentum
+        theta, beta, rule = self.theta, self.beta, self.rule
         natural = self.direction == "natural"
-        has_velocity = self.velocity is not None and kind != "none" and beta > 0
-        nesterov = has_velocity and kind in ("nesterov", "natural-nesterov")
+        has_velocity = rule.velocity is not None and rule.name != "none" and beta > 0
         tangent_at: npt.NDArray[np.float64] | None = None  # where J was last evaluated
 
         def tangent(point: npt.NDArray[np.float64]) -> None:
@@ -193,7 +169,7 @@ class NaturalGradientDescent:
                         solver.gram.assemble(jacobian=False)
                 tangent_at = point
 
-        if kind == "spring":
+        if isinstance(rule, Spring):
             tangent(theta)
             return self._spring_step(theta, lap, timings)
 
@@ -207,20 +183,15 @@ class NaturalGradientDescent:
                 self.solver.solve(gradient, assemble=False) if natural else gradient,
             )
 
-        # 1. The momentum term m_k: the last velocity, re-projected onto T_k for natural kinds.
-        rows = self.projector.gram.rows.values(theta) if kind == "natural-heavy-ball-diff" else None
-        m: npt.NDArray[np.float64] | None = None
-        if has_velocity:
-            if kind in ("heavy-ball", "nesterov"):
-                m = self.velocity
-            else:
-                tangent(theta)
-                m = self._momentum_term(rows)
+        # 1. The momentum term m_k of the rule (the last velocity, re-projected onto T_k for
+        #    the natural kinds, with the projection solver: by default the direction's own).
+        rule.begin(theta, self.projector)
+        m = rule.term(theta, self.projector, tangent) if has_velocity else None
         lap("momentum")
 
         # 2. The natural step: from θ_k (heavy-ball), or from y = θ_k + β m_k (Nesterov: loss,
         #    gradient and tangent space all at y).
-        start = theta + beta * m if nesterov and m is not None else theta
+        start = theta + beta * m if rule.lookahead and m is not None else theta
         value_start, gradient, d = natural_step(start)
         value = value_start if start is theta else self.objective.value(theta)
         lap("direction")
@@ -251,12 +222,9 @@ class NaturalGradientDescent:
             predicted = eta * float(gradient @ d) - 0.5 * eta**2 * self.gram.quadratic(d)
             self.solver.report(value - new_value, predicted, eta)
         p = new_theta - theta
-        self.previous, self.velocity = theta, p
-        # φ_k = J p_k with J where the step was taken (θ_k, or y for Nesterov): keep that point
-        # so that a resumed run rebuilds the same φ.
-        self.anchor = tangent_at if natural else None
-        self._phi = self.projector.gram.apply(p) if natural else None
-        self._rows = rows
+        # J where the step was taken (θ_k, or y for Nesterov) is kept as the anchor, so that a
+        # resumed run rebuilds the same φ_k = J p_k.
+        rule.remember(theta, p, tangent_at if natural else None, self.projector)
         self.theta = new_theta
         self.iteration += 1
         lap("update")
@@ -314,7 +282,7 @@ class NaturalGradientDescent:
                 phi = self.solver.solve(rhs, assemble=False)
             return phi + beta * previous if previous is not None else phi
 
-        previous = self.velocity if self.beta > 0 else None
+        previous = self.rule.velocity if self.beta > 0 else None
         phi = direction(previous)
         lap("direction")
         restarted = False
@@ -335,42 +303,13 @@ class NaturalGradientDescent:
         lap("step")
         predicted = eta * slope - 0.5 * eta**2 * self.gram.quadratic(phi)
         self.solver.report(value - new_value, predicted, eta)
-        self.previous, self.velocity, self.anchor = theta, phi, theta
+        self.rule.remember(theta, phi, theta, self.projector)
         self.theta = new_theta
         self.iteration += 1
         lap("update")
         return self._record(
             new_value, value, eta, restarted, phi, gradient, new_theta - theta, timings
         )
-
-    def _momentum_term(self, rows: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
-        """``m_k`` of the chosen momentum (see the module docstring), re-projected with the
-        projection solver (by default the direction's own)."""
-        assert self.velocity is not None
-        gram = self.projector.gram
-        if self.momentum in ("heavy-ball", "nesterov"):
-            return self.velocity
-        if self.momentum == "natural-heavy-ball-diff":
-            if self._rows is None:  # after a load: v_{k-1} from θ_{k-1}
-                self._rows = gram.rows.values(self.previous)
-            assert rows is not None
-            displacement = rows - self._rows
-        else:
-            if self._phi is None:  # after a load: φ_{k−1} = J(θ_{k−1}) p_{k−1}
-                self._phi = self._linearised_velocity()
-            displacement = self._phi
-        # J_kᵀ M φ: one sparse mat-vec in the rows' layout, one dense product with J's rows.
-        rhs = gram.pull_back(displacement)
-        return self.projector.solve(rhs, assemble=False)
-
-    def _linearised_velocity(self) -> npt.NDArray[np.float64]:
-        """``φ_{k−1} = J p_{k−1}`` (J at the last step's anchor) when not kept (after a load)."""
-        assert self.anchor is not None and self.velocity is not None
-        # the same memory layout as the Gram's J, so that the product rounds the same way
-        gram = self.projector.gram
-        jacobian = np.empty((gram.rows.num_owned, gram.num_parameters), order="F")
-        gram.rows.jacobian(self.anchor, out=jacobian)
-        return np.asarray(jacobian @ self.velocity)
 
     def run(
         self,
@@ -387,19 +326,14 @@ class NaturalGradientDescent:
         return {
             "theta": self.theta.copy(),
             "iteration": self.iteration,
-            "velocity": None if self.velocity is None else self.velocity.copy(),
-            "previous": None if self.previous is None else self.previous.copy(),
-            "anchor": None if self.anchor is None else self.anchor.copy(),
+            "momentum": self.rule.state_dict(),
             "solver": self.solver.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.theta = np.array(state["theta"], dtype=np.float64)
         self.iteration = int(state["iteration"])
-        self.velocity = None if state["velocity"] is None else np.array(state["velocity"])
-        self.previous = None if state["previous"] is None else np.array(state["previous"])
-        self.anchor = None if state["anchor"] is None else np.array(state["anchor"])
-        self._phi = self._rows = None  # recomputed from θ_{k−1} and p_{k−1} when needed
+        self.rule.load_state_dict(state["momentum"])
         self.solver.load_state_dict(state["solver"])
 
     def destroy(self) -> None:
