@@ -1,0 +1,264 @@
+"""Case files: a TOML description of an inverse problem, parsed into validated, typed settings.
+
+Every value is checked where it is read; an error names its key path, e.g.
+``optimizer.beta: expected a number in [0, 1), got 1.2``. Unknown keys are errors too (a typo
+must not be silently ignored). ``--set key.path=value`` overrides (TOML values) are applied
+before validation. Paths inside a case are relative to the case file.
+
+An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``, ``[model]``,
+``[parameter]`` and ``[data]`` optional)::
+
+    name = "diffusion-hole"
+    seed = 0
+
+    [mesh]
+    file = "../meshes/plate_with_hole.msh"     # gmsh .msh or XDMF, or a built-in box:
+    # builtin = "rectangle"; extent = [2.0, 0.5]; cells = [40, 10]; origin = [0.0, 0.0]
+    # (or "unit-square", cells = 32; or "interval", cells = 400, extent = 1.0: forward only)
+    # built-in boundary tags: 1 left, 2 right, 3 bottom, 4 top
+
+    [model]
+    kind = "diffusion"               # diffusion | source | nonlinear-diffusion | elasticity
+    degree = 2                                 # Lagrange degree of the state
+    source = "1"                               # a formula of x, y (κ for kind = "source")
+    dirichlet = [1]                            # boundary tags with u = 0 ("all": every facet)
+    # coefficient = "exp": κ = exp(m), the parameter is log κ (diffusion)
+    # elasticity (the parameter is Young's modulus): load = [0.0, -1.0] (body force),
+    # traction = { boundary = 2, value = [0.0, -0.1] }, poisson_ratio = 0.3
+
+    [parameter]
+    degree = 1
+    network = [2, 20, 20, 1]
+    activation = "tanh"
+    transform = "exp"
+    truth = "exp(0.5*sin(2*pi*x)*cos(pi*y))"   # optional: errors against it, synthesize
+    initial = "1"                              # the start of a finite-element field (tao-*)
+
+    [data]
+    sensors = "data/diffusion_hole.csv"
+    sigma = 0.001                              # when the file has no sigma column
+    # and/or averages = "data/probes.csv": means over the mesh's named physical groups
+    # or a full field: field = "data/u.xdmf" (P1 node data, as DOLFINx writes it), sigma = 1
+
+    [synthesize]                               # `natinv synthesize CASE`
+    layout = "random:60"; refine = 1; degree = 3; noise = 0.01
+    regions = "probe-*"                        # the physical groups averaged (a pattern)
+
+    [regularization]
+    kind = "h1"; alpha = 0.0
+
+    [optimizer]
+    kind = "ngd"                               # ngd | adam | lbfgs | tao-nls | tao-lmvm
+    # (tao-*: the classical baseline, the parameter as a finite-element field, no network)
+    metric = "gauss-newton"                    # gauss-newton | l2 | h1
+    solver = "lm"; damping = 1e-3
+    momentum = "natural-nesterov"; beta = 0.5
+    step = "log-grid"
+    iterations = 100
+    stop = "discrepancy"                       # or "none", or "target" (with target = 1e-2:
+                                               # the relative L2 error against the truth)
+    lr = 1e-2                                  # adam
+
+    [output]
+    folder = "results/diffusion-hole"          # relative to the working directory
+    checkpoint_every = 10
+
+A forward case (``problem = "pinn"`` or ``"ritz"``: the network is the PDE's solution) has
+``[equation]`` and ``[solution]`` (and ``[parametric]``) instead of ``[model]``, ``[parameter]``,
+``[data]``, ``[synthesize]`` and ``[regularization]``::
+
+    problem = "pinn"                           # residual loss (ENGD); "ritz": energy loss
+
+    [equation]                                 # −∇·(κ∇u) + b·∇u + c u = f, u = g on the boundary
+    diffusion = "0.1"                          # κ; formulas may name mu in a parametric case
+    velocity = ["1"]                           # b, one formula per coordinate (not for ritz)
+    reaction = "0"                             # c
+    source = "1"                               # f
+    dirichlet = "all"                          # or boundary tags (ritz: natural elsewhere)
+    boundary_value = "0"                       # g, a formula of x, y
+    boundary = "exact"                         # exact | penalty (pinn: exact on built-in boxes)
+    penalty = 1.0; quadrature = 2; boundary_quadrature = 2
+
+    [parametric]                               # one PDE parameter μ (pinn)
+    samples = [-2.0, 0.0, 2.0]; test = [-1.0, 1.0]
+
+    [solution]
+    network = [1, 20, 20, 1]                   # inputs: the coordinates (and μ)
+    activation = "tanh"; degree = 1            # the Lagrange space of outputs (and of Ritz)
+    exact = "x - (exp(x/0.1) - 1)/(exp(1/0.1) - 1)"   # optional: else a P4 reference
+    reference_degree = 4
+
+    [optimizer]                                # ngd | adam | lbfgs; the loss's own metric
+    stop = "target"; target = 1e-5             # or "none"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from natinv.cases.sections import _forward, _inverse, _mesh, _optimizer
+from natinv.cases.settings import (
+    ACTIVATIONS,
+    MOMENTA,
+    PROBLEMS,
+    Case,
+    ForwardCase,
+    InverseCase,
+    MeshSettings,
+    SynthesizeSettings,
+)
+from natinv.cases.table import CaseError, _Table
+
+__all__ = [
+    "ACTIVATIONS",
+    "MOMENTA",
+    "Case",
+    "CaseError",
+    "ForwardCase",
+    "InverseCase",
+    "MeshSettings",
+    "load_case",
+    "load_case_on",
+    "parse_override",
+]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optimizer.beta=0.3"`` → (["optimizer", "beta"], 0.3); the value is read as TOML
+    (a bare word is a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise CaseError(f"--set {text!r}: expected key.path=value")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def _apply(data: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise CaseError(
+                f"{source}: --set {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is not a table"
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ignore[assignment]
+    """Read, override and validate a case file.
+
+    Raises:
+        CaseError: a missing or malformed file, or any invalid value (with its key path).
+    """
+    path = Path(path)
+    source = str(path)
+    if path.is_dir():
+        raise CaseError(f"{source}: a folder, not a case file (a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaseError(f"{source}: no such case file") from None
+    except UnicodeDecodeError:
+        raise CaseError(f"{source}: not a text file (a case is a TOML text file)") from None
+    except OSError as exc:
+        raise CaseError(f"{source}: cannot be read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(f"{source}: not valid TOML ({exc})") from None
+    if not data:
+        raise CaseError(f"{source}: an empty case file (it needs at least a [mesh] table)")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply(data, keys, value, source)
+    base = path.resolve().parent
+    root = _Table(data, "", source)
+    name = root.string("name", path.stem)
+    seed = root.integer("seed", 0)
+    problem = root.string("problem", "inverse", PROBLEMS)
+    mesh = _mesh(root.table("mesh"), base)
+    if problem == "inverse" and mesh.gdim != 2:
+        raise root.fail("mesh.builtin", "an inverse problem needs a 2D mesh")
+    inverse = _inverse(root, base, problem == "inverse")
+    forward = _forward(root, mesh, problem)
+    if not inverse:
+        for table in ("synthesize", "regularization"):
+            if table in root.data:
+                raise root.fail(table, f"only for inverse problems (this case is {problem!r})")
+    t = root.table("synthesize", required=False)
+    synthesize = SynthesizeSettings(
+        layout=t.string("layout", "random:60"),
+        refine=t.integer("refine", 1, low=0),
+        degree=t.integer("degree", 3, low=1),
+        noise=t.number("noise", 0.01, low=0.0),
+        regions=t.string("regions", "probe-*"),
+        given="synthesize" in root.data,
+    )
+    t.finish()
+
+    t = root.table("regularization", required=False)
+    kind = t.string("kind", "h1", ("l2", "h1"))
+    alpha = t.number("alpha", 0.0, low=0.0)
+    regularization = (kind, alpha) if alpha > 0 else None
+    t.finish()
+
+    truth = inverse[1].truth if inverse else forward[1].exact if forward else None
+    parametric = forward[2] is not None if forward else False
+    optimizer = _optimizer(root.table("optimizer", required=False), problem, truth, parametric)
+
+    t = root.table("output", required=False)
+    output = Path(t.string("folder", f"results/{name}"))
+    checkpoint_every = t.integer("checkpoint_every", 10, low=0)
+    t.finish()
+    root.finish()
+    common = {
+        "name": name,
+        "source": path,
+        "seed": seed,
+        "mesh": mesh,
+        "optimizer": optimizer,
+        "output": output,
+        "checkpoint_every": checkpoint_every,
+        "problem": problem,
+    }
+    if inverse:
+        model, parameter, data_settings = inverse
+        return InverseCase(
+            **common,
+            model=model,
+            parameter=parameter,
+            data=data_settings,
+            synthesize=synthesize,
+            regularization=regularization,
+        )
+    assert forward is not None
+    equation, solution, parametric_settings = forward
+    return ForwardCase(
+        **common, equation=equation, solution=solution, parametric=parametric_settings
+    )
+
+
+def load_case_on(comm: Any, path: str | Path, overrides: list[str] = ()) -> Case:  # type: ignore[assignment]
+    """:func:`load_case` on every rank of ``comm``, which must agree: a file that one rank
+    cannot see or read (a folder not shared by all nodes, a file rewritten meanwhile) is one
+    error on every rank instead of one rank stopping while the others go on into the run.
+    Collective.
+
+    Raises:
+        CaseError: the first failing rank's message, on every rank.
+    """
+    case, error = None, None
+    try:
+        case = load_case(path, overrides)
+    except CaseError as exc:
+        error = str(exc)
+    errors = comm.allgather(error) if comm.size > 1 else [error]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise CaseError(first)
+    assert case is not None
+    return case

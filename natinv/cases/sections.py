@@ -1,0 +1,284 @@
+"""The tables of a case file, each read into its settings and checked value by value.
+
+This module imports nothing from natinv's compute layer (formulas are compiled by
+:mod:`natinv.expressions`, which needs only numpy).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from natinv.cases.settings import (
+    ACTIVATIONS,
+    BUILTIN_MESHES,
+    MODELS,
+    MOMENTA,
+    OPTIMIZERS,
+    DataSettings,
+    EquationSettings,
+    MeshSettings,
+    ModelSettings,
+    OptimizerSettings,
+    ParameterSettings,
+    ParametricSettings,
+    SolutionSettings,
+)
+from natinv.cases.table import _Table
+
+
+def _numbers(value: Any, count: int | None = None, positive: bool = False) -> bool:
+    """Whether ``value`` is a list of (``count``) numbers (all > 0 if ``positive``)."""
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and (count is None or len(value) == count)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) and (v > 0 or not positive) for v in value)
+    )
+
+
+def _mesh(t: _Table, base: Path) -> MeshSettings:
+    builtin = t.get("builtin", None)
+    if builtin is not None:
+        t.string("builtin", choices=BUILTIN_MESHES)
+    dim = 1 if builtin == "interval" else 2
+    cells = t.get("cells", 32)
+    if isinstance(cells, int) and not isinstance(cells, bool):
+        cells = [cells] * dim
+    if not (
+        isinstance(cells, list)
+        and len(cells) == dim
+        and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cells)
+    ):
+        expected = "a positive integer" + (" or [nx, ny]" if dim == 2 else "")
+        raise t.fail("cells", f"expected {expected}, got {cells!r}")
+    extent = t.get("extent", [1.0] * dim)
+    if isinstance(extent, int | float) and not isinstance(extent, bool) and dim == 1:
+        extent = [extent]
+    if not _numbers(extent, dim, positive=True):
+        shape = "a length" if dim == 1 else "[length, height]"
+        raise t.fail("extent", f"expected {shape} (positive numbers), got {extent!r}")
+    origin = t.get("origin", [0.0] * dim)
+    if isinstance(origin, int | float) and not isinstance(origin, bool) and dim == 1:
+        origin = [origin]
+    if not _numbers(origin, dim):
+        raise t.fail("origin", f"expected {dim} number(s), the lower corner, got {origin!r}")
+    mesh = MeshSettings(
+        file=t.file("file", base, None),
+        builtin=builtin,
+        cells=cells,
+        extent=[float(e) for e in extent],
+        origin=[float(o) for o in origin],
+    )
+    if (mesh.file is None) == (mesh.builtin is None):
+        raise t.fail(
+            "file", 'give either a mesh file or builtin = "unit-square", "rectangle" or "interval"'
+        )
+    if mesh.file is not None and mesh.file.suffix not in (".msh", ".xdmf"):
+        raise t.fail("file", f"expected a gmsh .msh or an .xdmf file, got {mesh.file.name}")
+    t.finish()
+    return mesh
+
+
+def _dirichlet_tags(t: _Table, name: str) -> list[int] | str:
+    tags = t.get(name, "all")
+    if not (
+        tags == "all"
+        or (
+            isinstance(tags, list)
+            and tags
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in tags)
+        )
+    ):
+        raise t.fail(name, f'expected "all" or a list of boundary tags, got {tags!r}')
+    return tags
+
+
+def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]:
+    network = t.get("network", default)
+    if not (
+        isinstance(network, list)
+        and len(network) >= 2
+        and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in network)
+        and network[0] == inputs
+        and network[-1] == 1
+    ):
+        raise t.fail(
+            "network",
+            f"expected layer widths [{inputs}, ..., 1] (positive integers; {inputs} inputs: "
+            f"{what}), got {network!r}",
+        )
+    return network
+
+
+def _inverse(
+    root: _Table, base: Path, wanted: bool
+) -> tuple[ModelSettings, ParameterSettings, DataSettings] | None:
+    """The ``[model]``, ``[parameter]`` and ``[data]`` tables of an inverse problem."""
+    if not wanted:
+        for table in ("model", "parameter", "data"):
+            if table in root.data:
+                raise root.fail(
+                    table, "only for inverse problems (a forward case has [equation], [solution])"
+                )
+        return None
+    t = root.table("model")
+    dirichlet = _dirichlet_tags(t, "dirichlet")
+    load = t.get("load", [0.0, 0.0])
+    if not _numbers(load, 2):
+        raise t.fail("load", f"expected [fx, fy] (numbers), got {load!r}")
+    traction = None
+    if "traction" in t.data:
+        tt = t.table("traction")
+        value = tt.get("value")
+        if not _numbers(value, 2):
+            raise tt.fail("value", f"expected [tx, ty] (numbers), got {value!r}")
+        traction = (tt.integer("boundary", low=0), [float(v) for v in value])
+        tt.finish()
+    model = ModelSettings(
+        kind=t.string("kind", "diffusion", MODELS),
+        degree=t.integer("degree", 2, low=1),
+        source=t.formula("source", "1") or "1",
+        dirichlet=dirichlet,
+        load=[float(v) for v in load],
+        traction=traction,
+        coefficient=t.string("coefficient", "identity", ("identity", "exp")),
+        poisson_ratio=t.number(
+            "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
+        ),
+    )
+    t.finish()
+
+    t = root.table("parameter")
+    network = _network(t, [2, 20, 20, 1], 2, "x, y")
+    parameter = ParameterSettings(
+        degree=t.integer("degree", 1, low=1),
+        network=network,
+        activation=t.string("activation", "tanh", tuple(ACTIVATIONS)),
+        transform=t.string("transform", "exp", ("identity", "exp", "softplus")),
+        truth=t.formula("truth", None),
+        initial=t.formula("initial", "1") or "1",
+    )
+    t.finish()
+
+    t = root.table("data")
+    sensors = t.file("sensors", base, None, exists=False)
+    averages = t.file("averages", base, None, exists=False)
+    data_field = t.file("field", base, None, exists=False)
+    if (sensors is None and averages is None) == (data_field is None):
+        raise t.fail(
+            "sensors",
+            "give sensors (a CSV file of point values) and/or averages (a CSV file of region "
+            "averages), or field (an XDMF file)",
+        )
+    sigma = t.get("sigma", None)
+    data_settings = DataSettings(
+        sensors=sensors,
+        field=data_field,
+        sigma=None if sigma is None else t.number("sigma", low=0.0, low_open=True),
+        averages=averages,
+    )
+    if data_field is not None and data_settings.sigma is None:
+        raise t.fail("sigma", "a full field needs its noise level sigma")
+    t.finish()
+    return model, parameter, data_settings
+
+
+def _forward(
+    root: _Table, mesh: MeshSettings, problem: str
+) -> tuple[EquationSettings, SolutionSettings, ParametricSettings | None] | None:
+    """The ``[equation]``, ``[solution]`` and ``[parametric]`` tables of a forward problem."""
+    if problem == "inverse":
+        for table in ("equation", "solution", "parametric"):
+            if table in root.data:
+                raise root.fail(table, 'only for forward problems (problem = "pinn" or "ritz")')
+        return None
+    parametric = None
+    if "parametric" in root.data:
+        t = root.table("parametric")
+        samples = t.get("samples")
+        if not _numbers(samples):
+            raise t.fail("samples", f"expected a list of values of μ (numbers), got {samples!r}")
+        test = t.get("test", samples)
+        if not _numbers(test):
+            raise t.fail("test", f"expected a list of values of μ (numbers), got {test!r}")
+        t.finish()
+        if problem == "ritz":
+            raise t.fail("samples", 'a parametric surrogate needs problem = "pinn"')
+        parametric = ParametricSettings([float(v) for v in samples], [float(v) for v in test])
+    names = ("mu",) if parametric else ()
+
+    t = root.table("equation")
+    velocity = t.get("velocity", None)
+    if velocity is not None:
+        if not (isinstance(velocity, list) and len(velocity) == mesh.gdim):
+            raise t.fail(
+                "velocity", f"expected {mesh.gdim} formula(s), one per coordinate, got {velocity!r}"
+            )
+        velocity = [t.check_formula("velocity", v, names) for v in velocity]
+    # exact: Ritz at the dofs (any mesh), PINN through a multiplier (built-in boxes only)
+    default_boundary = "exact" if problem == "ritz" or mesh.builtin is not None else "penalty"
+    equation = EquationSettings(
+        diffusion=t.formula("diffusion", "1", names) or "1",
+        velocity=velocity,
+        reaction=t.formula("reaction", "0", names) or "0",
+        source=t.formula("source", "1", names) or "1",
+        dirichlet=_dirichlet_tags(t, "dirichlet"),
+        boundary_value=t.formula("boundary_value", "0", names) or "0",
+        boundary=t.string("boundary", default_boundary, ("exact", "penalty")),
+        penalty=t.number("penalty", 1.0, low=0.0, low_open=True),
+        quadrature=t.integer("quadrature", 2, low=1),
+        boundary_quadrature=t.integer("boundary_quadrature", 2, low=1),
+    )
+    if problem == "pinn" and equation.boundary == "exact" and mesh.builtin is None:
+        raise t.fail(
+            "boundary",
+            '"exact" multiplies the network by a function that vanishes on the Dirichlet sides '
+            'of a built-in box; on a mesh file use "penalty"',
+        )
+    if problem == "pinn" and equation.dirichlet != "all":
+        raise t.fail("dirichlet", 'a PINN case imposes u = g on every boundary facet: use "all"')
+    if problem == "ritz" and velocity is not None:
+        raise t.fail("velocity", "the Ritz loss needs a symmetric form: no advection term")
+    t.finish()
+
+    t = root.table("solution")
+    inputs = mesh.gdim + (1 if parametric else 0)
+    what = ", ".join(("x", "y")[: mesh.gdim]) + (", μ" if parametric else "")
+    solution = SolutionSettings(
+        network=_network(t, [inputs, 32, 1], inputs, what),
+        activation=t.string("activation", "tanh", tuple(ACTIVATIONS)),
+        degree=t.integer("degree", 1, low=1),
+        exact=t.formula("exact", None, names),
+        reference_degree=t.integer("reference_degree", 4, low=1),
+    )
+    t.finish()
+    return equation, solution, parametric
+
+
+def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> OptimizerSettings:
+    kinds = OPTIMIZERS if problem == "inverse" else ("ngd", "adam", "lbfgs")
+    metrics = ("gauss-newton", "l2", "h1") if problem == "inverse" else ("gauss-newton",)
+    stops = ("discrepancy", "none", "target") if problem == "inverse" else ("none", "target")
+    optimizer = OptimizerSettings(
+        kind=t.string("kind", "ngd", kinds),
+        metric=t.string("metric", "gauss-newton", metrics),
+        solver=t.string("solver", "lm", ("cholesky", "lm", "cutoff", "cg")),
+        damping=t.number("damping", 1e-3, low=0.0),
+        momentum=t.string("momentum", "none", MOMENTA),
+        beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),
+        step=t.string("step", "log-grid", ("log-grid", "armijo")),
+        iterations=t.integer("iterations", 100, low=0),
+        stop=t.string("stop", stops[0], stops),
+        target=None if t.get("target", None) is None else t.number("target", low=0.0),
+        lr=t.number("lr", 1e-2, low=0.0, low_open=True),
+    )
+    if optimizer.stop == "target":
+        if optimizer.target is None:
+            raise t.fail("target", 'stop = "target" needs the relative L2 error to reach')
+        if problem == "inverse" and truth is None:
+            raise t.fail("stop", '"target" needs parameter.truth to measure the error against')
+    t.finish()
+    return optimizer

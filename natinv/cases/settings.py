@@ -1,0 +1,185 @@
+"""The typed settings a case file becomes: one dataclass per table, and the names it accepts.
+
+This module imports nothing from natinv's compute layer (torch, DOLFINx, PETSc): reading a case
+must load none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Case",
+    "DataSettings",
+    "EquationSettings",
+    "ForwardCase",
+    "InverseCase",
+    "MeshSettings",
+    "ModelSettings",
+    "OptimizerSettings",
+    "ParameterSettings",
+    "ParametricSettings",
+    "SolutionSettings",
+    "SynthesizeSettings",
+]
+
+
+@dataclass
+class MeshSettings:
+    file: Path | None = None
+    builtin: str | None = None
+    cells: list[int] = field(default_factory=lambda: [32, 32])
+    extent: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    origin: list[float] = field(default_factory=lambda: [0.0, 0.0])
+
+    @property
+    def gdim(self) -> int:
+        return 1 if self.builtin == "interval" else 2
+
+
+@dataclass
+class ModelSettings:
+    kind: str = "diffusion"
+    degree: int = 2
+    source: str = "1"
+    dirichlet: list[int] | str = "all"
+    load: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    traction: tuple[int, list[float]] | None = None
+    poisson_ratio: float = 0.3
+    coefficient: str = "identity"
+
+
+@dataclass
+class ParameterSettings:
+    degree: int = 1
+    network: list[int] = field(default_factory=lambda: [2, 20, 20, 1])
+    activation: str = "tanh"
+    transform: str = "exp"
+    truth: str | None = None
+    initial: str = "1"
+
+
+@dataclass
+class DataSettings:
+    sensors: Path | None = None
+    field: Path | None = None
+    sigma: float | None = None
+    averages: Path | None = None
+
+
+@dataclass
+class SynthesizeSettings:
+    layout: str = "random:60"
+    refine: int = 1
+    degree: int = 3
+    noise: float = 0.01
+    regions: str = "probe-*"
+    given: bool = False  # whether the case has a [synthesize] table
+
+
+@dataclass
+class EquationSettings:
+    """``−∇·(κ∇u) + b·∇u + c u = f``, ``u = g`` on the Dirichlet boundary (forward problems)."""
+
+    diffusion: str = "1"
+    velocity: list[str] | None = None
+    reaction: str = "0"
+    source: str = "1"
+    dirichlet: list[int] | str = "all"
+    boundary_value: str = "0"
+    boundary: str = "exact"
+    penalty: float = 1.0
+    quadrature: int = 2
+    boundary_quadrature: int = 2
+
+
+@dataclass
+class SolutionSettings:
+    """The neural solution of a forward problem and what it is checked against."""
+
+    network: list[int] = field(default_factory=lambda: [2, 32, 1])
+    activation: str = "tanh"
+    degree: int = 1
+    exact: str | None = None
+    reference_degree: int = 4
+
+
+@dataclass
+class ParametricSettings:
+    """One PDE parameter μ: the training samples and the values the surrogate is tested at."""
+
+    samples: list[float]
+    test: list[float]
+
+
+@dataclass
+class OptimizerSettings:
+    kind: str = "ngd"
+    metric: str = "gauss-newton"
+    solver: str = "lm"
+    damping: float = 1e-3
+    momentum: str = "none"
+    beta: float = 0.0
+    step: str = "log-grid"
+    iterations: int = 100
+    stop: str = "discrepancy"
+    target: float | None = None
+    lr: float = 1e-2
+
+
+@dataclass
+class Case:
+    """What every validated case has; an :class:`InverseCase` or a :class:`ForwardCase`."""
+
+    name: str
+    source: Path
+    seed: int
+    mesh: MeshSettings
+    optimizer: OptimizerSettings
+    output: Path
+    checkpoint_every: int
+    problem: str
+
+    @property
+    def forward(self) -> bool:
+        """A forward problem: the neural network is the PDE's solution (PINN or Ritz loss)."""
+        return self.problem != "inverse"
+
+
+@dataclass
+class InverseCase(Case):
+    """An inverse case (``problem = "inverse"``): a model, data and the unknown field."""
+
+    model: ModelSettings
+    parameter: ParameterSettings
+    data: DataSettings
+    synthesize: SynthesizeSettings
+    regularization: tuple[str, float] | None = None
+
+
+@dataclass
+class ForwardCase(Case):
+    """A forward case (``problem = "pinn"`` or ``"ritz"``): the network is the solution."""
+
+    equation: EquationSettings
+    solution: SolutionSettings
+    parametric: ParametricSettings | None = None
+
+
+# the names the compute layer defines (natinv.fields.ACTIVATIONS, natinv.optim.natural.MOMENTA),
+# repeated so that reading a case loads neither torch nor DOLFINx (a test keeps them equal)
+ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "silu", "sin")
+MOMENTA = (
+    "none",
+    "heavy-ball",
+    "nesterov",
+    "natural-heavy-ball",
+    "natural-heavy-ball-diff",
+    "natural-nesterov",
+    "spring",
+)
+OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
+MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
+BUILTIN_MESHES = ("unit-square", "rectangle", "interval")
+PROBLEMS = ("inverse", "pinn", "ritz")
