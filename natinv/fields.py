@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
-from natinv import parallel
+from natinv import layered, parallel
 from natinv.parallel import Comm
 
 __all__ = [
@@ -131,6 +131,10 @@ class Transform:
         """``z`` with ``transform(z) = k`` (used to initialise a network near a given field)."""
         raise NotImplementedError
 
+    derivative: Callable[[torch.Tensor], torch.Tensor] | None = None
+    """``T'(z)`` value by value, when known: the field's Jacobian then takes the explicit
+    layered path (:mod:`natinv.layered`); without it, torch.func's."""
+
     def __repr__(self) -> str:
         return self.name
 
@@ -142,6 +146,9 @@ class Identity(Transform):
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return z
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.ones_like(z)
 
     def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
         return np.asarray(k, dtype=np.float64)
@@ -155,6 +162,9 @@ class Exp(Transform):
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return torch.exp(z)
 
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.exp(z)
+
     def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
         return np.log(np.asarray(k, dtype=np.float64))
 
@@ -166,6 +176,10 @@ class Softplus(Transform):
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.softplus(z)
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # torch's softplus is z itself above its threshold (20)
+        return torch.where(z > 20.0, torch.ones_like(z), torch.sigmoid(z))
 
     def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
         k = np.asarray(k, dtype=np.float64)
@@ -185,6 +199,10 @@ class Bounded(Transform):
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.lower + (self.upper - self.lower) * torch.sigmoid(z)
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        s = torch.sigmoid(z)
+        return (self.upper - self.lower) * s * (1.0 - s)
 
     def inverse(self, k: npt.ArrayLike) -> npt.NDArray[np.float64]:
         s = (np.asarray(k, dtype=np.float64) - self.lower) / (self.upper - self.lower)
@@ -426,15 +444,20 @@ class NeuralField:
 
         A parametric field takes ``mu`` as ``(q,)`` (one μ for all points) or ``(n, q)``;
         default the field's current μ."""
-        if self.num_mu:
-            mu = self.mu if mu is None else mu
-            assert mu is not None
-            x = torch.cat([x, mu.expand(x.shape[0], self.num_mu)], dim=1)
-        inputs = self.input_map(x) if self.input_map is not None else x
+        inputs = self.network_inputs(x, mu)
         z = functional_call(self.network, {**self._frozen, **params}, (inputs,))
         if z.ndim == 1:
             z = z.unsqueeze(-1)
         return self.transform(z.flatten(1))  # (n, block size), also for n = 0
+
+    def network_inputs(self, x: torch.Tensor, mu: torch.Tensor | None = None) -> torch.Tensor:
+        """What the network reads at points ``x``: ``(x, μ)`` for a parametric field, through
+        the input map if any."""
+        if self.num_mu:
+            mu = self.mu if mu is None else mu
+            assert mu is not None
+            x = torch.cat([x, mu.expand(x.shape[0], self.num_mu)], dim=1)
+        return self.input_map(x) if self.input_map is not None else x
 
     def _point_function(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Field values ``(n, block_size)`` at points ``x (n, gdim)`` for flat parameters."""
@@ -500,8 +523,10 @@ class NeuralField:
     ) -> npt.NDArray[np.float64]:
         """The owned rows of ``J = ∂k/∂θ``, shape ``(num_owned, P)``. Local (no MPI).
 
-        Computed point-chunk by point-chunk with ``torch.func`` (per-point reverse mode), so the
-        working memory stays within ``jacobian_memory``.
+        Computed point-chunk by point-chunk, so the working memory stays within
+        ``jacobian_memory``: for Linear/activation networks with a built-in transform by one
+        batched backward sweep (:mod:`natinv.layered`), otherwise with ``torch.func`` (per-point
+        reverse mode).
 
         Args:
             theta: parameters (default: the current ones).
@@ -517,12 +542,20 @@ class NeuralField:
                 f"({self.num_owned}, {self.num_parameters})"
             )
 
-        # Differentiate with respect to each parameter tensor, not the flat θ: the backward of
-        # slicing θ would scatter every per-point gradient into a P-long zero vector (6× slower).
-        def at_point(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return self.apply(params, x.unsqueeze(0))[0]
+        derivative = self.transform.derivative
+        if derivative is not None and layered.supports(self.network):
 
-        per_point = vmap(jacrev(at_point, argnums=0), in_dims=(None, 0))
+            def per_point(params: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
+                inputs = self.network_inputs(x)
+                return layered.layered_jacobian(self.network, params, inputs, derivative)
+
+        else:
+            # Differentiate with respect to each parameter tensor, not the flat θ: the backward
+            # of slicing θ would scatter every per-point gradient into a P-long zero vector.
+            def at_point(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+                return self.apply(params, x.unsqueeze(0))[0]
+
+            per_point = vmap(jacrev(at_point, argnums=0), in_dims=(None, 0))
         params = {name: p.detach() for name, p in self.unflatten(t).items()}
         with torch.no_grad():
             fill_jacobian(
@@ -556,7 +589,8 @@ class NeuralField:
             lambda: f"vjp: weights have length {w.size}, expected {self.num_owned} owned entries",
         )
         values = self.torch_values(t)
-        (grad,) = torch.autograd.grad(values, t, parallel.torch_from_numpy(w))
+        # a scalar, not grad_outputs=w: the latter makes torch import sympy (about 1 s, once)
+        (grad,) = torch.autograd.grad((values * parallel.torch_from_numpy(w)).sum(), t)
         return parallel.allreduce_array(self.comm, parallel.numpy_from_torch(grad))
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ import torch
 from helpers import gather_rows, unit_square
 
 import natinv
+from natinv.fields import ACTIVATIONS
 from natinv.parallel import CollectiveError, allreduce_array
 
 
@@ -196,3 +197,43 @@ def test_the_callers_module_is_neither_converted_nor_overwritten(comm):
     assert all(p.dtype == torch.float32 for p in network.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
     assert all(p.dtype == torch.float64 for p in field.network.parameters())
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("transform", ["identity", "exp", "softplus", ("bounded", 0.5, 2.0)])
+def test_layered_jacobian_equals_the_torch_func_one(comm, activation, transform):
+    """The explicit backward sweep of natinv.layered (Linear layers and built-in activations)
+    gives the Jacobian torch.func gives, to 1e-12 relative: scalar and vector fields, a frozen
+    layer, a parametric field."""
+    from natinv import layered
+
+    mesh = unit_square(comm)
+    for element, mu in [(("Lagrange", 1), None), (("Lagrange", 1, (2,)), None), (("DG", 0), [0.3])]:
+        space = dolfinx.fem.functionspace(mesh, element)
+        bs = space.dofmap.index_map_bs
+        network = natinv.mlp([2 + (mu is not None), 7, 5, bs], activation, seed=4)
+        network[0].bias.requires_grad_(False)
+        field = natinv.NeuralField(space, network, transform, mu=mu)
+        assert layered.supports(field.network)
+        theta = 2.0 * field.parameters
+        explicit = field.jacobian(theta)
+        derivative = type(field.transform).derivative
+        type(field.transform).derivative = None  # the torch.func path
+        try:
+            reference = field.jacobian(theta)
+        finally:
+            type(field.transform).derivative = derivative
+        scale = max(float(np.abs(reference).max(initial=0.0)), 1e-300)
+        assert np.abs(explicit - reference).max(initial=0.0) <= 1e-12 * scale
+
+
+def test_networks_outside_the_layered_form_keep_the_torch_func_path(comm):
+    """A network that is not Linear/activation layers, alternating, is not taken for one."""
+    from torch import nn
+
+    from natinv import layered
+
+    assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1)))
+    assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)))
+    assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
+    assert layered.supports(natinv.mlp([2, 3, 1]))

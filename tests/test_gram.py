@@ -379,7 +379,9 @@ def test_a_composed_solver_equals_the_named_one(comm):
     _, gradient = objective.value_and_gradient()
     objective.gram.assemble()
     named = natinv.NaturalSolver(objective.gram, "lm", damping=1e-3)
-    composed = natinv.NaturalSolver(objective.gram, Cholesky(), LevenbergMarquardt(1e-3))
+    composed = natinv.NaturalSolver(
+        objective.gram, Cholesky(), LevenbergMarquardt(1e-3, relative=True)
+    )
     for solver in (named, composed):
         solver.report(1.0, 2.0, 1.0)
     a = named.solve(gradient, assemble=False)

@@ -170,6 +170,25 @@ def test_adjoint_and_tangent_jacobians_agree(comm, kind, observation):
     free(problem)
 
 
+def test_kept_operators_follow_the_parameter(comm):
+    """The rows object keeps Bᵀ, the field Jacobian's matrix and the model keeps ∂F/∂m's
+    sparsity across calls: rows at θ, then at another θ (they differ), then at θ again equal
+    the first (1e-12 relative), for the adjoint and the tangent method."""
+    problem, m = build(comm, "diffusion", "points", regularization=None)  # ∂F/∂m depends on u
+    field = natinv.NeuralField(m.function_space, natinv.mlp((2, 5, 1), seed=2), "exp")
+    theta = field.parameters
+    other = theta + 0.3 * np.random.default_rng(1).standard_normal(theta.size)
+    for method in ("tangent", "adjoint"):
+        kept = ObservationRows(field, problem, method)
+        reference = gather_rows(comm, kept.jacobian(theta)).copy()
+        moved = gather_rows(comm, kept.jacobian(other))
+        again = gather_rows(comm, kept.jacobian(theta))
+        assert np.abs(moved - reference).max() > 1e-3 * np.abs(reference).max()
+        assert np.abs(again - reference).max() <= 1e-12 * np.abs(reference).max()
+        kept.destroy()
+    free(problem)
+
+
 def test_full_field_rows_use_tangent_solves(comm):
     problem, m = build(comm, "diffusion", "full", regularization=None)
     field = natinv.NeuralField(m.function_space, natinv.mlp((2, 3, 1), seed=2), "exp")

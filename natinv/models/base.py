@@ -324,17 +324,25 @@ class Model:
         matrix.assemble()
         return matrix
 
+    def _sensitivity(self) -> PETSc.Mat:
+        """``C = ∂F/∂m`` at the current solution, owned by the model: its sparsity is built
+        once and its values re-assembled once per state. Collective."""
+        if self._C is None:
+            self._C = dolfinx.fem.petsc.create_matrix(self._dFdm)
+        if self._C_state != self.solves:
+            self._C.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(self._C, self._dFdm)
+            self._C.assemble()
+            self._C_state = self.solves
+        return self._C
+
     def tangent_vector(self, direction: PETSc.Vec, out: PETSc.Vec) -> None:
         """``δu = S v = −A⁻¹ (∂F/∂m) v`` for one direction ``v`` on ``W`` (one solve with the
         existing factors; ``∂F/∂m`` is assembled once per state). Collective."""
         self._require_solution()
-        if self._C is None or self._C_state != self.solves:
-            if self._C is not None:
-                self._C.destroy()
-            self._C = self.sensitivity_matrix()
-            self._C_state = self.solves
-        rhs = self._C.createVecLeft()
-        self._C.mult(direction, rhs)
+        sensitivity = self._sensitivity()
+        rhs = sensitivity.createVecLeft()
+        sensitivity.mult(direction, rhs)
         rhs.scale(-1.0)
         self._zero_bc_rows(rhs)
         self._linear_solve(rhs, out)
@@ -344,9 +352,7 @@ class Model:
         """``S X = −A⁻¹ (∂F/∂m) X`` for a dense matrix ``X`` of parameter directions (W × k),
         all columns with one factorisation; a new dense matrix (V × k). Collective."""
         self._require_solution()
-        sensitivity = self.sensitivity_matrix()
-        rhs = sensitivity.matMult(directions)
-        sensitivity.destroy()
+        rhs = self._sensitivity().matMult(directions)
         rhs.scale(-1.0)
         if self._constrained.any():
             rhs.getDenseArray()[self._constrained, :] = 0.0
@@ -388,10 +394,8 @@ class Model:
         if self._constrained.any():
             solution.getDenseArray()[self._constrained, :] = 0.0
         solution.assemble()
-        sensitivity = self.sensitivity_matrix()
-        gradients = sensitivity.transposeMatMult(solution)
+        gradients = self._sensitivity().transposeMatMult(solution)
         gradients.scale(-1.0)
-        sensitivity.destroy()
         solution.destroy()
         return gradients
 

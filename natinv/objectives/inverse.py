@@ -283,6 +283,7 @@ class ObservationRows:
             method = "adjoint" if operators and self.num_global < self.num_parameters else "tangent"
         self.method = method
         self._field_jacobian: PETSc.Mat | None = None  # J = ∂k/∂θ, kept across calls
+        self._operators: dict[int, PETSc.Mat] = {}  # Bᵀ of each observation block, dense
 
     @property
     def parameters(self) -> npt.NDArray[np.float64]:
@@ -349,6 +350,9 @@ class ObservationRows:
         if self._field_jacobian is not None:
             self._field_jacobian.destroy()
             self._field_jacobian = None
+        for matrix in self._operators.values():
+            matrix.destroy()
+        self._operators = {}
 
     def _adjoint_rows(
         self,
@@ -360,17 +364,24 @@ class ObservationRows:
         """``B S J = ((S^T B^T)^T) J`` block by block: one transposed solve per observation
         row, then ``(Cᵀ P Λ)ᵀ J``; the rows land where each block owns them. Collective."""
         for obs in experiment.observations:
-            # Bᵀ (V × n, columns laid out as B's rows) as a new dense matrix: petsc4py's
-            # transpose() and convert() without an output matrix work in place
-            rows = obs.operator.transpose(PETSc.Mat())
-            rows.convert("dense")
-            gradients = experiment.model.adjoint_tangent(rows)  # W × n
+            gradients = experiment.model.adjoint_tangent(self._transposed(obs))  # W × n
             observed = gradients.transposeMatMult(field_jacobian)  # n × P
             out[row : row + obs.num_owned] = observed.getDenseArray(readonly=True)[: obs.num_owned]
             row += obs.num_owned
-            for obj in (rows, gradients, observed):
+            for obj in (gradients, observed):
                 obj.destroy()
         return row
+
+    def _transposed(self, obs: Observations) -> PETSc.Mat:
+        """``Bᵀ`` (V × n, columns laid out as B's rows) as a dense matrix, made once per
+        observation block and kept (the observation operator does not change)."""
+        key = id(obs)
+        if key not in self._operators:
+            # petsc4py's transpose() and convert() without an output matrix work in place
+            rows = obs.operator.transpose(PETSc.Mat())
+            rows.convert("dense")
+            self._operators[key] = rows
+        return self._operators[key]
 
     def metric(self) -> PETSc.Mat:
         """The block-diagonal noise metric of all observations, in the rows' layout."""

@@ -296,7 +296,14 @@ class InverseSetup:
         return {k: float(v) for k, v in self.problem.timings.items()}
 
     def write(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
-        """The results of the run into ``case.output`` (see :func:`write_results`)."""
+        """The results of the run into ``case.output`` (see :func:`write_results`), with the
+        PDE solves the run took: nonlinear/linear state solves, and every solve with the
+        operator (states, adjoints, tangent blocks, each block of right-hand sides one)."""
+        models_ = [e.model for e in self.problem.experiments]
+        summary["pde_solves"] = {
+            "state": int(sum(m.solves for m in models_)),
+            "operator": int(sum(m.linear_solves for m in models_)),
+        }
         return write_results(self, history, summary)
 
     def close(self) -> None:
