@@ -1,27 +1,31 @@
 """Inverse problems side by side: the TAO finite-element baseline and the neural natural methods.
 
-Every problem is a shipped case (or one with another truth, synthesized here, on a mesh refined
-once at P3: no inverse crime) run with ``natinv run`` in one process per method, one after the
-other on the same machine. For each problem:
+One ``natinv compare`` per problem (one process, the methods one after the other on the same
+machine): the baseline ``tao-nls`` (Gauss–Newton–CG on a P1 field, H1 Tikhonov weight α by the
+discrepancy principle over a grid, the search's cost counted) and the neural natural methods
+``ngd`` (no momentum), ``nhb`` (natural heavy-ball), ``nesterov`` (the velocity kept in
+parameter space, the natural step at the look-ahead point: one Jacobian per step) and
+``nnesterov`` (the velocity re-projected onto the tangent space at θ_k, then the step at the
+look-ahead point: two Jacobians per step), each stopped at the noise level.
 
-- the baseline, ``tao-nls`` (Gauss–Newton–CG on a P1 field) with an H1 Tikhonov term whose α is
-  chosen by the discrepancy principle over a grid (the largest α whose run reaches the noise
-  level; every run of the search is counted in its cost, printed on its own line);
-- each neural method to the noise level (the discrepancy stop), from the case's network.
+Problems: the shipped ``diffusion_hole`` (80 point sensors), ``diffusion_lshape_probes`` (probe
+averages), ``elasticity_beam`` and ``hippylib_poisson`` (full field: the baseline keeps the
+case's α), and two with features a smooth network cannot represent, data synthesized here on a
+mesh refined once at P3: ``hole_sharp`` (the plate with a disc inclusion and a jump) and
+``lshape_sharp`` (an L-shape with a narrow Gaussian bump and a jump, 300 point sensors,
+2-20-20-1 network: a problem set up without regard to the method).
 
-Printed per problem and method: iterations, PDE solves (state solves and solves with the
-operator, each block of right-hand sides one), time, time per iteration and its ratio to a TAO
-iteration, the final error, and the time at which the method first reached the baseline's final
-error. ``--quick`` runs two problems with fewer methods (a smoke test).
+Printed per problem and method: iterations, PDE solves (solves with the state operator: states,
+adjoints, tangent blocks), time, time per iteration and its ratio to a TAO iteration, the final
+error, and the time at which the method first reached the baseline's final error (``-``: never).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/inverse_suite.py [--ranks 2] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/inverse_suite.py [--ranks 2] [--problems a,b]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -30,34 +34,56 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHARP = (
+HOLE_SHARP = (
     "exp(0.6*sin(2*pi*x)*cos(pi*y)) + where((x-0.25)**2 + (y-0.75)**2 < 0.0144, 1.5, 0.0)"
     " + where(x < 0.5, 0.0, 0.5)"
 )
-# problem -> (case file, overrides, data to synthesize: None or its overrides)
-PROBLEMS: dict[str, tuple[str, list[str], list[str] | None]] = {
-    "diffusion_hole": ("diffusion_hole", [], None),
-    "lshape_probes": ("diffusion_lshape_probes", [], None),
-    "elasticity_beam": ("elasticity_beam", [], None),
-    "hippylib_poisson": ("hippylib_poisson", [], None),
-    "hole_sharp": ("diffusion_hole", [f"parameter.truth='{SHARP}'"], []),
+LSHAPE_SHARP = f"""
+name = "lshape-sharp"
+seed = 0
+[mesh]
+file = "{ROOT / "meshes" / "l_shape.msh"}"
+[model]
+kind = "diffusion"
+degree = 2
+source = "10"
+dirichlet = [1]
+[parameter]
+degree = 1
+network = [2, 20, 20, 1]
+activation = "tanh"
+transform = "exp"
+truth = "1 + where(x < 0.3, 1.0, 0.0) + 2*exp(-((x-0.7)**2 + (y-0.25)**2)/0.004)"
+[data]
+sensors = "sensors.csv"
+[synthesize]
+layout = "random:300"
+refine = 1
+degree = 3
+noise = 0.01
+[optimizer]
+kind = "ngd"
+iterations = 150
+[output]
+folder = "results"
+"""
+# problem -> (case file or TOML text, overrides, synthesize the data first)
+PROBLEMS: dict[str, tuple[str, list[str], bool]] = {
+    "diffusion_hole": ("diffusion_hole", [], False),
+    "lshape_probes": ("diffusion_lshape_probes", [], False),
+    "elasticity_beam": ("elasticity_beam", [], False),
+    "hippylib_poisson": ("hippylib_poisson", ["optimizer.iterations=60"], False),
+    "hole_sharp": ("diffusion_hole", [f"parameter.truth='{HOLE_SHARP}'"], True),
+    "lshape_sharp": (LSHAPE_SHARP, [], True),
 }
-NEURAL: dict[str, list[str]] = {
-    "ngd": ["optimizer.momentum='none'", "optimizer.beta=0.0"],
-    "ngd-heavy-ball": ["optimizer.momentum='natural-heavy-ball'", "optimizer.beta=0.5"],
-    "ngd-nesterov": ["optimizer.momentum='nesterov'", "optimizer.beta=0.5"],
-    "ngd-natural-nesterov": ["optimizer.momentum='natural-nesterov'", "optimizer.beta=0.5"],
-}
-NEURAL_COMMON = [
-    "optimizer.kind='ngd'",
+METHODS = ("tao-nls", "ngd", "nhb", "nesterov", "nnesterov")
+NEURAL = [  # what every neural run shares (the case's network, the shipped solver settings)
     "optimizer.metric='gauss-newton'",
     "optimizer.solver='lm'",
     "optimizer.damping=1e-3",
     "optimizer.step='armijo'",
-    "optimizer.iterations=150",
     "optimizer.stop='discrepancy'",
 ]
-ALPHAS = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 def natinv(args: list[str], ranks: int) -> None:
@@ -69,88 +95,59 @@ def natinv(args: list[str], ranks: int) -> None:
         raise SystemExit(f"natinv {' '.join(args)}: exit {result.returncode}\n{result.stderr}")
 
 
-def run(case: Path, overrides: list[str], ranks: int) -> dict:
-    out = Path(tempfile.mkdtemp(prefix="suite-"))
-    args = ["run", str(case), "--quiet", "--set", f"output.folder='{out}'"]
-    for item in overrides:
-        args += ["--set", item]
-    natinv(args, ranks)
-    summary = json.loads((out / "summary.json").read_text())
-    with open(out / "history.csv", newline="") as stream:
-        summary["history"] = [
-            (float(r["elapsed"]), float(r["error"] or "nan")) for r in csv.DictReader(stream)
-        ]
-    return summary
-
-
-def reached(summary: dict, error: float) -> float:
-    """The time at which the run's error first fell to ``error`` (inf if never)."""
-    return next((t for t, e in summary["history"] if e <= error), float("inf"))
-
-
-def line(name: str, s: dict, tao_iteration: float, target: float, extra: float = 0.0) -> str:
-    its, time = s["iterations"], s["time"] + extra
-    per = s["time"] / max(its, 1)
-    solves = s.get("pde_solves", {})
-    hit = reached(s, target) + extra
-    return (
-        f"  {name:<22} {its:>4} {solves.get('state', 0):>6} {solves.get('operator', 0):>6} "
-        f"{time:>8.2f} {per * 1e3:>8.1f} {per / tao_iteration:>6.2f} "
-        f"{s['relative_l2_error']:>9.4f} {hit:>9.2f}"
-    )
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="two problems, fewer methods")
     parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
-    names = ["diffusion_hole", "hole_sharp"] if args.quick else args.problems.split(",")
-    methods = ["ngd", "ngd-heavy-ball"] if args.quick else list(NEURAL)
-    print(f"{args.ranks} rank(s); times in s, per-iteration in ms; ratio = per-iteration / TAO's")
-    for name in names:
-        case_name, overrides, synthesize = PROBLEMS[name]
-        case = ROOT / "cases" / f"{case_name}.toml"
-        overrides = list(overrides)
-        if synthesize is not None:  # the case's data layout, another truth
-            data = Path(tempfile.mkdtemp(prefix="suite-data-")) / "sensors.csv"
-            overrides.append(f"data.sensors='{data}'")
+    methods = args.methods.split(",")
+    print(f"{args.ranks} rank(s); times in s, per iteration in ms; ratio: per iteration / TAO's")
+    for name in args.problems.split(","):
+        source, overrides, synthesize = PROBLEMS[name]
+        work = Path(tempfile.mkdtemp(prefix=f"suite-{name}-"))
+        if source.strip().startswith("name"):
+            case = work / "case.toml"
+            case.write_text(source)
+        else:
+            case = ROOT / "cases" / f"{source}.toml"
+        overrides = [*overrides, f"output.folder='{work / 'out'}'", *NEURAL]
+        if synthesize:
+            overrides.append(f"data.sensors='{work / 'sensors.csv'}'")
             settings = [a for o in overrides for a in ("--set", o)]
             natinv(["synthesize", str(case), *settings], 1)
-        # the baseline: α by the discrepancy principle, the search counted
-        search, chosen = 0.0, None
-        for alpha in ALPHAS:
-            s = run(
-                case,
-                [
-                    *overrides,
-                    "optimizer.kind='tao-nls'",
-                    "optimizer.stop='discrepancy'",
-                    "optimizer.iterations=200",
-                    "regularization.kind='h1'",
-                    f"regularization.alpha={alpha}",
-                ],
-                args.ranks,
-            )
-            search += s["time"]
-            if s["stopped"] == "discrepancy":
-                chosen = (alpha, s)
-                break
-        if chosen is None:
-            chosen = (ALPHAS[-1], s)
-        alpha, tao = chosen
-        tao_iteration = tao["time"] / max(tao["iterations"], 1)
-        target = tao["relative_l2_error"]
-        print(f"\n{name}: baseline α = {alpha} (search: {search:.2f} s over the grid)")
+        settings = [a for o in overrides for a in ("--set", o)]
+        natinv(["compare", str(case), "--optimizers", ",".join(methods), *settings], args.ranks)
+        table = {r["optimizer"]: r for r in rows(work / "out" / "comparison.csv")}
+        baseline = table.get("tao-nls")
+        search = table.get("tao-nls:α-search", baseline)
+        tao_its = int(baseline["iterations"]) if baseline else 0
+        tao_iteration = float(baseline["time"]) / max(tao_its, 1) if baseline else float("nan")
+        target = float(baseline["relative_l2_error"]) if baseline else 0.0
+        print(f"\n{name}" + (f": baseline {search['stopped']}" if search else ""))
         print(
-            f"  {'method':<22} {'its':>4} {'states':>6} {'solves':>6} {'time':>8} {'per it':>8} "
-            f"{'ratio':>6} {'error':>9} {'to base':>9}"
+            f"  {'method':<18} {'its':>4} {'solves':>6} {'time':>7} {'per it':>7} {'ratio':>6} "
+            f"{'error':>8} {'to base':>8}"
         )
-        print(line("tao-nls (+ α search)", tao, tao_iteration, target, search - tao["time"]))
-        for method in methods:
-            s = run(case, [*overrides, *NEURAL_COMMON, *NEURAL[method]], args.ranks)
-            print(line(method, s, tao_iteration, target), flush=True)
+        for method, row in table.items():
+            its, time = int(row["iterations"]), float(row["time"])
+            per = time / max(its, 1)
+            hit = "-"
+            if not method.startswith("tao"):
+                history = rows(work / "out" / "compare" / method / "history.csv")
+                times = [float(h["elapsed"]) for h in history if float(h["error"]) <= target]
+                hit = f"{times[0]:.2f}" if times else "-"
+            print(
+                f"  {method:<18} {its:>4} {row['operator_solves']:>6} {time:>7.2f} "
+                f"{per * 1e3:>7.1f} {per / tao_iteration:>6.2f} "
+                f"{float(row['relative_l2_error']):>8.4f} {hit:>8}",
+                flush=True,
+            )
     return 0
 
 

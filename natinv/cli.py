@@ -7,6 +7,7 @@ Input errors end with one line ``natinv: error: ...`` on rank 0 and exit code 2 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 from collections.abc import Sequence
@@ -93,6 +94,17 @@ def _count(minimum: int):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _alphas(text: str) -> list[float]:
+    """An argparse type: comma-separated positive finite numbers."""
+    try:
+        values = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,0.1, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers, got {text!r}")
+    return values
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser that reports errors on rank 0 only and exits on every rank."""
 
@@ -145,10 +157,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="run a case with several optimizers, side by side")
     cmp.add_argument("case", type=Path)
     cmp.add_argument(
-        "--optimizers", default="ngd,nnesterov,adam,lbfgs", help="ngd, nhb, nnesterov, adam, lbfgs"
+        "--optimizers",
+        default="ngd,nnesterov,adam,lbfgs",
+        help="ngd, nhb, nesterov, nnesterov, adam, lbfgs, tao-nls, tao-lmvm (the finite-element "
+        "baselines, α by the discrepancy principle; the search is a row of its own)",
     )
     cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
+    cmp.add_argument(
+        "--alphas",
+        type=_alphas,
+        help="the baselines' Tikhonov weights to search, e.g. 1,0.1,0.01 (default 100 … 1e-4)",
+    )
     syn = sub.add_parser(
         "synthesize",
         help="sensor data (CSV) from a known field on a fine discretisation, with noise",
@@ -256,19 +276,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.set,
                 comm,
                 iterations=args.iterations,
+                **({"alphas": args.alphas} if args.alphas else {}),
             )
             fit = "misfit" if "misfit" in summaries[0] else "loss"  # inverse, forward
             parallel.rank0_print(
                 comm,
-                f"{'optimizer':<10} {'its':>5} {'stopped':>12} {fit:>10} {'error':>10} {'time':>7}",
+                f"{'optimizer':<16} {'its':>5} {'stopped':>18} {fit:>10} {'error':>10} "
+                f"{'time':>7} {'solves':>7}",
             )
             for s in summaries:
                 error = s["relative_l2_error"]
                 parallel.rank0_print(
                     comm,
-                    f"{s['optimizer']:<10} {s['iterations']:5d} {s['stopped']:>12} "
+                    f"{s['optimizer']:<16} {s['iterations']:5d} {s['stopped']:>18} "
                     f"{s[fit]:10.4g} {error if error is not None else float('nan'):10.3e} "
-                    f"{s['time'] or 0.0:7.1f}",
+                    f"{s['time'] or 0.0:7.2f} {s.get('pde_solves', {}).get('operator', ''):>7}",
                 )
         elif args.command == "synthesize" and args.case is not None:
             from natinv.cases import load_case_on

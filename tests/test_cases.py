@@ -395,3 +395,25 @@ def test_the_case_schema_names_what_the_compute_layer_defines():
 
     assert cases.ACTIVATIONS == tuple(ACTIVATIONS)
     assert cases.MOMENTA == tuple(MOMENTA)
+
+
+def test_compare_chooses_the_baselines_alpha_by_the_discrepancy_principle(comm, shared_tmp):
+    """``--optimizers tao-nls``: each α of the grid, largest first, is run to convergence; the
+    chosen one is the largest whose converged misfit is within the noise level (Morozov), the
+    larger one tried before it is not, and the search is a row of its own after the run made
+    with the chosen α."""
+    folder = shared_tmp / "cmp-tao"
+    args = ["compare", str(HOLE), "--optimizers", "tao-nls", "--alphas", "1e3,0.1"]
+    assert main([*args, "--iterations", "60", "--set", f"output.folder='{folder}'"]) == 0
+    rows = (folder / "comparison.csv").read_text().splitlines()
+    names = [r.split(",")[0] for r in rows[1:]]
+    assert names == ["tao-nls", "tao-nls:α-search"]
+    assert "α = 0.1 (3 runs)" in rows[2]
+    import json
+
+    def summary(sub: str) -> dict:
+        return json.loads((folder / "compare" / "tao-nls" / sub / "summary.json").read_text())
+
+    large, small = summary("alpha-1000"), summary("alpha-0.1")
+    assert large["misfit"] > large["discrepancy_level"] >= small["misfit"]
+    assert summary(".")["stopped"] == "discrepancy"
