@@ -50,6 +50,7 @@ __all__ = [
     "ConjugateGradient",
     "Damping",
     "FixedDamping",
+    "GaussNewtonCG",
     "LevenbergMarquardt",
     "Method",
     "NaturalSolver",
@@ -443,6 +444,110 @@ class SpectralCutoff:
         self._eigen = None
 
 
+class GaussNewtonCG:
+    """Conjugate gradients on ``(G + λI) d = g`` with ``G`` given only by products
+    (:class:`~natinv.objectives.inverse.GaussNewtonOperator`: two PDE solves each), in
+    parameter space with replicated vectors.
+
+    The tolerance follows Eisenstat & Walker (1996, choice 2): ``η_k = γ (‖g_k‖/‖g_{k−1}‖)^α``
+    (γ = 0.9, α = 2), safeguarded by ``γ η_{k−1}^α`` when that is larger than 0.1 and kept in
+    ``[rtol, η_max]``: loose far from the solution, where an exact Gauss–Newton step is wasted,
+    tight near it. ``forcing="fixed"`` uses ``rtol`` throughout. The solve starts from the last
+    direction when that lowers the initial residual (warm start; the previous direction is the
+    re-projected velocity's best available stand-in when no momentum is used). Every CG iterate
+    from zero is a descent direction, so a truncated solve (``max_it``) is kept.
+    """
+
+    name = "gn-cg"
+    needs_gram = False
+
+    def __init__(
+        self,
+        rtol: float = 1e-6,
+        max_it: int = 200,
+        forcing: str = "eisenstat-walker",
+        eta_max: float = 0.5,
+        warm_start: bool = True,
+    ) -> None:
+        if forcing not in ("eisenstat-walker", "fixed"):
+            raise ValueError(f"Unknown forcing {forcing!r}; choose eisenstat-walker or fixed")
+        if not (0 < rtol < 1 and 0 < eta_max < 1 and max_it >= 1):
+            raise ValueError(
+                f"Invalid CG settings: rtol {rtol} and eta_max {eta_max} must lie in (0, 1), "
+                f"max_it {max_it} >= 1"
+            )
+        self.rtol, self.max_it, self.forcing, self.eta_max = rtol, max_it, forcing, eta_max
+        self.warm_start = warm_start
+        self.factorizations = 0
+        self.info: dict[str, Any] = {}
+        self._previous: tuple[float, float] | None = None  # (‖g‖, η) of the last solve
+        self._last: Vector | None = None
+
+    def bind(self, gram: Any, prefix: str) -> None:
+        if not hasattr(gram, "mult"):
+            raise TypeError("GaussNewtonCG needs an operator with mult(x) (GaussNewtonOperator)")
+        self.gram, self.comm, self.prefix = gram, gram.comm, prefix
+
+    def _tolerance(self, norm: float) -> float:
+        if self.forcing == "fixed" or self._previous is None:
+            return self.rtol if self.forcing == "fixed" else self.eta_max
+        last_norm, last_eta = self._previous
+        eta = 0.9 * (norm / last_norm) ** 2 if last_norm > 0 else self.eta_max
+        safeguard = 0.9 * last_eta**2
+        if safeguard > 0.1:
+            eta = max(eta, safeguard)
+        return float(min(max(eta, self.rtol), self.eta_max))
+
+    def solve(self, g: Vector, damping: float) -> Vector:
+        norm = float(np.linalg.norm(g))
+        eta = self._tolerance(norm)
+
+        def operator(x: Vector) -> Vector:
+            return self.gram.mult(x) + damping * x
+
+        x = np.zeros_like(g)
+        r = g.copy()
+        if self.warm_start and self._last is not None and self._last.shape == g.shape:
+            trial = g - operator(self._last)
+            if float(np.linalg.norm(trial)) < norm and float(g @ self._last) > 0:
+                x, r = self._last.copy(), trial
+        p = r.copy()
+        rr = float(r @ r)
+        iterations, reason = 0, "converged"
+        while np.sqrt(rr) > eta * norm:
+            if iterations == self.max_it:
+                reason = "truncated"
+                break
+            q = operator(p)
+            curvature = float(p @ q)
+            if not curvature > 0:  # G + λI not positive definite along p: keep what we have
+                reason = "negative curvature"
+                break
+            step = rr / curvature
+            x += step * p
+            r -= step * q
+            new = float(r @ r)
+            p = r + (new / rr) * p
+            rr = new
+            iterations += 1
+        if not float(g @ x) > 0:  # (a warm start gone wrong, or no iteration): the gradient
+            x = g / max(float(g @ operator(g)) / max(norm**2, 1e-300), 1e-300)
+        self._previous = (norm, eta)
+        self._last = x.copy()
+        self.info = {
+            "method": self.name,
+            "damping": damping,
+            "iterations": iterations,
+            "rtol": eta,
+            "reason": reason,
+            "truncated": reason != "converged",
+        }
+        return x
+
+    def destroy(self) -> None:
+        self._last = None
+
+
 # -- sample space ---------------------------------------------------------------------------------
 
 
@@ -673,8 +778,11 @@ class NaturalSolver:
             self.gram.update_jacobian()
         if self.needs_gram and assemble:
             self.gram.assemble(jacobian=False)
-        if not getattr(self.damping_policy, "calibrated", True):  # λ relative to max diag(G)
-            self.damping_policy.calibrate(float(self.gram.diagonal().max()))  # type: ignore[attr-defined]
+        if not getattr(self.damping_policy, "calibrated", True):  # λ relative to G's scale
+            scale = (  # max diag(G), or a Rayleigh quotient for an operator
+                self.gram.scale(g) if hasattr(self.gram, "scale") else self.gram.diagonal().max()
+            )
+            self.damping_policy.calibrate(float(scale))  # type: ignore[attr-defined]
         start = time.perf_counter()
         d = self.method_solver.solve(g, self.damping)
         self.info = self.method_solver.info

@@ -25,9 +25,10 @@ import torch
 
 from natinv import checkpoint, metrics, output, parallel
 from natinv.cases import Case
-from natinv.directions import NaturalSolver
+from natinv.directions import GaussNewtonCG, LevenbergMarquardt, NaturalSolver
 from natinv.fields import NeuralField
 from natinv.gram import Gram
+from natinv.objectives.inverse import InverseObjective
 from natinv.objectives.pinn import PINN
 from natinv.objectives.ritz import Ritz
 from natinv.optim.baselines import LBFGS, Adam
@@ -55,6 +56,19 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
     if settings.kind == "lbfgs":
         return LBFGS(objective, memory=20), []
     owned: list[Any] = []
+    if settings.solver == "gn-cg":  # matrix-free Gauss–Newton, CG with Eisenstat–Walker
+        assert isinstance(objective, InverseObjective)  # (the case parser makes sure)
+        operator = objective.gauss_newton_operator()
+        solver = NaturalSolver(
+            operator,
+            GaussNewtonCG(),
+            LevenbergMarquardt(settings.damping or 1e-3, relative=True),
+            options_prefix="natinv_gram_",
+        )
+        optimizer = NaturalGradientDescent(
+            objective, solver, settings.step, momentum=settings.momentum, beta=settings.beta
+        )
+        return optimizer, [solver, operator]
     if isinstance(objective, PINN | Ritz):  # the loss's own metric: ENGD, or the energy
         gram = objective.gram
     elif settings.metric == "gauss-newton":

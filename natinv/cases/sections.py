@@ -16,6 +16,7 @@ from natinv.cases.settings import (
     MODELS,
     MOMENTA,
     OPTIMIZERS,
+    SOLVERS,
     DataSettings,
     EquationSettings,
     MeshSettings,
@@ -265,7 +266,7 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
     optimizer = OptimizerSettings(
         kind=t.string("kind", "ngd", kinds),
         metric=t.string("metric", "gauss-newton", metrics),
-        solver=t.string("solver", "lm", ("cholesky", "lm", "cutoff", "cg")),
+        solver=t.string("solver", "lm", SOLVERS if problem == "inverse" else SOLVERS[:-1]),
         damping=t.number("damping", 1e-3, low=0.0),
         momentum=t.string("momentum", "none", MOMENTA),
         beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),
@@ -275,6 +276,8 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
         target=None if t.get("target", None) is None else t.number("target", low=0.0),
         lr=t.number("lr", 1e-2, low=0.0, low_open=True),
     )
+    if optimizer.solver == "gn-cg" and optimizer.metric != "gauss-newton":
+        raise t.fail("solver", '"gn-cg" (matrix-free Gauss–Newton) needs metric = "gauss-newton"')
     if optimizer.stop == "target":
         if optimizer.target is None:
             raise t.fail("target", 'stop = "target" needs the relative L2 error to reach')

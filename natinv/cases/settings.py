@@ -179,6 +179,7 @@ MOMENTA = (
     "natural-nesterov",
     "spring",
 )
+SOLVERS = ("cholesky", "lm", "cutoff", "cg", "gn-cg")  # gn-cg: inverse problems only
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
 MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
 BUILTIN_MESHES = ("unit-square", "rectangle", "interval")

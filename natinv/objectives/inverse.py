@@ -36,7 +36,13 @@ from natinv.gram import Gram
 from natinv.models.base import Model
 from natinv.observations import Observations
 
-__all__ = ["Experiment", "InverseObjective", "InverseProblem", "ObservationRows"]
+__all__ = [
+    "Experiment",
+    "GaussNewtonOperator",
+    "InverseObjective",
+    "InverseProblem",
+    "ObservationRows",
+]
 
 REGULARIZATIONS = ("l2", "h1")
 
@@ -256,10 +262,135 @@ class InverseObjective:
         rows = ObservationRows(self.field, self.problem)
         return Gram(rows, rows.metric())
 
+    def gauss_newton_operator(self) -> GaussNewtonOperator:
+        """The Gauss–Newton Gram as a matrix-free operator (:class:`GaussNewtonOperator`; the
+        caller destroys it)."""
+        return GaussNewtonOperator(self.field, self.problem)
+
     def destroy(self) -> None:
         self.gram.destroy()
         if self._own_metric:
             self.metric.destroy()
+
+
+class GaussNewtonOperator:
+    """``G = Jᵀ H J`` as products, never formed: ``J = ∂k/∂θ`` the field's Jacobian (kept, dense,
+    cheap: no PDE solve) and ``H = Σ_e S_eᵀ Bᵀ W B S_e + R`` the Gauss–Newton Hessian of the
+    loss in the field (:meth:`InverseProblem.gauss_newton_product`: one tangent and one adjoint
+    solve per experiment with the existing factors).
+
+    For many observations *and* many parameters (full-field data, P in the thousands), forming
+    ``BSJ`` costs ``min(n, P)`` solves and ``G`` an ``nP²`` product each step; a Krylov solve
+    with this operator costs two solves per iteration instead (:class:`~natinv.directions.
+    GaussNewtonCG`). It offers what the optimizers use of a :class:`~natinv.gram.Gram`:
+    :meth:`update_jacobian`, :meth:`mult`, :meth:`quadratic`, and for natural momentum
+    :meth:`apply` (``B S J p``, the rows) and :meth:`pull_back` (``Jᵀ Sᵀ Bᵀ W w``). Unlike the
+    assembled Gram it includes the Tikhonov term's ``R`` (the Hessian of the whole loss).
+    """
+
+    def __init__(self, field: NeuralField, problem: InverseProblem) -> None:
+        self.field, self.problem, self.comm = field, problem, field.comm
+        self.rows = ObservationRows(field, problem)
+        self.metric = self.rows.metric()
+        self.num_parameters = field.num_parameters
+        self.version = 0  # bumped whenever J changes
+        self.assemblies = 0
+        self.products = 0
+        self.timings = {"jacobian": 0.0, "gram": 0.0}
+        self._jacobian: npt.NDArray[np.float64] | None = None
+        self._theta: npt.NDArray[np.float64] | None = None
+        self._v = PETSc.Vec().createMPI((problem.num_owned, PETSc.DECIDE), comm=self.comm)
+        self._hv = self._v.duplicate()
+
+    def update_jacobian(self, theta: npt.ArrayLike | None = None) -> None:
+        """Solve the state at θ (if not current) and keep the field Jacobian there. Collective."""
+        start = time.perf_counter()
+        self.rows._solve(theta)
+        self._theta = self.field.validated(theta).copy()
+        if self._jacobian is None:
+            self._jacobian = np.empty((self.field.num_owned, self.num_parameters), order="F")
+        self.field.jacobian(self._theta, out=self._jacobian)
+        self.version += 1
+        self.timings["jacobian"] += time.perf_counter() - start
+
+    def assemble(self, theta: npt.ArrayLike | None = None, *, jacobian: bool = True) -> None:
+        """(Nothing to form; brings J to θ when asked.)"""
+        if jacobian or self.version == 0:
+            self.update_jacobian(theta)
+
+    def _current(self) -> npt.NDArray[np.float64]:
+        if self._jacobian is None:
+            self.update_jacobian()
+        assert self._jacobian is not None
+        return self._jacobian
+
+    def mult(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``G x`` for a replicated ``x`` (replicated result). Collective."""
+        start = time.perf_counter()
+        jacobian = self._current()
+        self._v.array[:] = jacobian @ np.asarray(x, dtype=np.float64)
+        self.problem.gauss_newton_product(self._v, self._hv)
+        self.products += 1
+        out = parallel.allreduce_array(self.comm, jacobian.T @ self._hv.array_r)
+        self.timings["gram"] += time.perf_counter() - start
+        return out
+
+    def quadratic(self, direction: npt.ArrayLike) -> float:
+        """``vᵀ G v``. Collective."""
+        v = np.asarray(direction, dtype=np.float64)
+        return float(v @ self.mult(v))
+
+    def scale(self, probe: npt.ArrayLike) -> float:
+        """The Rayleigh quotient ``gᵀGg / gᵀg`` at a probe ``g`` (the scale λ is measured in).
+        Collective."""
+        g = np.asarray(probe, dtype=np.float64)
+        norm = float(g @ g)
+        return self.quadratic(g) / norm if norm > 0 else 1.0
+
+    def apply(self, direction: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``B S J p`` on the owned observation rows (one tangent solve per experiment).
+        Collective."""
+        self._v.array[:] = self._current() @ np.asarray(direction, dtype=np.float64)
+        parts = []
+        for experiment in self.problem.experiments:
+            du = experiment.model.A.createVecRight()
+            experiment.model.tangent_vector(self._v, du)
+            parts += [obs.predict(du) for obs in experiment.observations]
+            du.destroy()
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def pull_back(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """``Jᵀ Sᵀ Bᵀ W w`` for ``w`` on the owned observation rows (one adjoint solve per
+        experiment; replicated result). Collective."""
+        w = np.asarray(rows, dtype=np.float64).reshape(-1)
+        gradient = np.zeros(self.problem.num_owned)
+        offset = 0
+        for experiment in self.problem.experiments:
+            model = experiment.model
+            y = model.A.createVecLeft()
+            for obs in experiment.observations:
+                r, wr = obs.metric.createVecs()
+                r.array[:] = w[offset : offset + obs.num_owned]
+                offset += obs.num_owned
+                obs.metric.mult(r, wr)
+                if obs.operator is None:
+                    y.array[: obs.num_owned] += wr.array_r
+                else:
+                    obs.operator.multTransposeAdd(wr, y, y)
+                r.destroy()
+                wr.destroy()
+            model.adjoint(y)  # Cᵀ λ = Sᵀ y
+            vector = model.parameter_gradient()
+            gradient += vector.array_r[: self.problem.num_owned]
+            for obj in (y, vector):
+                obj.destroy()
+        return parallel.allreduce_array(self.comm, self._current().T @ gradient)
+
+    def destroy(self) -> None:
+        """Free the rows' and this object's PETSc objects. Collective."""
+        self.rows.destroy()
+        for obj in (self.metric, self._v, self._hv):
+            obj.destroy()
 
 
 class ObservationRows:
