@@ -37,6 +37,7 @@ __all__ = [
     "TRANSFORMS",
     "Bounded",
     "Exp",
+    "FourierFeatures",
     "Identity",
     "NeuralField",
     "Softplus",
@@ -91,6 +92,36 @@ def mlp(
         return nn.Sequential(*layers)
     finally:
         torch.random.set_rng_state(state)
+
+
+class FourierFeatures:
+    """An input map ``x ↦ (x, sin 2πBx, cos 2πBx)`` with ``B`` (``count × d``) drawn once from
+    ``N(0, scale²)`` by a generator seeded with ``seed`` (the same on every rank): random Fourier
+    features (Tancik et al. 2020), which let a small network represent finer detail — ``scale``
+    sets the frequencies it starts from. ``width`` is the network's input width,
+    ``d + 2·count``."""
+
+    def __init__(self, inputs: int, count: int, scale: float, seed: int = 0) -> None:
+        if not (count >= 1 and inputs >= 1 and scale > 0 and math.isfinite(scale)):
+            raise ValueError(
+                f"Invalid Fourier features: {count} features of {inputs} inputs, scale {scale}"
+            )
+        generator = torch.Generator().manual_seed(seed)
+        self.frequencies = (
+            2.0
+            * math.pi
+            * scale
+            * torch.randn((count, inputs), generator=generator, dtype=torch.float64)
+        )
+        self.width = inputs + 2 * count
+        self.count, self.scale = count, scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        z = x @ self.frequencies.T
+        return torch.cat([x, torch.sin(z), torch.cos(z)], dim=-1)
+
+    def __repr__(self) -> str:
+        return f"FourierFeatures(count={self.count}, scale={self.scale})"
 
 
 def fill_jacobian(

@@ -97,6 +97,23 @@ def _dirichlet_tags(t: _Table, name: str) -> list[int] | str:
     return tags
 
 
+def _features(t: _Table) -> tuple[int, float] | None:
+    """``features = { count = 16, scale = 0.5 }`` (the default: bench/inverse_prior.py), Fourier
+    features of the coordinates, or ``features = "none"``."""
+    if "features" not in t.data:
+        return ParameterSettings.features
+    if t.data["features"] == "none":
+        t.get("features")
+        return None
+    value = t.data["features"]
+    if not isinstance(value, dict):
+        raise t.fail("features", f'expected {{ count = 16, scale = 0.5 }} or "none", got {value!r}')
+    f = t.table("features")
+    features = (f.integer("count", low=1), f.number("scale", low=0.0, low_open=True))
+    f.finish()
+    return features
+
+
 def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]:
     network = t.get("network", default)
     if not (
@@ -161,6 +178,7 @@ def _inverse(
         transform=t.string("transform", "exp", ("identity", "exp", "softplus")),
         truth=t.formula("truth", None),
         initial=t.formula("initial", "1") or "1",
+        features=_features(t),
     )
     t.finish()
 
@@ -259,6 +277,9 @@ def _forward(
     return equation, solution, parametric
 
 
+STEPS = ("log-grid", "armijo")
+
+
 def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> OptimizerSettings:
     kinds = OPTIMIZERS if problem == "inverse" else ("ngd", "adam", "lbfgs")
     metrics = ("gauss-newton", "l2", "h1") if problem == "inverse" else ("gauss-newton",)
@@ -270,7 +291,7 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
         damping=t.number("damping", 1e-3, low=0.0),
         momentum=t.string("momentum", "none", MOMENTA),
         beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),
-        step=t.string("step", "log-grid", ("log-grid", "armijo")),
+        step=t.string("step", "armijo" if problem == "inverse" else "log-grid", STEPS),
         iterations=t.integer("iterations", 100, low=0),
         stop=t.string("stop", stops[0], stops),
         target=None if t.get("target", None) is None else t.number("target", low=0.0),

@@ -58,6 +58,7 @@ class ParameterSettings:
     transform: str = "exp"
     truth: str | None = None
     initial: str = "1"
+    features: tuple[int, float] | None = (16, 0.5)  # Fourier features (count, scale), or None
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from natinv import domain, expressions, figures, metrics, models, output, parallel
 from natinv.cases import InverseCase
 from natinv.data import SensorData, read_field, read_sensors
-from natinv.fields import NeuralField, mlp
+from natinv.fields import FourierFeatures, NeuralField, mlp
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
 from natinv.observations import averages as average_observations
 from natinv.observations import full_field, point_sensors
@@ -356,8 +356,13 @@ def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Inverse
     if case.optimizer.kind.startswith("tao"):
         field = FEField(space, case.parameter.initial)
     else:
-        network = mlp(case.parameter.network, case.parameter.activation, seed=case.seed)
-        field = NeuralField(space, network, case.parameter.transform)
+        widths, input_map = list(case.parameter.network), None
+        if case.parameter.features is not None:
+            count, scale = case.parameter.features
+            input_map = FourierFeatures(widths[0], count, scale, seed=case.seed)
+            widths[0] = input_map.width
+        network = mlp(widths, case.parameter.activation, seed=case.seed)
+        field = NeuralField(space, network, case.parameter.transform, input_map=input_map)
     truth = None
     if case.parameter.truth is not None:
         truth = dolfinx.fem.Function(space, name="truth")
