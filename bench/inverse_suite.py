@@ -6,7 +6,9 @@ discrepancy principle over a grid, the search's cost counted) and the neural nat
 ``ngd`` (no momentum), ``nhb`` (natural heavy-ball), ``nesterov`` (the velocity kept in
 parameter space, the natural step at the look-ahead point: one Jacobian per step) and
 ``nnesterov`` (the velocity re-projected onto the tangent space at θ_k, then the step at the
-look-ahead point: two Jacobians per step), each stopped at the noise level.
+look-ahead point: two Jacobians per step), and ``ngd-gncg`` (no momentum, the matrix-free
+Gauss–Newton direction by CG), each stopped at the noise level, with the default prior (16
+Fourier features of scale 0.5).
 
 Problems: the shipped ``diffusion_hole`` (80 point sensors), ``diffusion_lshape_probes`` (probe
 averages), ``elasticity_beam`` and ``hippylib_poisson`` (full field: the baseline keeps the
@@ -76,7 +78,7 @@ PROBLEMS: dict[str, tuple[str, list[str], bool]] = {
     "hole_sharp": ("diffusion_hole", [f"parameter.truth='{HOLE_SHARP}'"], True),
     "lshape_sharp": (LSHAPE_SHARP, [], True),
 }
-METHODS = ("tao-nls", "ngd", "nhb", "nesterov", "nnesterov")
+METHODS = ("tao-nls", "ngd", "ngd-gncg", "nhb", "nesterov", "nnesterov")
 NEURAL = [  # what every neural run shares (the case's network, the shipped solver settings)
     "optimizer.metric='gauss-newton'",
     "optimizer.solver='lm'",

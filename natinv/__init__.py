@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _API = {
     "Bounded": "natinv.fields",
     "Exp": "natinv.fields",
+    "FourierFeatures": "natinv.fields",
     "Identity": "natinv.fields",
     "NeuralField": "natinv.fields",
     "Softplus": "natinv.fields",

@@ -159,8 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--optimizers",
         default="ngd,nnesterov,adam,lbfgs",
-        help="ngd, nhb, nesterov, nnesterov, adam, lbfgs, tao-nls, tao-lmvm (the finite-element "
-        "baselines, α by the discrepancy principle; the search is a row of its own)",
+        help="ngd, nhb, nesterov, nnesterov, ngd-gncg, adam, lbfgs, tao-nls, tao-lmvm "
+        "(finite-element baselines, α by the discrepancy principle; the search is a row)",
     )
     cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")

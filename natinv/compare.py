@@ -1,10 +1,11 @@
 """``natinv compare``: one case, several optimizers, side by side.
 
 Each optimizer preset (:data:`PRESETS`: ``ngd``, ``nhb``, ``nesterov``, ``nnesterov``,
-``adam``, ``lbfgs``, and the classical baselines ``tao-nls``, ``tao-lmvm``) runs the case
-through :func:`natinv.runner.run` into ``results/<case>/compare/<optimizer>/``; the case folder
-gets ``comparison.csv`` (iterations, stop, loss, misfit, error, time and PDE solves per
-optimizer) and ``comparison.png`` (the convergence curves together).
+``ngd-gncg`` (matrix-free Gauss–Newton), ``adam``, ``lbfgs``, and the classical baselines
+``tao-nls``, ``tao-lmvm``) runs the case through :func:`natinv.runner.run` into
+``results/<case>/compare/<optimizer>/``; the case folder gets ``comparison.csv`` (iterations,
+stop, loss, misfit, error, time and PDE solves per optimizer) and ``comparison.png`` (the
+convergence curves together).
 
 A baseline preset is the parameter as a P1 finite-element field with a Tikhonov term (the case's
 ``[regularization]`` kind, H1 without one) whose weight α is chosen by the discrepancy principle
@@ -47,6 +48,12 @@ PRESETS: dict[str, list[str]] = {
         "optimizer.kind='ngd'",
         "optimizer.momentum='natural-nesterov'",
         "optimizer.beta=0.5",
+    ],
+    "ngd-gncg": [
+        "optimizer.kind='ngd'",
+        "optimizer.solver='gn-cg'",
+        "optimizer.momentum='none'",
+        "optimizer.beta=0.0",
     ],
     "adam": ["optimizer.kind='adam'"],
     "lbfgs": ["optimizer.kind='lbfgs'"],

@@ -350,6 +350,36 @@ def test_tao_baseline_drives_the_gradient_down(comm, method):
     free(problem)
 
 
+def test_tao_hessian_takes_the_shift_nls_adds(comm):
+    """TAO's NLS shifts the Hessian (MatShift) when CG meets negative curvature: the shell
+    matrix applies H + σI (1e-12), and a new Hessian starts unshifted (the elasticity case
+    stopped with 'MatShift_Python: method shift()' before)."""
+    from natinv.optim.tao import FieldBaseline
+
+    problem, _ = build(comm, "diffusion", "points", regularization=("h1", 1e-3))
+    baseline = FieldBaseline(problem, "nls")
+    problem.value(np.ones(problem.num_owned))
+    shell = baseline._shell
+    x, plain, shifted = shell.createVecRight(), shell.createVecLeft(), shell.createVecLeft()
+    x.array[:] = np.random.default_rng(4).standard_normal(x.getLocalSize())
+    shell.mult(x, plain)
+    shell.shift(0.25)
+    shell.mult(x, shifted)
+    expected = plain.copy()
+    expected.axpy(0.25, x)
+    expected.axpy(-1.0, shifted)
+    assert expected.norm() <= 1e-12 * plain.norm()
+    baseline.x.array[:] = 1.0
+    baseline._hessian(baseline.tao, baseline.x, shell, shell)
+    shell.mult(x, shifted)
+    shifted.axpy(-1.0, plain)
+    assert shifted.norm() <= 1e-12 * plain.norm()
+    for obj in (x, plain, shifted, expected):
+        obj.destroy()
+    baseline.destroy()
+    free(problem)
+
+
 def test_a_few_scalars_as_the_parameter(comm):
     """κ = a + b·x with (a, b) on a real space: the adjoint gradient passes the Taylor test
     (order ≥ 1.9), and TAO recovers (a, b) = (1, 2) from noise-free full-field data (1e-6)."""

@@ -32,13 +32,22 @@ METHODS = ("lmvm", "nls", "ntr")
 
 
 class _HessianContext:
+    """The Gauss–Newton Hessian as a PETSc shell matrix, plus the diagonal shift TAO's NLS adds
+    when CG meets negative curvature or fails (``MatShift``), cleared at each new Hessian."""
+
     def __init__(self, problem: InverseProblem) -> None:
         self.problem = problem
         self.products = 0
+        self.shift_value = 0.0
 
     def mult(self, mat: PETSc.Mat, x: PETSc.Vec, y: PETSc.Vec) -> None:
         self.products += 1
         self.problem.gauss_newton_product(x, y)
+        if self.shift_value:
+            y.axpy(self.shift_value, x)
+
+    def shift(self, mat: PETSc.Mat, value: float) -> None:
+        self.shift_value += float(value)
 
 
 class FieldBaseline:
@@ -115,6 +124,8 @@ class FieldBaseline:
         return value
 
     def _hessian(self, tao: PETSc.TAO, x: PETSc.Vec, H: PETSc.Mat, P: PETSc.Mat) -> None:
+        if self._context is not None:
+            self._context.shift_value = 0.0  # a new Hessian: no perturbation yet
         # the Gauss–Newton products need the state (and factors) at x
         if self._last is None or not np.array_equal(self._last, x.array_r):
             self.problem.value(x.array_r)
