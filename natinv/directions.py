@@ -573,9 +573,11 @@ class SampleSpaceSolver:
     method = "sample-space"
     needs_gram = False
 
-    def __init__(self, gram: Gram, damping: float = 1e-10) -> None:
-        if not (damping > 0 and np.isfinite(damping)):
-            raise ValueError(f"Invalid damping {damping}: the sample-space solver needs λ > 0")
+    def __init__(self, gram: Gram, damping: float | Damping = 1e-10) -> None:
+        policy = FixedDamping(damping) if isinstance(damping, int | float) else damping
+        if not (policy.value > 0 and np.isfinite(policy.value)):
+            raise ValueError(f"Invalid damping {policy.value}: the sample-space solver needs λ > 0")
+        self.damping_policy = policy
         self.gram = gram
         self.comm = gram.comm
         diagonal = gram.metric.getDiagonal()
@@ -590,37 +592,46 @@ class SampleSpaceSolver:
             "loss's weights); use NaturalSolver for other metrics",
         )
         self._sqrt_weights = np.sqrt(weights)
-        self._damping = float(damping)
-        self._key: int | None = None
+        self._key: tuple[int, float] | None = None
+        self._version: int | None = None  # of the kept rows and kernel
         self._rows: torch.Tensor | None = None  # J̃, all rows
+        self._kernel: npt.NDArray[np.float64] | None = None  # J̃J̃ᵀ
         self._factor: torch.Tensor | None = None  # Cholesky factor of J̃J̃ᵀ + λI
         self.factorizations = 0
         self.info: dict[str, Any] = {}
 
     @property
     def damping(self) -> float:
-        return self._damping
+        return self.damping_policy.value
 
     def report(self, actual: float, predicted: float, step: float = 1.0) -> None:
-        """(Fixed damping: nothing to adapt.)"""
+        """Feed back a step's outcome to the damping policy (Levenberg–Marquardt adapts λ)."""
+        self.damping_policy.update(actual, predicted, step)
 
     def _factorise(self) -> None:
         if self.gram.version == 0:
             self.gram.update_jacobian()
-        if self._key == self.gram.version:
+        if self._version != self.gram.version:
+            local = self._sqrt_weights[:, None] * self.gram.jacobian_array()
+            everything = np.vstack(self.comm.allgather(np.ascontiguousarray(local)))
+            self._kernel = np.vstack(self.comm.allgather(local @ everything.T))
+            self._rows, self._version = torch.from_numpy(everything), self.gram.version
+            if not getattr(self.damping_policy, "calibrated", True):  # λ relative to max diag
+                scale = float(np.einsum("ij,ij->j", everything, everything).max())
+                self.damping_policy.calibrate(scale)  # type: ignore[attr-defined]
+        if self._key == (self.gram.version, self.damping):
             return
-        local = self._sqrt_weights[:, None] * self.gram.jacobian_array()
-        everything = np.vstack(self.comm.allgather(np.ascontiguousarray(local)))
-        kernel = np.vstack(self.comm.allgather(local @ everything.T))
-        kernel[np.diag_indices_from(kernel)] += self._damping
+        assert self._kernel is not None
+        kernel = self._kernel.copy()
+        kernel[np.diag_indices_from(kernel)] += self.damping
         factor, info = torch.linalg.cholesky_ex(torch.from_numpy(kernel))
         parallel.check_all(
             self.comm,
             int(info) == 0,
-            f"sample-space Cholesky of J̃J̃ᵀ + λI (λ = {self._damping:g}) failed",
+            f"sample-space Cholesky of J̃J̃ᵀ + λI (λ = {self.damping:g}) failed",
         )
-        self._rows, self._factor = torch.from_numpy(everything), factor
-        self._key = self.gram.version
+        self._factor = factor
+        self._key = (self.gram.version, self.damping)
         self.factorizations += 1
 
     def solve_rows(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -636,7 +647,7 @@ class SampleSpaceSolver:
         scaled = np.concatenate(self.comm.allgather(self._sqrt_weights * w))
         z = torch.cholesky_solve(torch.from_numpy(scaled)[:, None], self._factor)[:, 0]
         x = (self._rows.T @ z).numpy()
-        self.info = {"method": self.method, "damping": self._damping, "rows": z.numel()}
+        self.info = {"method": self.method, "damping": self.damping, "rows": z.numel()}
         parallel.check_all(
             self.comm, bool(np.all(np.isfinite(x))), "the sample-space direction is not finite"
         )
@@ -649,13 +660,13 @@ class SampleSpaceSolver:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"damping": self.damping_policy.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.damping_policy.load_state_dict(state["damping"])
 
     def destroy(self) -> None:
-        self._rows = self._factor = None
+        self._rows = self._factor = self._kernel = None
 
 
 # -- the pairing ----------------------------------------------------------------------------------

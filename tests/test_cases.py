@@ -122,7 +122,8 @@ def test_headline_case_runs_in_reduced_form(comm, shared_tmp):
     assert 0 < summary["relative_l2_error"] < 0.3
     timings = summary["timings"]
     assert {"total", "forward", "adjoint", "jacobian", "gram"} <= set(timings)
-    assert all(timings[k] > 0 for k in ("forward", "adjoint", "jacobian", "gram"))
+    assert all(timings[k] > 0 for k in ("forward", "adjoint", "jacobian"))  # (gram: 0 in
+    # sample space, where the 80 × 80 kernel replaces the P × P Gram)
 
 
 @pytest.mark.parametrize("case", [HOLE, TALK], ids=["inverse", "pinn"])

@@ -204,6 +204,30 @@ def test_matrix_free_gauss_newton_direction_equals_the_dense_one(comm, observati
     free(problem)
 
 
+def test_sample_space_direction_of_an_inverse_objective_equals_the_cholesky_one(comm):
+    """With fewer sensors than parameters, (BSJ)ᵀ W ρ from the row residual is the adjoint
+    gradient (1e-10), and the sample-space direction J̃ᵀ(J̃J̃ᵀ + λI)⁻¹W^½ρ with relative
+    Levenberg–Marquardt damping equals the Cholesky one of G + λI (1e-8)."""
+    from natinv.directions import LevenbergMarquardt, SampleSpaceSolver
+
+    objective, problem = nn_problem(comm, widths=(2, 8, 1))
+    theta = objective.field.parameters
+    _, gradient = objective.value_and_gradient(theta)
+    gram = objective.gauss_newton()
+    gram.assemble(theta)
+    assert gram.rows.num_global < gram.num_parameters
+    rho = objective.row_residual(theta)
+    assert np.abs(gram.pull_back(rho) - gradient).max() <= 1e-10 * np.abs(gradient).max()
+    sample = SampleSpaceSolver(gram, LevenbergMarquardt(1e-3, relative=True))
+    dense = natinv.NaturalSolver(gram, "lm", damping=1e-3)
+    a, b = sample.solve_rows(rho), dense.solve(gradient, assemble=False)
+    assert abs(sample.damping - dense.damping) <= 1e-12 * dense.damping  # λ₀ = 1e-3 max diag G
+    assert np.linalg.norm(a - b) <= 1e-8 * np.linalg.norm(b)
+    for obj in (sample, dense, gram, gram.metric, gram.rows, objective):
+        obj.destroy()
+    free(problem)
+
+
 def test_kept_operators_follow_the_parameter(comm):
     """The rows object keeps Bᵀ, the field Jacobian's matrix and the model keeps ∂F/∂m's
     sparsity across calls: rows at θ, then at another θ (they differ), then at θ again equal

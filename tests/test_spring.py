@@ -129,7 +129,7 @@ def test_bad_spring_and_projection_settings_are_clear_errors(comm):
         SampleSpaceSolver(objective.gram, damping=0.0)
     pinn = few_rows(comm)
     sample = SampleSpaceSolver(pinn.gram)
-    with pytest.raises(ValueError, match="serves momentum='spring' only"):
+    with pytest.raises(ValueError, match="serves the momenta that need no re-projection"):
         NaturalGradientDescent(pinn, sample, momentum="natural-heavy-ball", beta=0.5)
     projection = natinv.NaturalSolver(pinn.gram)
     with pytest.raises(ValueError, match="has none to project"):

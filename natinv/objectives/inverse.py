@@ -238,6 +238,7 @@ class InverseObjective:
         self.metric = metrics.l2(field.space) if metric is None else metric
         self.gram = Gram(field, self.metric)
         self.evaluations = 0
+        self._residual_rows: ObservationRows | None = None
 
     def value(self, theta: npt.ArrayLike | None = None) -> float:
         """``L(k(θ))``, or ``inf`` where the model cannot be solved (a non-finite or
@@ -262,6 +263,21 @@ class InverseObjective:
         rows = ObservationRows(self.field, self.problem)
         return Gram(rows, rows.metric())
 
+    def row_residual(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+        """``ρ = B u(k(θ)) − d`` on the owned observation rows (the order of
+        :class:`ObservationRows`), so that ``∇θ L = (BSJ)ᵀ W ρ``: what the sample-space
+        solver takes. Only for a loss without a Tikhonov term. Collective."""
+        parallel.check_all(
+            self.comm,
+            self.problem.R is None,
+            "the sample-space direction needs ∇L = (BSJ)ᵀ W ρ: a loss without a Tikhonov term",
+        )
+        if self._residual_rows is None:
+            self._residual_rows = ObservationRows(self.field, self.problem)
+        data = [obs.data for obs in self.problem.observations]
+        values = self._residual_rows.values(theta)
+        return values - (np.concatenate(data) if data else np.zeros(0))
+
     def gauss_newton_operator(self) -> GaussNewtonOperator:
         """The Gauss–Newton Gram as a matrix-free operator (:class:`GaussNewtonOperator`; the
         caller destroys it)."""
@@ -269,6 +285,8 @@ class InverseObjective:
 
     def destroy(self) -> None:
         self.gram.destroy()
+        if self._residual_rows is not None:
+            self._residual_rows.destroy()
         if self._own_metric:
             self.metric.destroy()
 

@@ -108,10 +108,11 @@ class NaturalGradientDescent:
                 f"Momentum {momentum!r} re-projects with G: it needs direction='natural'"
             )
         if isinstance(solver, SampleSpaceSolver):
-            if momentum != "spring":
+            if rule.natural and not isinstance(rule, Spring):
                 raise ValueError(
-                    "The sample-space solver serves momentum='spring' only (it solves for "
-                    f"right-hand sides given as rows); got momentum {momentum!r}"
+                    "The sample-space solver serves the momenta that need no re-projection "
+                    "(none, heavy-ball, nesterov, spring: it solves for right-hand sides given "
+                    f"as rows); got momentum {momentum!r}"
                 )
             if not hasattr(objective, "row_residual"):
                 raise ValueError(
@@ -177,11 +178,12 @@ class NaturalGradientDescent:
             """Loss, gradient and direction (G⁻¹∇L, or ∇L) with the tangent space at ``point``."""
             tangent(point)
             value_at, gradient = self.objective.value_and_gradient(point)
-            return (
-                value_at,
-                gradient,
-                self.solver.solve(gradient, assemble=False) if natural else gradient,
-            )
+            if not natural:
+                return value_at, gradient, gradient
+            if isinstance(self.solver, SampleSpaceSolver):  # ∇L = Jᵀ M ρ: solve in row space
+                rows = self.objective.row_residual(point)  # type: ignore[attr-defined]
+                return value_at, gradient, self.solver.solve_rows(rows)
+            return value_at, gradient, self.solver.solve(gradient, assemble=False)
 
         # 1. The momentum term m_k of the rule (the last velocity, re-projected onto T_k for
         #    the natural kinds, with the projection solver: by default the direction's own).
