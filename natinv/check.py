@@ -92,11 +92,18 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
         ]
     else:
         assert isinstance(case, InverseCase)
+        count_scale = case.parameter.features
+        features = (
+            ""
+            if count_scale is None
+            else f" on {count_scale[0]} Fourier features of scale "
+            f"{count_scale[1]:g} and the coordinates"
+        )
         unknown = (
             f"finite-element field P{degree}, {field.num_parameters} dofs"
             if settings.kind.startswith("tao")
-            else f"MLP {case.parameter.network} ({field.num_parameters} parameters), transform "
-            f"{case.parameter.transform}, on P{degree} ({_dofs(space)} dofs)"
+            else f"MLP {case.parameter.network}{features} ({field.num_parameters} parameters), "
+            f"transform {case.parameter.transform}, on P{degree} ({_dofs(space)} dofs)"
         )
         kinds = []
         if built.sensors is not None:

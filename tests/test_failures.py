@@ -377,7 +377,7 @@ def test_check_validates_a_case_without_running_it(comm, shared_tmp, capsys):
     assert main(["check", str(HOLE), "--set", f"output.folder='{folder}'"]) == 0
     out = capsys.readouterr().out
     if comm.rank == 0:
-        assert "valid" in out and "80 point values" in out and "501 parameters" in out
+        assert "valid" in out and "80 point values" in out and "1141 parameters" in out
     assert out.count("  mesh ") == (1 if comm.rank == 0 else 0)  # printed once, by rank 0
     comm.Barrier()
     assert not folder.exists()
