@@ -68,3 +68,23 @@ def test_norm_constraint_caps_the_parameter_step(quadratic):
 def test_bad_step_rule_settings_name_the_value(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_limited_armijo_rule_stops_after_its_backtracks():
+    """Armijo.limited(k) tries at most k + 1 steps (1, ½, …, 2⁻ᵏ) and then takes none; a rule
+    that does not backtrack is its own limited form."""
+    from natinv.optim.steps import Armijo, FixedStep
+
+    class Counting:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def value(self, theta):  # a loss no step along the direction lowers
+            self.calls += 1
+            return 1.0 + float(np.sum(np.asarray(theta) ** 2))
+
+    objective = Counting()
+    eta, _, value = Armijo().limited(3)(objective, np.zeros(2), 1.0, np.ones(2), slope=1.0)
+    assert (eta, value, objective.calls) == (0.0, 1.0, 4)
+    fixed = FixedStep(0.5)
+    assert fixed.limited(3) is fixed

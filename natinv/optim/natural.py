@@ -74,6 +74,9 @@ class NaturalGradientDescent:
         direction: ``"natural"`` (default) or ``"euclidean"`` (``d = ∇L``; parameter-space
             momentum only).
         theta: the starting parameters (default: the objective field's current θ).
+        momentum_backtracks: with a backtracking step rule, at most this many reductions of the
+            step taken with momentum before the plain natural step is taken instead (default 3:
+            a momentum step that needs η < 1/8 is not worth its trial solves).
         projection: a solver on a second Gram (same parameters) that re-projects the momentum
             of the ``natural-*`` kinds in its metric (the loss-adapted variant); default the
             direction's own solver.
@@ -94,6 +97,7 @@ class NaturalGradientDescent:
         direction: str = "natural",
         theta: npt.ArrayLike | None = None,
         projection: NaturalSolver | None = None,
+        momentum_backtracks: int = 3,
     ) -> None:
         rule = make_momentum(momentum)
         momentum = rule.name
@@ -138,6 +142,9 @@ class NaturalGradientDescent:
         self.projector = projection if projection is not None else self.solver
         self.comm = self.gram.comm
         self.rule = rule
+        if momentum_backtracks < 0:
+            raise ValueError(f"Invalid momentum_backtracks: {momentum_backtracks} (must be >= 0)")
+        self.momentum_backtracks = int(momentum_backtracks)
         self.momentum, self.beta, self.restart, self.direction = momentum, beta, restart, direction
         start = objective.field.parameters if theta is None else np.asarray(theta, dtype=float)
         parallel.ensure_finite(self.comm, start, "initial θ")
@@ -204,7 +211,10 @@ class NaturalGradientDescent:
         if m is not None and self.restart == "gradient" and float(gradient @ (beta * m - d)) > 0:
             restarted = True
         base = theta + beta * m if m is not None and not restarted else theta
-        eta, new_theta, new_value = self.step_rule(
+        # a momentum step that needs its trial step cut more than ``momentum_backtracks`` times
+        # is not worth the trial solves: the plain natural step is taken instead (restart)
+        trial = self.step_rule.limited(self.momentum_backtracks) if base is not theta else None
+        eta, new_theta, new_value = (trial or self.step_rule)(
             self.objective, base, value, d, float(gradient @ d)
         )
         if m is not None and self.restart == "loss" and not (new_value < value):

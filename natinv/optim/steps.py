@@ -49,6 +49,11 @@ class StepRule:
         """``slope`` is ``∇L·d`` (> 0 for a descent direction ``−d``), for rules that need it."""
         raise NotImplementedError
 
+    def limited(self, backtracks: int) -> StepRule:
+        """This rule with at most ``backtracks`` reductions of the first trial step (the rule
+        itself when it does not backtrack)."""
+        return self
+
 
 class FixedStep(StepRule):
     """A constant step size η > 0."""
@@ -102,6 +107,9 @@ class Armijo(StepRule):
             raise ValueError(f"Invalid Armijo constant: {c} (must lie in (0, 1))")
         self.initial, self.shrink, self.c = float(initial), float(shrink), float(c)
         self.max_backtracks = int(max_backtracks)
+
+    def limited(self, backtracks: int) -> StepRule:
+        return Armijo(self.initial, self.shrink, self.c, min(backtracks, self.max_backtracks))
 
     def __call__(self, objective, theta, value, direction, slope=None) -> Step:  # type: ignore[no-untyped-def]
         if slope is None:
