@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inverse_suite import NEURAL, PROBLEMS, ROOT, natinv
+from inverse_suite import NEURAL, natinv, prepare
 
 VARIANTS: dict[str, list[str]] = {
-    "case network": [],
+    "case network": ["parameter.features='none'"],
     "fourier 16, scale 0.5": ["parameter.features={count=16, scale=0.5}"],
     "fourier 16, scale 1": ["parameter.features={count=16, scale=1.0}"],
     "fourier 16, scale 2": ["parameter.features={count=16, scale=2.0}"],
     "fourier 32, scale 1": ["parameter.features={count=32, scale=1.0}"],
-    "width 40": ["parameter.network=[2, 40, 40, 1]"],
+    "width 40": ["parameter.network=[2, 40, 40, 1]", "parameter.features='none'"],
 }
 
 
@@ -38,17 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     print(f"{args.ranks} rank(s); natural Gauss–Newton to the noise level (or 150 iterations)")
     for name in args.problems.split(","):
-        source, overrides, synthesize = PROBLEMS[name]
-        work = Path(tempfile.mkdtemp(prefix=f"prior-{name}-"))
-        if source.strip().startswith("name"):
-            case = work / "case.toml"
-            case.write_text(source)
-        else:
-            case = ROOT / "cases" / f"{source}.toml"
-        overrides = [*overrides, *NEURAL, "optimizer.kind='ngd'", "optimizer.momentum='none'"]
-        if synthesize:
-            overrides.append(f"data.sensors='{work / 'sensors.csv'}'")
-            natinv(["synthesize", str(case), *[a for o in overrides for a in ("--set", o)]], 1)
+        settings = [*NEURAL, "optimizer.kind='ngd'", "optimizer.momentum='none'"]
+        case, overrides, work = prepare(name, settings)
         print(f"\n{name}\n  {'variant':<24} {'P':>6} {'its':>4} {'time':>7} {'error':>8}")
         for label, variant in VARIANTS.items():
             out = work / label.replace(" ", "_").replace(",", "")

@@ -102,6 +102,23 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
+def prepare(name: str, settings: list[str]) -> tuple[Path, list[str], Path]:
+    """A problem's case file, its overrides (with ``settings``) and a work folder; the data
+    synthesized there first when the problem needs it."""
+    source, overrides, synthesize = PROBLEMS[name]
+    work = Path(tempfile.mkdtemp(prefix=f"suite-{name}-"))
+    if source.strip().startswith("name"):
+        case = work / "case.toml"
+        case.write_text(source)
+    else:
+        case = ROOT / "cases" / f"{source}.toml"
+    overrides = [*overrides, *settings]
+    if synthesize:
+        overrides.append(f"data.sensors='{work / 'sensors.csv'}'")
+        natinv(["synthesize", str(case), *[a for o in overrides for a in ("--set", o)]], 1)
+    return case, overrides, work
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=1)
@@ -111,18 +128,8 @@ def main() -> int:
     methods = args.methods.split(",")
     print(f"{args.ranks} rank(s); times in s, per iteration in ms; ratio: per iteration / TAO's")
     for name in args.problems.split(","):
-        source, overrides, synthesize = PROBLEMS[name]
-        work = Path(tempfile.mkdtemp(prefix=f"suite-{name}-"))
-        if source.strip().startswith("name"):
-            case = work / "case.toml"
-            case.write_text(source)
-        else:
-            case = ROOT / "cases" / f"{source}.toml"
-        overrides = [*overrides, f"output.folder='{work / 'out'}'", *NEURAL]
-        if synthesize:
-            overrides.append(f"data.sensors='{work / 'sensors.csv'}'")
-            settings = [a for o in overrides for a in ("--set", o)]
-            natinv(["synthesize", str(case), *settings], 1)
+        case, overrides, work = prepare(name, NEURAL)
+        overrides.append(f"output.folder='{work / 'out'}'")
         settings = [a for o in overrides for a in ("--set", o)]
         natinv(["compare", str(case), "--optimizers", ",".join(methods), *settings], args.ranks)
         table = {r["optimizer"]: r for r in rows(work / "out" / "comparison.csv")}

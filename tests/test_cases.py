@@ -82,6 +82,17 @@ sigma = 0.01
             r"parameter\.network: expected layer widths \[2, \.\.\., 1\]",
         ),
         ("", ["optimizer"], r"--set 'optimizer': expected key.path=value"),
+        (
+            "",
+            ["parameter.features={count=0, scale=1.0}"],
+            r"parameter\.features\.count: expected an integer >= 1, got 0",
+        ),
+        ("", ["parameter.features=3"], r"parameter\.features: expected \{ count = 16"),
+        (
+            "",
+            ["optimizer.solver='gn-cg'", "optimizer.metric='l2'"],
+            r"optimizer\.solver: \"gn-cg\" \(matrix-free Gauss–Newton\) needs metric",
+        ),
     ],
 )
 def test_bad_cases_name_the_key(comm, shared_tmp, extra, overrides, message):
@@ -419,3 +430,13 @@ def test_compare_chooses_the_baselines_alpha_by_the_discrepancy_principle(comm, 
     large, small = summary("alpha-1000"), summary("alpha-0.1")
     assert large["misfit"] > large["discrepancy_level"] >= small["misfit"]
     assert summary(".")["stopped"] == "discrepancy"
+
+
+def test_the_neural_parameter_has_fourier_features_unless_told_none(comm, shared_tmp):
+    """The default prior is 16 Fourier features of scale 0.5 (bench/inverse_prior.py);
+    ``features = "none"`` gives the network the coordinates only, and a table sets both."""
+    path = write_case(shared_tmp, MINIMAL, comm)
+    assert load_case(path).parameter.features == (16, 0.5)
+    assert load_case(path, ["parameter.features='none'"]).parameter.features is None
+    chosen = load_case(path, ["parameter.features={count=8, scale=2.0}"]).parameter.features
+    assert chosen == (8, 2.0)
