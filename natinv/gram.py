@@ -166,6 +166,11 @@ class Gram:
         blocks = self.comm.allgather(local)
         return np.vstack(blocks)
 
+    def scale(self, probe: npt.ArrayLike | None = None) -> float:
+        """``max diag(G)``, the scale a relative damping is measured in (``probe`` is for
+        operators that only have products). Collective."""
+        return float(self.diagonal().max())
+
     def diagonal(self) -> npt.NDArray[np.float64]:
         """``diag(G)`` without forming ``G``: column sums of ``J ⊙ (M J)``. Collective."""
         self.MJ = self.metric.matMult(self.J, result=self.MJ)

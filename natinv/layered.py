@@ -96,7 +96,7 @@ def layered_jacobian(
         output_derivative: ``T'(z)`` of the elementwise output transform.
     """
     modules = list(network)
-    weights, biases, activations, zs = [], [], [], []
+    weights, activations, zs = [], [], []
     a = inputs
     layer_inputs = []
     for i in range(0, len(modules), 2):
@@ -106,7 +106,6 @@ def layered_jacobian(
         layer_inputs.append(a)
         z = a @ w.T if b is None else torch.addmm(b, a, w.T)
         weights.append(w)
-        biases.append(b)
         if i + 1 < len(modules):
             activation = modules[i + 1]
             zs.append(z)

@@ -104,19 +104,21 @@ class Observations:
     def misfit(self, u: PETSc.Vec, gradient: PETSc.Vec | None = None) -> float:
         """``½ (Bu − d)ᵀ W (Bu − d)``; adds ``Bᵀ W (Bu − d)`` to ``gradient`` if given.
         Collective."""
-        self._r.array[:] = self.predict(u) - self.data
-        self.metric.mult(self._r, self._wr)
-        value = 0.5 * self._r.dot(self._wr)
-        if gradient is not None:
-            if self.operator is None:
-                gradient.array[: self.num_owned] += self._wr.array_r
-            else:
-                self.operator.multTransposeAdd(self._wr, gradient, gradient)
-        return float(value)
+        residual = self.predict(u) - self.data
+        if gradient is None:
+            self._r.array[:] = residual
+            self.metric.mult(self._r, self._wr)
+        else:
+            self.pull_back(residual, gradient)
+        return float(0.5 * self._r.dot(self._wr))
 
     def normal(self, du: PETSc.Vec, out: PETSc.Vec) -> None:
         """Add ``Bᵀ W B δu`` to ``out`` (the Gauss–Newton product in the state). Collective."""
-        self._r.array[:] = self.predict(du)
+        self.pull_back(self.predict(du), out)
+
+    def pull_back(self, rows: npt.ArrayLike, out: PETSc.Vec) -> None:
+        """Add ``Bᵀ W w`` to the state vector ``out`` for ``w`` on the owned rows. Collective."""
+        self._r.array[:] = rows
         self.metric.mult(self._r, self._wr)
         if self.operator is None:
             out.array[: self.num_owned] += self._wr.array_r

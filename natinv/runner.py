@@ -37,6 +37,7 @@ from natinv.objectives.inverse import InverseObjective
 from natinv.objectives.pinn import PINN
 from natinv.objectives.ritz import Ritz
 from natinv.optim.baselines import LBFGS, Adam
+from natinv.optim.momentum import make_momentum
 from natinv.optim.natural import NaturalGradientDescent
 from natinv.optim.tao import FieldBaseline
 from natinv.problems import Problem, build_problem
@@ -61,20 +62,12 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
     if settings.kind == "lbfgs":
         return LBFGS(objective, memory=20), []
     owned: list[Any] = []
-    if settings.solver == "gn-cg":  # matrix-free Gauss–Newton, CG with Eisenstat–Walker
-        assert isinstance(objective, InverseObjective)  # (the case parser makes sure)
-        operator = objective.gauss_newton_operator()
-        solver = NaturalSolver(
-            operator,
-            GaussNewtonCG(),
-            LevenbergMarquardt(settings.damping or 1e-3, relative=True),
-            options_prefix="natinv_gram_",
-        )
-        optimizer = NaturalGradientDescent(
-            objective, solver, settings.step, momentum=settings.momentum, beta=settings.beta
-        )
-        return optimizer, [solver, operator]
-    if isinstance(objective, PINN | Ritz):  # the loss's own metric: ENGD, or the energy
+    gram: Any
+    if settings.solver == "gn-cg":  # matrix-free Gauss–Newton (the case parser made sure)
+        assert isinstance(objective, InverseObjective)
+        gram = objective.gauss_newton_operator()
+        owned.append(gram)
+    elif isinstance(objective, PINN | Ritz):  # the loss's own metric: ENGD, or the energy
         gram = objective.gram
     elif settings.metric == "gauss-newton":
         gram = objective.gauss_newton()
@@ -86,9 +79,11 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
     else:
         gram = objective.gram
     solver: NaturalSolver | SampleSpaceSolver
-    if _sample_space(settings, objective, gram):  # the same direction, an n × n factorisation
-        damping = LevenbergMarquardt(settings.damping or 1e-3, relative=True)
-        solver = SampleSpaceSolver(gram, damping)
+    relative = LevenbergMarquardt(settings.damping or 1e-3, relative=True)
+    if settings.solver == "gn-cg":  # CG with Eisenstat–Walker forcing
+        solver = NaturalSolver(gram, GaussNewtonCG(), relative, options_prefix="natinv_gram_")
+    elif _sample_space(settings, objective, gram):  # the same direction, an n × n factorisation
+        solver = SampleSpaceSolver(gram, relative)
     else:
         solver = NaturalSolver(
             gram, settings.solver, damping=settings.damping, options_prefix="natinv_gram_"
@@ -113,7 +108,7 @@ def _sample_space(settings: Any, objective: Any, gram: Gram) -> bool:
         and objective.problem.R is None
         and all(obs.operator is not None for obs in objective.problem.observations)
         and gram.rows.num_global < gram.num_parameters
-        and settings.momentum in ("none", "heavy-ball", "nesterov")
+        and not make_momentum(settings.momentum).natural  # (no re-projection needed)
     )
 
 

@@ -74,9 +74,10 @@ METHODS = ("cholesky", "cg", "cutoff", "lm")
 
 def settings_from_options(
     prefix: str, method: str, damping: float, cutoff: float, mat_type: str
-) -> tuple[Method, Damping]:
-    """A method and a damping policy from string settings, PETSc options under ``prefix``
-    overriding the arguments; every value checked and named when bad."""
+) -> tuple[str, Method, Damping]:
+    """The method's name, the method and the damping policy from string settings, PETSc
+    options under ``prefix`` overriding the arguments; every value checked and named when
+    bad."""
     chosen = options.read(
         prefix, {"method": method, "damping": damping, "cutoff": cutoff, "mat_type": mat_type}
     )
@@ -88,8 +89,8 @@ def settings_from_options(
     cut, cholesky = SpectralCutoff(chosen["cutoff"]), Cholesky(chosen["mat_type"])  # checked
     solve: Method = {"cutoff": cut, "cg": ConjugateGradient()}.get(method, cholesky)
     if method == "lm":
-        return solve, LevenbergMarquardt(initial=damping if damping > 0 else 1e-3, relative=True)
-    return solve, FixedDamping(damping)
+        return method, solve, LevenbergMarquardt(damping if damping > 0 else 1e-3, relative=True)
+    return method, solve, FixedDamping(damping)
 
 
 class NaturalSolver:
@@ -128,10 +129,9 @@ class NaturalSolver:
         if isinstance(method, str):
             if not isinstance(damping, int | float):
                 raise TypeError("a damping policy goes with a Method object, not a method name")
-            self.method_solver, self.damping_policy = settings_from_options(
+            self.method, self.method_solver, self.damping_policy = settings_from_options(
                 self.prefix, method, float(damping), cutoff, mat_type
             )
-            self.method = options.read(self.prefix, {"method": method})["method"]  # "lm" too
         else:
             self.method_solver = method
             self.damping_policy = (
@@ -187,11 +187,8 @@ class NaturalSolver:
             self.gram.update_jacobian()
         if self.needs_gram and assemble:
             self.gram.assemble(jacobian=False)
-        if not getattr(self.damping_policy, "calibrated", True):  # λ relative to G's scale
-            scale = (  # max diag(G), or a Rayleigh quotient for an operator
-                self.gram.scale(g) if hasattr(self.gram, "scale") else self.gram.diagonal().max()
-            )
-            self.damping_policy.calibrate(float(scale))  # type: ignore[attr-defined]
+        if not self.damping_policy.calibrated:  # λ relative to G's scale
+            self.damping_policy.calibrate(self.gram.scale(g))
         start = time.perf_counter()
         d = self.method_solver.solve(g, self.damping)
         self.info = self.method_solver.info

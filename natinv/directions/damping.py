@@ -16,9 +16,13 @@ __all__ = ["Damping", "FixedDamping", "LevenbergMarquardt"]
 
 
 class Damping(Protocol):
-    """What λ is, and how it reacts to a step's outcome."""
+    """What λ is, and how it reacts to a step's outcome. A policy whose λ is relative to the
+    scale of ``G`` is not ``calibrated`` until the first solve calls :meth:`calibrate`."""
 
     value: float
+    calibrated: bool
+
+    def calibrate(self, scale: float) -> None: ...
 
     def update(self, actual: float, predicted: float, step: float = 1.0) -> None: ...
 
@@ -34,6 +38,10 @@ class FixedDamping:
         if not (value >= 0 and np.isfinite(value)):
             raise ValueError(f"Invalid damping {value}: must be a finite number >= 0")
         self.value = float(value)
+        self.calibrated = True
+
+    def calibrate(self, scale: float) -> None:
+        """(An absolute λ: nothing to scale.)"""
 
     def update(self, actual: float, predicted: float, step: float = 1.0) -> None:
         """(Nothing to adapt.)"""
@@ -84,7 +92,7 @@ class LevenbergMarquardt:
         self.calibrated = not relative
 
     def calibrate(self, scale: float) -> None:
-        """Make λ and its bounds multiples of ``scale`` (``max diag(G)``), once."""
+        """Make λ and its bounds multiples of ``scale`` (the scale of ``G``), once."""
         if not self.calibrated and scale > 0 and np.isfinite(scale):
             self.value *= scale
             self.minimum *= scale

@@ -88,9 +88,9 @@ class SampleSpaceSolver:
             everything = np.vstack(self.comm.allgather(np.ascontiguousarray(local)))
             self._kernel = np.vstack(self.comm.allgather(local @ everything.T))
             self._rows, self._version = torch.from_numpy(everything), self.gram.version
-            if not getattr(self.damping_policy, "calibrated", True):  # λ relative to max diag
-                scale = float(np.einsum("ij,ij->j", everything, everything).max())
-                self.damping_policy.calibrate(scale)  # type: ignore[attr-defined]
+            if not self.damping_policy.calibrated:  # λ relative to max diag(G) = max ‖J̃ e_j‖²
+                diagonal = np.einsum("ij,ij->j", everything, everything)
+                self.damping_policy.calibrate(float(diagonal.max()))
         if self._key == (self.gram.version, self.damping):
             return
         assert self._kernel is not None

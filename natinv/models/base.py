@@ -114,11 +114,9 @@ class Model:
         self.A = dolfinx.fem.petsc.create_matrix(self._dFdu)
         self.ksp = PETSc.KSP().create(self.comm)
         self.ksp.setOptionsPrefix(self.prefix)
-        self.ksp.setType(str(self._options["ksp_type"]))
-        self.ksp.getPC().setType(str(self._options["pc_type"]))
-        if self._options.get("pc_factor_mat_solver_type"):
-            self.ksp.getPC().setFactorSolverType(str(self._options["pc_factor_mat_solver_type"]))
-        self.ksp.setFromOptions()  # the user's -<prefix>ksp_*/pc_* options win
+        linear = {k: v for k, v in self._options.items() if k.startswith(("ksp_", "pc_")) and v}
+        with options.pushed(self.prefix, linear):  # the user's -<prefix>ksp_*/pc_* options win
+            self.ksp.setFromOptions()
         self._b = dolfinx.fem.petsc.create_vector(state_space)
         self._du = self._b.duplicate()
         self._nonlinear: Any = None
@@ -317,12 +315,6 @@ class Model:
         vector = dolfinx.fem.petsc.assemble_vector(self._gradient)
         vector.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
         return vector
-
-    def sensitivity_matrix(self) -> PETSc.Mat:
-        """``C = ∂F/∂m`` at the current solution (V × W, AIJ); the caller destroys it."""
-        matrix = dolfinx.fem.petsc.assemble_matrix(self._dFdm)
-        matrix.assemble()
-        return matrix
 
     def _sensitivity(self) -> PETSc.Mat:
         """``C = ∂F/∂m`` at the current solution, owned by the model: its sparsity is built

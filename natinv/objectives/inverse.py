@@ -308,15 +308,11 @@ class GaussNewtonOperator:
 
     def __init__(self, field: NeuralField, problem: InverseProblem) -> None:
         self.field, self.problem, self.comm = field, problem, field.comm
-        self.rows = ObservationRows(field, problem)
-        self.metric = self.rows.metric()
+        self.rows = ObservationRows(field, problem)  # the states, and the rows' values
         self.num_parameters = field.num_parameters
         self.version = 0  # bumped whenever J changes
-        self.assemblies = 0
-        self.products = 0
         self.timings = {"jacobian": 0.0, "gram": 0.0}
         self._jacobian: npt.NDArray[np.float64] | None = None
-        self._theta: npt.NDArray[np.float64] | None = None
         self._v = PETSc.Vec().createMPI((problem.num_owned, PETSc.DECIDE), comm=self.comm)
         self._hv = self._v.duplicate()
 
@@ -324,10 +320,9 @@ class GaussNewtonOperator:
         """Solve the state at θ (if not current) and keep the field Jacobian there. Collective."""
         start = time.perf_counter()
         self.rows._solve(theta)
-        self._theta = self.field.validated(theta).copy()
         if self._jacobian is None:
             self._jacobian = np.empty((self.field.num_owned, self.num_parameters), order="F")
-        self.field.jacobian(self._theta, out=self._jacobian)
+        self.field.jacobian(theta, out=self._jacobian)
         self.version += 1
         self.timings["jacobian"] += time.perf_counter() - start
 
@@ -348,7 +343,6 @@ class GaussNewtonOperator:
         jacobian = self._current()
         self._v.array[:] = jacobian @ np.asarray(x, dtype=np.float64)
         self.problem.gauss_newton_product(self._v, self._hv)
-        self.products += 1
         out = parallel.allreduce_array(self.comm, jacobian.T @ self._hv.array_r)
         self.timings["gram"] += time.perf_counter() - start
         return out
@@ -359,8 +353,8 @@ class GaussNewtonOperator:
         return float(v @ self.mult(v))
 
     def scale(self, probe: npt.ArrayLike) -> float:
-        """The Rayleigh quotient ``gᵀGg / gᵀg`` at a probe ``g`` (the scale λ is measured in).
-        Collective."""
+        """The scale a relative damping is measured in: the Rayleigh quotient ``gᵀGg / gᵀg`` at
+        a probe ``g`` (``max diag(G)`` would take P products). Collective."""
         g = np.asarray(probe, dtype=np.float64)
         norm = float(g @ g)
         return self.quadratic(g) / norm if norm > 0 else 1.0
@@ -387,16 +381,8 @@ class GaussNewtonOperator:
             model = experiment.model
             y = model.A.createVecLeft()
             for obs in experiment.observations:
-                r, wr = obs.metric.createVecs()
-                r.array[:] = w[offset : offset + obs.num_owned]
+                obs.pull_back(w[offset : offset + obs.num_owned], y)
                 offset += obs.num_owned
-                obs.metric.mult(r, wr)
-                if obs.operator is None:
-                    y.array[: obs.num_owned] += wr.array_r
-                else:
-                    obs.operator.multTransposeAdd(wr, y, y)
-                r.destroy()
-                wr.destroy()
             model.adjoint(y)  # Cᵀ λ = Sᵀ y
             vector = model.parameter_gradient()
             gradient += vector.array_r[: self.problem.num_owned]
@@ -407,8 +393,8 @@ class GaussNewtonOperator:
     def destroy(self) -> None:
         """Free the rows' and this object's PETSc objects. Collective."""
         self.rows.destroy()
-        for obj in (self.metric, self._v, self._hv):
-            obj.destroy()
+        self._v.destroy()
+        self._hv.destroy()
 
 
 class ObservationRows:
