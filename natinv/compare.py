@@ -10,11 +10,12 @@ convergence curves together).
 A baseline preset is the parameter as a P1 finite-element field with a Tikhonov term (the case's
 ``[regularization]`` kind, H1 without one) whose weight α is chosen by the discrepancy principle
 (Morozov): the largest α of :data:`ALPHAS` whose converged solution (TAO's own tests) fits the
-data to the noise level, tried from the largest down (for measured data; a full-field case
-keeps its own α). Each tried α is a run of its own under ``compare/<optimizer>/alpha-<α>/``;
-the preset's row is then the run a user makes with that α, stopped at the noise level, and the
-whole search (every run, that one included) is a row of its own, ``<optimizer>:α-search``, so
-that the baseline's cost is not understated.
+data to the noise level, tried from the largest down, and above the grid (×3, ×10, ... up to
+×1000) when its largest already fits (for measured data; a full-field case keeps its own α).
+Each tried α is a run of its own under ``compare/<optimizer>/alpha-<α>/``; the preset's row is
+then the run a user makes with that α, stopped at the noise level, and the whole search (every
+run, that one included) is a row of its own, ``<optimizer>:α-search``, so that the baseline's
+cost is not understated.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ PRESETS: dict[str, list[str]] = {
     "tao-lmvm": ["optimizer.kind='tao-lmvm'"],
 }
 BASELINES = ("tao-nls", "tao-lmvm")
+#: beyond the grid's largest α when that one already fits the data (then the search goes up)
+UPWARD = (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 ALPHAS = (100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4)
 
 
@@ -150,12 +153,21 @@ def _by_discrepancy(
         return summary
 
     runs: list[dict[str, Any]] = []
-    alpha = alphas[-1]  # when none reaches the noise level: the smallest, said by its misfit
-    for trial in alphas:  # each converged (TAO's own tests): Morozov's principle
+
+    def fits(trial: float) -> bool:  # converged (TAO's own tests), misfit at the noise level
         runs.append(baseline(trial, "none", base.output / "compare" / name / f"alpha-{trial:g}"))
-        if runs[-1]["misfit"] <= runs[-1]["discrepancy_level"]:
+        return bool(runs[-1]["misfit"] <= runs[-1]["discrepancy_level"])
+
+    alpha = alphas[-1]  # when none reaches the noise level: the smallest, said by its misfit
+    for trial in alphas:  # Morozov's principle: the largest α that fits
+        if fits(trial):
             alpha = trial
             break
+    if len(runs) == 1 and len(alphas) > 1:  # the grid's largest fits: the answer lies above
+        for factor in UPWARD:
+            if not fits(alphas[0] * factor):
+                break
+            alpha = alphas[0] * factor
     # the run a user makes with that α: stopped at the noise level
     chosen = baseline(alpha, "discrepancy", base.output / "compare" / name)
     runs.append(chosen)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mpi4py import MPI
 
@@ -22,7 +23,16 @@ import numpy.typing as npt
 from natinv import parallel
 from natinv.cases import MeshSettings
 
-__all__ = ["Domain", "boundary_facets", "load_domain", "load_mesh", "triangles", "write_vtx"]
+__all__ = [
+    "Domain",
+    "Section",
+    "boundary_facets",
+    "load_domain",
+    "load_mesh",
+    "section",
+    "triangles",
+    "write_vtx",
+]
 
 
 @dataclass
@@ -36,18 +46,20 @@ class Domain:
     groups: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-SIDES = {"left": 1, "right": 2, "bottom": 3, "top": 4}
+SIDES = {"left": 1, "right": 2, "bottom": 3, "top": 4, "back": 5, "front": 6}
 
 
 def load_domain(comm: MPI.Comm, settings: MeshSettings, source: str | Path = "") -> Domain:
     """The case's mesh and tags: a gmsh file's physical groups by name, or a built-in box's
-    sides (``left`` 1, ``right`` 2, ``bottom`` 3, ``top`` 4); ``source`` (the case file) is
-    named in errors. Collective."""
+    sides (``left`` 1, ``right`` 2, ``bottom`` 3, ``top`` 4, ``back`` 5, ``front`` 6);
+    ``source`` (the case file) is named in errors. Collective."""
     if settings.builtin is not None:
         lower = np.array(settings.origin)
         upper = lower + np.array(settings.extent)
         if settings.builtin == "interval":
             mesh = dolfinx.mesh.create_interval(comm, settings.cells[0], [lower[0], upper[0]])
+        elif settings.builtin == "box":
+            mesh = dolfinx.mesh.create_box(comm, [lower, upper], settings.cells)
         else:
             mesh = dolfinx.mesh.create_rectangle(comm, [lower, upper], settings.cells)
         fdim = mesh.topology.dim - 1
@@ -56,8 +68,25 @@ def load_domain(comm: MPI.Comm, settings: MeshSettings, source: str | Path = "")
     assert settings.file is not None
     where = f"{source}: mesh.file {settings.file}" if source else f"mesh.file {settings.file}"
     if settings.file.suffix == ".msh":
-        return read_msh(comm, settings.file, where, gdim=2)
-    return read_xdmf(comm, settings.file, where)
+        return read_msh(comm, settings.file, where, gdim=settings.gdim)
+    if settings.file.suffix == ".xdmf" and _dolfinx_xdmf(comm, settings.file):
+        return read_xdmf(comm, settings.file, where, settings.gdim)
+    return read_meshio(comm, settings.file, where, settings.gdim)
+
+
+def _dolfinx_xdmf(comm: MPI.Comm, path: Path) -> bool:
+    """Whether an XDMF file names its mesh grid ``mesh`` as DOLFINx writes it (else it is
+    read through meshio); an unreadable file counts as DOLFINx's, whose reader names what is
+    wrong. The same answer on every rank. Collective."""
+
+    def look() -> bool:
+        try:
+            return b'Name="mesh"' in path.read_bytes()[: 1 << 20]
+        except OSError:
+            return True
+
+    found = parallel.on_rank0(comm, str(path), look, share=True)
+    return bool(found)
 
 
 def read_msh(comm: MPI.Comm, path: Path, where: str, gdim: int = 2) -> Domain:
@@ -114,7 +143,8 @@ def _check_gmsh_model(model: object, gdim: int) -> None:
         dims[element] = dim
     tdim = max(dims.values())
     if tdim != gdim:
-        raise ValueError(f"its tagged cells have dimension {tdim}; expected {gdim}")
+        hint = "" if gdim == 3 else " (set [mesh] dim = 3 for a 3D mesh)"
+        raise ValueError(f"its tagged cells have dimension {tdim}; expected {gdim}{hint}")
     types, tags, _ = model.mesh.getElements(dim=tdim, tag=-1)  # type: ignore[attr-defined]
     for element, cells in zip(types, tags, strict=True):
         if element not in topologies:
@@ -130,10 +160,10 @@ def _check_gmsh_model(model: object, gdim: int) -> None:
             raise ValueError(f"unsupported cell type {element} ({exc})") from None
 
 
-def read_xdmf(comm: MPI.Comm, path: Path, where: str) -> Domain:
+def read_xdmf(comm: MPI.Comm, path: Path, where: str, gdim: int = 2) -> Domain:
     """An XDMF mesh named ``mesh`` with optional tags ``facets`` and ``cells`` (as DOLFINx
-    writes them). Rank 0 checks the file and the HDF5 arrays it points to before the parallel
-    read. Collective.
+    writes them), its cells of dimension ``gdim``. Rank 0 checks the file and the HDF5 arrays
+    it points to before the parallel read. Collective.
 
     Raises:
         CollectiveError: naming ``where`` and what is wrong with the file.
@@ -142,11 +172,239 @@ def read_xdmf(comm: MPI.Comm, path: Path, where: str) -> Domain:
     assert names is not None
     with dolfinx.io.XDMFFile(comm, path, "r") as xdmf:
         mesh = xdmf.read_mesh(name="mesh")
+        parallel.check_all(
+            comm,
+            mesh.topology.dim == gdim,
+            f"{where}: its cells have dimension {mesh.topology.dim}; expected {gdim}"
+            + ("" if gdim == 3 else " (set [mesh] dim = 3 for a 3D mesh)"),
+        )
         mesh.topology.create_connectivity(mesh.topology.dim - 1, mesh.topology.dim)
         tags = [
             xdmf.read_meshtags(mesh, name=n) if n in names else None for n in ("facets", "cells")
         ]
     return Domain(mesh, tags[0], tags[1])
+
+
+#: meshio's names of the linear simplex cells natinv reads, by dimension
+SIMPLICES = {1: "line", 2: "triangle", 3: "tetra"}
+#: the dimension of the cell types meshio knows (those not listed are named as unsupported)
+CELL_DIMENSIONS = {
+    "vertex": 0,
+    "line": 1,
+    "line3": 1,
+    "triangle": 2,
+    "triangle6": 2,
+    "triangle7": 2,
+    "quad": 2,
+    "quad8": 2,
+    "quad9": 2,
+    "polygon": 2,
+    "tetra": 3,
+    "tetra10": 3,
+    "hexahedron": 3,
+    "hexahedron20": 3,
+    "hexahedron27": 3,
+    "wedge": 3,
+    "wedge15": 3,
+    "pyramid": 3,
+    "pyramid13": 3,
+}
+#: integer cell data that tag cells, in the order they are looked for (gmsh, MEDIT, MED,
+#: Salome/VTK conventions)
+TAG_KEYS = ("gmsh:physical", "medit:ref", "cell_tags", "CellEntityIds", "tags", "tag", "markers")
+
+
+@dataclass
+class _Parsed:
+    """A meshio mesh as natinv needs it, made on the reading rank."""
+
+    x: npt.NDArray[np.float64]
+    cells: npt.NDArray[np.int64]
+    cell_values: npt.NDArray[np.int32] | None
+    facets: npt.NDArray[np.int64]
+    facet_values: npt.NDArray[np.int32]
+    groups: dict[str, tuple[int, int]]
+
+
+def read_meshio(comm: MPI.Comm, path: Path, where: str, gdim: int = 2) -> Domain:
+    """A mesh in any format meshio reads (VTU/VTK, Abaqus ``.inp``, MED, MEDIT ``.mesh``,
+    XDMF of other tools, ...): linear triangles (``gdim`` 2) or tetrahedra (3), cell and facet
+    tags from integer cell data (``gmsh:physical``, ``medit:ref``, MED's ``cell_tags``, ...)
+    or from named cell sets, and the groups' names where the file has them. Rank 0 reads and
+    checks the file; DOLFINx distributes cells and tags. Collective.
+
+    Raises:
+        CollectiveError: naming ``where`` and what is wrong (an unreadable file, no cells of
+            dimension ``gdim``, unsupported or mixed cell types).
+    """
+    parsed = parallel.on_rank0(comm, where, lambda: _parse_meshio(path, gdim))
+    nodes = gdim + 1
+    if comm.rank != 0:
+        parsed = _Parsed(
+            np.zeros((0, gdim)),
+            np.zeros((0, nodes), dtype=np.int64),
+            np.zeros(0, dtype=np.int32),
+            np.zeros((0, gdim), dtype=np.int64),
+            np.zeros(0, dtype=np.int32),
+            {},
+        )
+    assert parsed is not None
+    tagged, groups = comm.bcast(
+        (parsed.cell_values is not None, parsed.groups) if comm.rank == 0 else None, root=0
+    )
+    import basix.ufl
+    import ufl
+
+    cell = {2: "triangle", 3: "tetrahedron"}[gdim]
+    element = ufl.Mesh(basix.ufl.element("Lagrange", cell, 1, shape=(gdim,)))
+    mesh = dolfinx.mesh.create_mesh(comm, parsed.cells, element, parsed.x)
+    tags = []
+    for dim, entities, values in (
+        (gdim, parsed.cells, parsed.cell_values),
+        (gdim - 1, parsed.facets, parsed.facet_values),
+    ):
+        if dim == gdim and not tagged:
+            tags.append(None)
+            continue
+        assert values is not None
+        mesh.topology.create_connectivity(dim, gdim)
+        local, local_values = dolfinx.io.distribute_entity_data(mesh, dim, entities, values)
+        adjacency = dolfinx.graph.adjacencylist(local)
+        tags.append(
+            dolfinx.mesh.meshtags_from_entities(
+                mesh, dim, adjacency, local_values.astype(np.int32, copy=False)
+            )
+        )
+    return Domain(mesh, tags[1], tags[0], groups)
+
+
+def _parse_meshio(path: Path, gdim: int) -> _Parsed:
+    """Read ``path`` with meshio and check it (ValueError naming what was found)."""
+    import meshio
+
+    if not path.is_file():
+        raise ValueError("not a readable file")
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            raw = meshio.read(path)
+    except (Exception, SystemExit) as exc:  # some of meshio's readers exit on a bad file
+        reason = said.getvalue().strip().replace("\n", " ") or parallel.describe_error(exc)
+        raise ValueError(f"not a mesh meshio can read ({reason})") from None
+    found = sorted({block.type for block in raw.cells})
+    unknown = [t for t in found if t not in CELL_DIMENSIONS]
+    if unknown:
+        raise ValueError(f"unsupported cell type(s) {unknown} (found {found})")
+    tdim = max((CELL_DIMENSIONS[t] for t in found), default=-1)
+    simplex = SIMPLICES[gdim]
+    if tdim != gdim:
+        hint = " (set [mesh] dim = 3 for a 3D mesh)" if tdim == 3 else ""
+        raise ValueError(f"its cells have dimension {tdim} ({found}); expected {gdim}{hint}")
+    top = sorted({t for t in found if CELL_DIMENSIONS[t] == gdim})
+    if top != [simplex]:
+        kind = "a mixed mesh" if len(top) > 1 else "unsupported cells"
+        raise ValueError(
+            f"{kind}: cells {top} of dimension {gdim}; natinv reads linear simplices "
+            f"({simplex} in {gdim}D)"
+        )
+    points = np.asarray(raw.points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] < gdim or not np.isfinite(points).all():
+        raise ValueError(f"point coordinates of shape {points.shape} (or not finite)")
+    if points.shape[1] > gdim and np.abs(points[:, gdim:]).max(initial=0.0) > 0.0:
+        raise ValueError(
+            f"a {gdim}D mesh with nonzero coordinate(s) beyond {'xyz'[gdim - 1]}"
+            + (" (set [mesh] dim = 3 for a 3D mesh)" if gdim == 2 else "")
+        )
+    key = next((k for k in TAG_KEYS if k in raw.cell_data), None)
+    facet_type = SIMPLICES[gdim - 1]
+    blocks: dict[str, list[npt.NDArray[np.int64]]] = {simplex: [], facet_type: []}
+    values: dict[str, list[npt.NDArray[np.int64]]] = {simplex: [], facet_type: []}
+    names: dict[str, tuple[int, int]] = {}
+    sets = _set_tags(raw, gdim) if key is None else None
+    for i, block in enumerate(raw.cells):
+        if block.type not in blocks:
+            continue
+        data = np.asarray(block.data, dtype=np.int64)
+        if key is not None:
+            tag = np.asarray(raw.cell_data[key][i]).reshape(-1)
+        else:
+            assert sets is not None
+            tag = sets[0][i]
+        if tag.size != data.shape[0] or not np.issubdtype(tag.dtype, np.integer):
+            raise ValueError(
+                f"cell data {key!r} of block {i} ({block.type}): not one integer per cell"
+            )
+        blocks[block.type].append(data)
+        values[block.type].append(tag.astype(np.int64))
+    if key is not None:
+        for name, (tag, dim) in ((n, v[:2]) for n, v in raw.field_data.items()):
+            names[str(name)] = (int(dim), int(tag))
+        for tag, labels in getattr(raw, "cell_tags", {}).items():  # MED families
+            for label in labels:
+                names.setdefault(str(label), (gdim, int(tag)))
+    else:
+        assert sets is not None
+        names = sets[1]
+    cells = np.concatenate(blocks[simplex])
+    cell_values = np.concatenate(values[simplex])
+    facets = np.concatenate([np.zeros((0, gdim), dtype=np.int64), *blocks[facet_type]])
+    facet_values = np.concatenate([np.zeros(0, dtype=np.int64), *values[facet_type]])
+    facet_kept = facet_values > 0
+    untagged = cell_values <= 0
+    if untagged.all():
+        cell_tags = None
+    elif untagged.any():
+        raise ValueError(
+            f"{int(untagged.sum())} of {cell_values.size} {simplex} cells have no tag (every "
+            "cell tagged, or none)"
+        )
+    else:
+        cell_tags = cell_values.astype(np.int32)
+    used, inverse = np.unique(np.concatenate([cells.ravel(), facets.ravel()]), return_inverse=True)
+    if used.size and used[-1] >= points.shape[0]:
+        raise ValueError(f"cells refer to point {used[-1]}; the file has {points.shape[0]} points")
+    renumbered = inverse.astype(np.int64)
+    cells = renumbered[: cells.size].reshape(cells.shape)
+    facets = renumbered[cells.size :].reshape(facets.shape)
+    return _Parsed(
+        np.ascontiguousarray(points[used, :gdim]),
+        cells,
+        cell_tags,
+        facets[facet_kept],
+        facet_values[facet_kept].astype(np.int32),
+        names,
+    )
+
+
+def _set_tags(
+    raw: Any, gdim: int
+) -> tuple[list[npt.NDArray[np.int64]], dict[str, tuple[int, int]]]:
+    """Tags from a meshio mesh's named cell sets (Abaqus ELSETs, ...): set number k + 1 in
+    name order, per cell block; 0 where a cell is in no set. A cell in two sets of its
+    dimension is an error (a cell takes one tag)."""
+    tags = [np.zeros(len(block.data), dtype=np.int64) for block in raw.cells]
+    names: dict[str, tuple[int, int]] = {}
+    for number, name in enumerate(sorted(raw.cell_sets), start=1):
+        members = raw.cell_sets[name]
+        dims = set()
+        for i, block in enumerate(raw.cells):
+            if i >= len(members) or members[i] is None or len(members[i]) == 0:
+                continue
+            index = np.asarray(members[i], dtype=np.int64)
+            taken = tags[i][index] > 0
+            if taken.any():
+                raise ValueError(
+                    f"cell set {name!r} overlaps an earlier set in {int(taken.sum())} "
+                    f"{block.type} cell(s) (a cell takes one tag)"
+                )
+            tags[i][index] = number
+            dims.add(CELL_DIMENSIONS.get(block.type, -1))
+        if dims & {gdim, gdim - 1}:
+            names[str(name)] = (max(dims & {gdim, gdim - 1}), number)
+    return tags, names
 
 
 def _check_xdmf(path: Path) -> set[str]:
@@ -203,7 +461,8 @@ def load_mesh(
 def side_tags(
     mesh: dolfinx.mesh.Mesh, lower: npt.NDArray[np.float64], upper: npt.NDArray[np.float64]
 ) -> dolfinx.mesh.MeshTags:
-    """Boundary tags of a built-in box: 1 left, 2 right (an interval's ends), 3 bottom, 4 top."""
+    """Boundary tags of a built-in box: 1 left, 2 right (an interval's ends), 3 bottom, 4 top,
+    5 back, 6 front."""
     fdim = mesh.topology.dim - 1
     mesh.topology.create_connectivity(fdim, fdim + 1)
     sides = [
@@ -273,3 +532,55 @@ def triangles(
     if mesh.comm.rank != 0:
         return np.zeros((0, 2)), np.zeros(0)
     return np.concatenate(all_x), np.concatenate(all_v)
+
+
+@dataclass
+class Section:
+    """A function's values on a grid in a plane through a 3D mesh: ``values[j, i]`` at
+    ``(u[i], v[j])`` in the in-plane ``axes`` (NaN outside the mesh), the plane
+    ``x[normal] = level``."""
+
+    axes: tuple[int, int]
+    normal: int
+    level: float
+    u: npt.NDArray[np.float64]
+    v: npt.NDArray[np.float64]
+    values: npt.NDArray[np.float64]
+
+
+def section(function: dolfinx.fem.Function, resolution: int = 160) -> Section | None:
+    """The scalar ``function`` on the mid-plane across the mesh's thinnest direction, sampled
+    on a grid with ``resolution`` points along the plane's longer side; the result on rank 0
+    (None elsewhere). Each rank evaluates the grid points in its owned cells. Collective."""
+    mesh = function.function_space.mesh
+    comm, tdim = mesh.comm, mesh.topology.dim
+    x = mesh.geometry.x
+    lo = np.min(comm.allgather(x.min(axis=0)), axis=0)
+    hi = np.max(comm.allgather(x.max(axis=0)), axis=0)
+    normal = int(np.argmin(hi - lo))
+    axes = tuple(k for k in range(3) if k != normal)
+    level = 0.5 * (lo[normal] + hi[normal])
+    size = float(max(hi[k] - lo[k] for k in axes))
+    u, v = (
+        np.linspace(lo[k], hi[k], max(2, round(resolution * (hi[k] - lo[k]) / size))) for k in axes
+    )
+    points = np.zeros((u.size * v.size, 3))
+    points[:, axes[0]] = np.tile(u, v.size)
+    points[:, axes[1]] = np.repeat(v, u.size)
+    points[:, normal] = level
+    owned = np.arange(mesh.topology.index_map(tdim).size_local, dtype=np.int32)
+    tree = dolfinx.geometry.bb_tree(mesh, tdim, entities=owned)
+    candidates = dolfinx.geometry.compute_collisions_points(tree, points)
+    colliding = dolfinx.geometry.compute_colliding_cells(mesh, candidates, points)
+    found = np.flatnonzero(np.diff(colliding.offsets) > 0)
+    cells = np.array([colliding.links(i)[0] for i in found], dtype=np.int32)
+    values = np.full(points.shape[0], np.nan)
+    if found.size:
+        values[found] = function.eval(points[found], cells).reshape(-1)
+    gathered = comm.gather(values, root=0)
+    if comm.rank != 0:
+        return None
+    merged = np.full(points.shape[0], np.nan)
+    for part in gathered:
+        merged = np.where(np.isnan(merged), part, merged)
+    return Section(axes, normal, float(level), u, v, merged.reshape(v.size, u.size))  # type: ignore[arg-type]

@@ -30,7 +30,8 @@ __all__ = ["inverse_fields", "misfit", "mu_errors", "shown", "solution_lines", "
 def inverse_fields(
     comm: MPI.Comm, path: Path, built: InverseSetup, recovered: dolfinx.fem.Function
 ) -> None:
-    """True and recovered parameter on one colour scale, sensors and regions marked.
+    """True and recovered parameter on one colour scale, sensors and regions marked; on a 3D
+    mesh, on the mid-plane across its thinnest direction (the sites projected onto it).
     Collective."""
     p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
     symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
@@ -40,7 +41,7 @@ def inverse_fields(
             continue
         f1 = dolfinx.fem.Function(p1)
         f1.interpolate(function)
-        panels[name] = domain.triangles(f1)
+        panels[name] = domain.triangles(f1) if built.mesh.geometry.dim == 2 else domain.section(f1)
     _draw_fields(comm, path, built, panels)
 
 
@@ -49,24 +50,41 @@ def _draw_fields(comm: MPI.Comm, path: Path, built: InverseSetup, panels: dict[s
     plt = pyplot()
     from matplotlib.tri import Triangulation
 
-    values = [v for _, v in panels.values()]
+    planes = [p for p in panels.values() if isinstance(p, domain.Section)]
+    if planes:
+        values = [p.values[np.isfinite(p.values)] for p in planes]
+        width, height = np.ptp(planes[0].u), np.ptp(planes[0].v)
+    else:
+        values = [v for _, v in panels.values()]
+        x_all = np.concatenate([x for x, _ in panels.values()])
+        width, height = np.ptp(x_all[:, 0]), np.ptp(x_all[:, 1])
     lo, hi = min(v.min() for v in values), max(v.max() for v in values)
-    x_all = np.concatenate([x for x, _ in panels.values()])
-    width, height = np.ptp(x_all[:, 0]), np.ptp(x_all[:, 1])
     if width > 1.5 * height:  # a long domain: the panels one above the other
         size = (8.0, 1.0 + 6.5 * height / width * len(panels))
         fig, axes = plt.subplots(len(panels), 1, figsize=size, constrained_layout=True)
     else:
         size = (4.6 * len(panels), 4.0)
         fig, axes = plt.subplots(1, len(panels), figsize=size, constrained_layout=True)
-    for ax, (name, (x, v)) in zip(np.atleast_1d(axes), panels.items(), strict=True):
-        tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
-        image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
-        sites, regions = built.sites
+    sites, regions = built.sites
+    shown = [0, 1]
+    for ax, (name, panel) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        if isinstance(panel, domain.Section):
+            shown = list(panel.axes)
+            image = ax.pcolormesh(
+                panel.u, panel.v, panel.values, shading="gouraud", vmin=lo, vmax=hi
+            )
+            letters = "xyz"
+            name += f", {letters[panel.normal]} = {panel.level:.3g}"
+            ax.set_xlabel(letters[panel.axes[0]])
+            ax.set_ylabel(letters[panel.axes[1]])
+        else:
+            x, v = panel
+            tri = Triangulation(x[:, 0], x[:, 1], np.arange(x.shape[0]).reshape(-1, 3))
+            image = ax.tripcolor(tri, v, shading="gouraud", vmin=lo, vmax=hi)
         if (~regions).any():
-            ax.plot(*sites[~regions].T, "k.", ms=3, label="sensors")
+            ax.plot(*sites[~regions][:, shown].T, "k.", ms=3, label="sensors")
         if regions.any():
-            ax.plot(*sites[regions].T, "ks", ms=4, mfc="none", label="averaged regions")
+            ax.plot(*sites[regions][:, shown].T, "ks", ms=4, mfc="none", label="averaged regions")
         ax.set_title(name)
         ax.set_aspect("equal")
         fig.colorbar(image, ax=ax, shrink=0.85)
@@ -98,6 +116,9 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
     plt = pyplot()
 
     sites, regions = built.sites
+    if sites.shape[1] == 3:  # seen along the direction in which the sites spread least
+        kept = sorted(np.argsort(np.ptp(sites, axis=0))[1:])
+        sites = sites[:, kept]
     z = np.zeros(sites.shape[0])
     for blocks in gathered:
         for index, values in blocks:

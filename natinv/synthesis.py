@@ -112,28 +112,30 @@ def synthesize(
 
 def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.float64]:
     """Sensor points inside the mesh: ``random:N`` (uniform in the domain, by rejection) or
-    ``grid:NxM`` (cell centres of a grid over the bounding box, those inside kept)."""
-    comm = mesh.comm
-    corners = comm.allgather(
-        (mesh.geometry.x[:, :2].min(axis=0), mesh.geometry.x[:, :2].max(axis=0))
-    )
+    ``grid:NxM`` (``NxMxK`` in 3D: cell centres of a grid over the bounding box, those inside
+    kept)."""
+    comm, gdim = mesh.comm, mesh.geometry.dim
+    x = mesh.geometry.x[:, :gdim]
+    corners = comm.allgather((x.min(axis=0), x.max(axis=0)))
     lo = np.min([c[0] for c in corners], axis=0)
     hi = np.max([c[1] for c in corners], axis=0)
     rng = np.random.default_rng(seed)
     parts = spec.split(":")
+    counts = parts[1].split("x") if len(parts) == 2 else []
     if parts[0] == "random" and len(parts) == 2 and parts[1].isdigit():
         wanted = int(parts[1])
-        candidates = lo + (hi - lo) * (0.02 + 0.96 * rng.random((8 * wanted + 16, 2)))
-    elif parts[0] == "grid" and len(parts) == 2 and "x" in parts[1]:
-        nx, ny = (int(v) for v in parts[1].split("x"))
-        xs = lo[0] + (hi - lo)[0] * (np.arange(nx) + 0.5) / nx
-        ys = lo[1] + (hi - lo)[1] * (np.arange(ny) + 0.5) / ny
-        candidates = np.array([[x, y] for x in xs for y in ys])
+        candidates = lo + (hi - lo) * (0.02 + 0.96 * rng.random((8 * wanted + 16, gdim)))
+    elif parts[0] == "grid" and len(counts) == gdim and all(c.isdigit() for c in counts):
+        axes = [
+            lo[k] + (hi - lo)[k] * (np.arange(int(n)) + 0.5) / int(n) for k, n in enumerate(counts)
+        ]
+        candidates = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, gdim)
         wanted = candidates.shape[0]
     else:
-        raise CaseError(f"synthesize.layout: expected random:N or grid:NxM, got {spec!r}")
+        grid = "x".join("NMK"[:gdim])
+        raise CaseError(f"synthesize.layout: expected random:N or grid:{grid}, got {spec!r}")
     padded = np.zeros((candidates.shape[0], 3))
-    padded[:, :2] = candidates
+    padded[:, :gdim] = candidates
     send = padded if comm.rank == 0 else np.zeros((0, 3))
     owners = dolfinx.geometry.determine_point_ownership(mesh, send, 1e-12).src_owner
     owners = comm.bcast(np.asarray(owners) if comm.rank == 0 else None, root=0)

@@ -440,3 +440,27 @@ def test_the_neural_parameter_has_fourier_features_unless_told_none(comm, shared
     assert load_case(path, ["parameter.features='none'"]).parameter.features is None
     chosen = load_case(path, ["parameter.features={count=8, scale=2.0}"]).parameter.features
     assert chosen == (8, 2.0)
+
+
+def test_the_alpha_search_goes_above_the_grid_when_its_largest_fits(comm, shared_tmp):
+    """A grid whose largest α (0.1) already fits the data: the search goes up (×3, ×10, ...)
+    to the last α that fits; the one tried above it does not."""
+    from natinv.compare import UPWARD
+
+    folder = shared_tmp / "cmp-up"
+    args = ["compare", str(HOLE), "--optimizers", "tao-nls", "--alphas", "0.1,0.01"]
+    assert main([*args, "--iterations", "60", "--set", f"output.folder='{folder}'"]) == 0
+
+    def summary(alpha: float) -> dict:
+        path = folder / "compare" / "tao-nls" / f"alpha-{alpha:g}" / "summary.json"
+        return json.loads(path.read_text())
+
+    tried = [0.1] + [0.1 * f for f in UPWARD]
+    fitting = [a for a in tried if (folder / "compare" / "tao-nls" / f"alpha-{a:g}").is_dir()]
+    assert len(fitting) >= 2  # 0.1 fits, so at least one α above it was tried
+    last = fitting[-1]
+    assert summary(last)["misfit"] > summary(last)["discrepancy_level"]  # the first that fails
+    chosen = fitting[-2]
+    assert summary(chosen)["misfit"] <= summary(chosen)["discrepancy_level"]
+    rows = (folder / "comparison.csv").read_text().splitlines()
+    assert f"α = {chosen:g} ({len(fitting) + 1} runs)" in rows[2]

@@ -13,9 +13,11 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
 
     [mesh]
     file = "../meshes/plate_with_hole.msh"     # gmsh .msh or XDMF, or a built-in box:
+    # dim = 3                                  # a 3D mesh file (the default is 2)
     # builtin = "rectangle"; extent = [2.0, 0.5]; cells = [40, 10]; origin = [0.0, 0.0]
-    # (or "unit-square", cells = 32; or "interval", cells = 400, extent = 1.0: forward only)
-    # built-in boundary tags: 1 left, 2 right, 3 bottom, 4 top
+    # (or "unit-square", cells = 32; "box", cells = [8, 8, 8], extent = [1.0, 1.0, 1.0];
+    # or "interval", cells = 400, extent = 1.0: forward only)
+    # built-in boundary tags: 1 left, 2 right (x), 3 bottom, 4 top (y), 5 back, 6 front (z)
 
     [model]
     kind = "diffusion"               # diffusion | source | nonlinear-diffusion | elasticity
@@ -205,9 +207,9 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     seed = root.integer("seed", 0)
     problem = root.string("problem", "inverse", PROBLEMS)
     mesh = _mesh(root.table("mesh"), base)
-    if problem == "inverse" and mesh.gdim != 2:
-        raise root.fail("mesh.builtin", "an inverse problem needs a 2D mesh")
-    inverse = _inverse(root, base, problem == "inverse")
+    if problem == "inverse" and mesh.gdim == 1:
+        raise root.fail("mesh.builtin", "an inverse problem needs a 2D or 3D mesh")
+    inverse = _inverse(root, base, problem == "inverse", mesh.gdim)
     forward = _forward(root, mesh, problem)
     if not inverse:
         for table in ("synthesize", "regularization"):

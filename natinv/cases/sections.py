@@ -13,6 +13,7 @@ from typing import Any
 from natinv.cases.settings import (
     ACTIVATIONS,
     BUILTIN_MESHES,
+    MESH_SUFFIXES,
     MODELS,
     MOMENTA,
     OPTIMIZERS,
@@ -44,7 +45,7 @@ def _mesh(t: _Table, base: Path) -> MeshSettings:
     builtin = t.get("builtin", None)
     if builtin is not None:
         t.string("builtin", choices=BUILTIN_MESHES)
-    dim = 1 if builtin == "interval" else 2
+    dim = {"interval": 1, "box": 3}.get(builtin or "", 2)
     cells = t.get("cells", 32)
     if isinstance(cells, int) and not isinstance(cells, bool):
         cells = [cells] * dim
@@ -53,13 +54,13 @@ def _mesh(t: _Table, base: Path) -> MeshSettings:
         and len(cells) == dim
         and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in cells)
     ):
-        expected = "a positive integer" + (" or [nx, ny]" if dim == 2 else "")
+        expected = "a positive integer" + {1: "", 2: " or [nx, ny]", 3: " or [nx, ny, nz]"}[dim]
         raise t.fail("cells", f"expected {expected}, got {cells!r}")
     extent = t.get("extent", [1.0] * dim)
     if isinstance(extent, int | float) and not isinstance(extent, bool) and dim == 1:
         extent = [extent]
     if not _numbers(extent, dim, positive=True):
-        shape = "a length" if dim == 1 else "[length, height]"
+        shape = {1: "a length", 2: "[length, height]", 3: "[length, height, depth]"}[dim]
         raise t.fail("extent", f"expected {shape} (positive numbers), got {extent!r}")
     origin = t.get("origin", [0.0] * dim)
     if isinstance(origin, int | float) and not isinstance(origin, bool) and dim == 1:
@@ -72,13 +73,23 @@ def _mesh(t: _Table, base: Path) -> MeshSettings:
         cells=cells,
         extent=[float(e) for e in extent],
         origin=[float(o) for o in origin],
+        dim=t.integer("dim", 2, low=2),
     )
     if (mesh.file is None) == (mesh.builtin is None):
         raise t.fail(
-            "file", 'give either a mesh file or builtin = "unit-square", "rectangle" or "interval"'
+            "file",
+            'give either a mesh file or builtin = "unit-square", "rectangle", "box" or "interval"',
         )
-    if mesh.file is not None and mesh.file.suffix not in (".msh", ".xdmf"):
-        raise t.fail("file", f"expected a gmsh .msh or an .xdmf file, got {mesh.file.name}")
+    if mesh.dim > 3:
+        raise t.fail("dim", f"a mesh file's dimension is 2 or 3, got {mesh.dim}")
+    if builtin is not None and "dim" in t.data:
+        raise t.fail("dim", "only for a mesh file (a built-in mesh knows its dimension)")
+    if mesh.file is not None and mesh.file.suffix.lower() not in MESH_SUFFIXES:
+        raise t.fail(
+            "file",
+            f"expected a mesh file ({', '.join(MESH_SUFFIXES)}: gmsh, XDMF, or what meshio "
+            f"reads), got {mesh.file.name}",
+        )
     t.finish()
     return mesh
 
@@ -132,9 +143,10 @@ def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]
 
 
 def _inverse(
-    root: _Table, base: Path, wanted: bool
+    root: _Table, base: Path, wanted: bool, gdim: int = 2
 ) -> tuple[ModelSettings, ParameterSettings, DataSettings] | None:
-    """The ``[model]``, ``[parameter]`` and ``[data]`` tables of an inverse problem."""
+    """The ``[model]``, ``[parameter]`` and ``[data]`` tables of an inverse problem on a
+    ``gdim``-dimensional mesh."""
     if not wanted:
         for table in ("model", "parameter", "data"):
             if table in root.data:
@@ -144,15 +156,18 @@ def _inverse(
         return None
     t = root.table("model")
     dirichlet = _dirichlet_tags(t, "dirichlet")
-    load = t.get("load", [0.0, 0.0])
-    if not _numbers(load, 2):
-        raise t.fail("load", f"expected [fx, fy] (numbers), got {load!r}")
+    names = ("x", "y", "z")[:gdim]
+    load = t.get("load", [0.0] * gdim)
+    if not _numbers(load, gdim):
+        shown = ", ".join(f"f{c}" for c in names)
+        raise t.fail("load", f"expected [{shown}] (numbers), got {load!r}")
     traction = None
     if "traction" in t.data:
         tt = t.table("traction")
         value = tt.get("value")
-        if not _numbers(value, 2):
-            raise tt.fail("value", f"expected [tx, ty] (numbers), got {value!r}")
+        if not _numbers(value, gdim):
+            shown = ", ".join(f"t{c}" for c in names)
+            raise tt.fail("value", f"expected [{shown}] (numbers), got {value!r}")
         traction = (tt.integer("boundary", low=0), [float(v) for v in value])
         tt.finish()
     model = ModelSettings(
@@ -170,7 +185,7 @@ def _inverse(
     t.finish()
 
     t = root.table("parameter")
-    network = _network(t, [2, 20, 20, 1], 2, "x, y")
+    network = _network(t, [gdim, 20, 20, 1], gdim, ", ".join(names))
     parameter = ParameterSettings(
         degree=t.integer("degree", 1, low=1),
         network=network,

@@ -32,10 +32,11 @@ class MeshSettings:
     cells: list[int] = field(default_factory=lambda: [32, 32])
     extent: list[float] = field(default_factory=lambda: [1.0, 1.0])
     origin: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    dim: int = 2  # a mesh file's dimension (its cells'; the built-in meshes know theirs)
 
     @property
     def gdim(self) -> int:
-        return 1 if self.builtin == "interval" else 2
+        return {"interval": 1, "box": 3}.get(self.builtin or "", self.dim if self.file else 2)
 
 
 @dataclass
@@ -183,5 +184,7 @@ MOMENTA = (
 SOLVERS = ("cholesky", "lm", "cutoff", "cg", "gn-cg")  # gn-cg: inverse problems only
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
 MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
-BUILTIN_MESHES = ("unit-square", "rectangle", "interval")
+#: mesh files: gmsh, DOLFINx's XDMF (or another tool's, read by meshio) and meshio's formats
+MESH_SUFFIXES = (".msh", ".xdmf", ".xmf", ".vtu", ".vtk", ".inp", ".med", ".mesh", ".meshb", ".su2")
+BUILTIN_MESHES = ("unit-square", "rectangle", "box", "interval")
 PROBLEMS = ("inverse", "pinn", "ritz")

@@ -180,13 +180,14 @@ def regions(
             measures.append(ufl.ds(domain=mesh, subdomain_data=found.facets, subdomain_id=tag))
     x = ufl.SpatialCoordinate(mesh)
     one = dolfinx.fem.Constant(mesh, 1.0)
-    centroids = np.zeros((len(names), 2))
+    gdim = mesh.geometry.dim
+    centroids = np.zeros((len(names), gdim))
     for i, measure in enumerate(measures):
-        size, cx, cy = (
+        size, *moments = (
             mesh.comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(f * measure)))
-            for f in (one, x[0], x[1])
+            for f in (one, *(x[k] for k in range(gdim)))
         )
-        centroids[i] = (cx / size, cy / size) if size > 0 else (np.nan, np.nan)
+        centroids[i] = np.array(moments) / size if size > 0 else np.nan
     return measures, centroids
 
 
@@ -247,7 +248,7 @@ class InverseSetup:
     def sites(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
         """Where each measured value sits (point sensors, then the regions' centroids) and
         which of them are regions."""
-        points = [np.zeros((0, 2))]
+        points = [np.zeros((0, self.mesh.geometry.dim))]
         points += [self.sensors.points] if self.sensors is not None else []
         points += [self.centroids] if self.centroids is not None else []
         stacked = np.concatenate(points)
@@ -338,12 +339,12 @@ def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Inverse
         observations = [full_field(state, data, case.data.sigma, str(case.data.field.name))]
         rows = [np.zeros(0, dtype=np.int64)]
     if case.data.sensors is not None:
-        sensors = read_sensors(comm, case.data.sensors, 2)
+        sensors = read_sensors(comm, case.data.sensors, case.mesh.gdim)
         for block, where in _observations(case, state, sensors, _sigma(case, sensors, comm)):
             observations.append(block)
             rows.append(where)
     if case.data.averages is not None:
-        averages = read_sensors(comm, case.data.averages, 2, regions=True)
+        averages = read_sensors(comm, case.data.averages, case.mesh.gdim, regions=True)
         measures, centroids = regions(case, found, averages)
         block = average_observations(
             state, measures, averages.values, _sigma(case, averages, comm), averages.source
