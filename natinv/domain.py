@@ -330,6 +330,8 @@ def _parse_meshio(path: Path, gdim: int) -> _Parsed:
         data = np.asarray(block.data, dtype=np.int64)
         if key is not None:
             tag = np.asarray(raw.cell_data[key][i]).reshape(-1)
+            if key == "cell_tags" and np.issubdtype(tag.dtype, np.integer):
+                tag = -tag  # MED numbers the families of cells -1, -2, ... (0: none)
         else:
             assert sets is not None
             tag = sets[0][i]
@@ -342,9 +344,15 @@ def _parse_meshio(path: Path, gdim: int) -> _Parsed:
     if key is not None:
         for name, (tag, dim) in ((n, v[:2]) for n, v in raw.field_data.items()):
             names[str(name)] = (int(dim), int(tag))
-        for tag, labels in getattr(raw, "cell_tags", {}).items():  # MED families
+        for family, labels in getattr(raw, "cell_tags", {}).items():  # MED: family -> groups
+            tag = -int(family)
+            dims = [
+                d
+                for d, v in ((gdim, values[simplex]), (gdim - 1, values[facet_type]))
+                if any((a == tag).any() for a in v)
+            ]
             for label in labels:
-                names.setdefault(str(label), (gdim, int(tag)))
+                names.setdefault(str(label), (dims[0] if dims else gdim, tag))
     else:
         assert sets is not None
         names = sets[1]

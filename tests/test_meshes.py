@@ -22,7 +22,7 @@ from natinv.parallel import CollectiveError
 ROOT = Path(__file__).resolve().parents[1]
 PLATE = ROOT / "meshes" / "plate_with_hole.msh"
 BRACKET_CASE = ROOT / "cases" / "heat_bracket_3d.toml"
-FORMATS = {"vtu": "vtu", "xdmf": "xdmf", "medit": "mesh", "abaqus": "inp"}
+FORMATS = {"vtu": "vtu", "xdmf": "xdmf", "medit": "mesh", "abaqus": "inp", "med": "med"}
 
 
 def measures(found: domain.Domain) -> dict[str, dict[int, float]]:
@@ -59,6 +59,9 @@ def convert(source: Path, target: Path, file_format: str, gdim: int) -> dict[int
     if file_format == "abaqus":
         sets = {names[t]: [np.flatnonzero(v == t) for v in tags] for t in names}
         mesh = meshio.Mesh(raw.points, cells, cell_sets=sets)
+    elif file_format == "med":  # families of cells numbered -1, -2, ..., each one group
+        mesh = meshio.Mesh(raw.points, cells, cell_data={"cell_tags": [-t for t in tags]})
+        mesh.cell_tags = {-t: [name] for t, name in names.items()}
     else:
         key = "medit:ref" if file_format == "medit" else "gmsh:physical"
         mesh = meshio.Mesh(raw.points, cells, cell_data={key: tags})
@@ -86,9 +89,10 @@ def small_bracket(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_meshio_formats_give_the_gmsh_mesh_and_tags(
     comm, shared_tmp, small_bracket, file_format, dimension
 ):
-    """The plate (2D) and a bracket (3D) written by meshio as VTU, XDMF, MEDIT and Abaqus read
-    back with the gmsh original's cells, vertices and, per tag, the same cells and facets
-    (their total sizes to 1e-12); Abaqus sets keep their names (numbered in name order)."""
+    """The plate (2D) and a bracket (3D) written by meshio as VTU, XDMF, MEDIT, Abaqus and MED
+    read back with the gmsh original's cells, vertices and, per tag, the same cells and facets
+    (their total sizes to 1e-12); Abaqus sets keep their names (numbered in name order), MED
+    groups their names and numbers."""
     source = PLATE if dimension == 2 else small_bracket
     target = shared_tmp / f"converted.{FORMATS[file_format]}"
     names = convert(source, target, file_format, dimension) if comm.rank == 0 else None
@@ -104,6 +108,8 @@ def test_meshio_formats_give_the_gmsh_mesh_and_tags(
         for kind in expected:
             expected[kind] = {number[names[t]]: v for t, v in expected[kind].items()}
         assert {n: found.groups[n][1] for n in names.values()} == number
+    if file_format == "med":
+        assert found.groups == original.groups
     assert set(got) == set(expected)
     for kind in expected:
         assert set(got[kind]) == set(expected[kind])
