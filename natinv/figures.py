@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     from natinv.cases import ForwardCase
     from natinv.problems.inverse import InverseSetup
 
-__all__ = ["inverse_fields", "misfit", "mu_errors", "shown", "solution_lines", "solution_surfaces"]
+__all__ = [
+    "inverse_fields",
+    "misfit",
+    "mu_errors",
+    "shown",
+    "solution_lines",
+    "solution_surfaces",
+    "uncertainty",
+]
 
 
 def inverse_fields(
@@ -45,8 +53,36 @@ def inverse_fields(
     _draw_fields(comm, path, built, panels)
 
 
+def uncertainty(
+    comm: MPI.Comm,
+    path: Path,
+    built: InverseSetup,
+    mean: dolfinx.fem.Function,
+    std: dolfinx.fem.Function,
+) -> None:
+    """The posterior mean, its pointwise σ and, where the truth is known, |error| / σ, each on
+    its own colour scale (a 3D mesh: on its mid-plane section). Collective."""
+    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
+    symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
+    shown = [(f"mean {symbol}", mean), (f"σ of {symbol}", std)]
+    if built.truth is not None:
+        ratio = dolfinx.fem.Function(mean.function_space)
+        ratio.x.array[:] = np.abs(mean.x.array - built.truth.x.array) / np.maximum(
+            std.x.array, 1e-300
+        )
+        shown.append(("|error| / σ", ratio))
+    panels: dict[str, Any] = {}
+    for name, function in shown:
+        f1 = dolfinx.fem.Function(p1)
+        f1.interpolate(function)
+        panels[name] = domain.triangles(f1) if built.mesh.geometry.dim == 2 else domain.section(f1)
+    _draw_fields(comm, path, built, panels, shared=False)
+
+
 @rank0_writer
-def _draw_fields(comm: MPI.Comm, path: Path, built: InverseSetup, panels: dict[str, Any]) -> None:
+def _draw_fields(
+    comm: MPI.Comm, path: Path, built: InverseSetup, panels: dict[str, Any], shared: bool = True
+) -> None:
     plt = pyplot()
     from matplotlib.tri import Triangulation
 
@@ -67,7 +103,9 @@ def _draw_fields(comm: MPI.Comm, path: Path, built: InverseSetup, panels: dict[s
         fig, axes = plt.subplots(1, len(panels), figsize=size, constrained_layout=True)
     sites, regions = built.sites
     shown = [0, 1]
-    for ax, (name, panel) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+    for k, (ax, (name, panel)) in enumerate(zip(np.atleast_1d(axes), panels.items(), strict=True)):
+        if not shared:  # each panel its own colour scale
+            lo, hi = float(values[k].min()), float(values[k].max())
         if isinstance(panel, domain.Section):
             shown = list(panel.axes)
             image = ax.pcolormesh(

@@ -62,6 +62,13 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
                                                # the relative L2 error against the truth)
     lr = 1e-2                                  # adam
 
+    [uncertainty]                              # optional: a Laplace approximation at the end
+    prior_precision = 1e-2                     # δ of θ ~ N(0, δ⁻¹I), or "evidence" (MacKay's
+                                               # maximiser); default 1e-3·max diag G
+    samples = 0                                # posterior draws written to samples.bp
+    # writes std.bp (mean, σ, truth), uncertainty.png, and in summary.json the prior used and
+    # the fraction of dofs with |m − m_true| ≤ 2σ (neural field only; see natinv.uncertainty)
+
     [output]
     folder = "results/diffusion-hole"          # relative to the working directory
     checkpoint_every = 10
@@ -134,6 +141,7 @@ from natinv.cases.settings import (
     InverseCase,
     MeshSettings,
     SynthesizeSettings,
+    UncertaintySettings,
 )
 from natinv.cases.table import CaseError, _Table
 
@@ -236,6 +244,27 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     parametric = forward[2] is not None if forward else False
     optimizer = _optimizer(root.table("optimizer", required=False), problem, truth, parametric)
 
+    uncertainty = None
+    if "uncertainty" in root.data:
+        if not inverse:
+            raise root.fail("uncertainty", f"only for inverse problems (this case is {problem!r})")
+        t = root.table("uncertainty")
+        prior = t.get("prior_precision", None)
+        if isinstance(prior, str):
+            prior = t.string("prior_precision", choices=("evidence",))
+        elif prior is not None:
+            prior = t.number("prior_precision", low=0.0, low_open=True)
+        uncertainty = UncertaintySettings(
+            prior_precision=prior, samples=t.integer("samples", 0, low=0)
+        )
+        t.finish()
+        if optimizer.kind.startswith("tao"):
+            raise root.fail(
+                "uncertainty",
+                "the Laplace approximation is built for the neural field; the finite-element "
+                f"baseline ({optimizer.kind!r}) has none yet",
+            )
+
     t = root.table("output", required=False)
     output = Path(t.string("folder", f"results/{name}"))
     checkpoint_every = t.integer("checkpoint_every", 10, low=0)
@@ -260,6 +289,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
             data=data_settings,
             synthesize=synthesize,
             regularization=regularization,
+            uncertainty=uncertainty,
         )
     assert forward is not None
     equation, solution, parametric_settings = forward

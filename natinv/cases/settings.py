@@ -22,6 +22,7 @@ __all__ = [
     "ParametricSettings",
     "SolutionSettings",
     "SynthesizeSettings",
+    "UncertaintySettings",
 ]
 
 
@@ -68,6 +69,14 @@ class DataSettings:
     field: Path | None = None
     sigma: float | None = None
     averages: Path | None = None
+
+
+@dataclass
+class UncertaintySettings:
+    prior_precision: float | str | None = (
+        None  # δ of θ ~ N(0, δ⁻¹I), "evidence"; None: 1e-3·max diag G
+    )
+    samples: int = 0  # posterior draws written to samples.bp
 
 
 @dataclass
@@ -158,6 +167,7 @@ class InverseCase(Case):
     data: DataSettings
     synthesize: SynthesizeSettings
     regularization: tuple[str, float] | None = None
+    uncertainty: UncertaintySettings | None = None  # a Laplace approximation at the end
 
 
 @dataclass

@@ -424,6 +424,45 @@ class _Errors:
                 obj.destroy()
 
 
+def write_uncertainty(built: InverseSetup, mean: dolfinx.fem.Function) -> dict[str, Any]:
+    """The Laplace approximation at the recovered neural field (:mod:`natinv.uncertainty`):
+    ``std.bp`` (mean, σ and the truth), ``samples.bp`` (``uncertainty.samples`` posterior
+    draws through the network), ``uncertainty.png``; returns what ``summary.json`` reports:
+    the prior precision used, the mean and largest σ over the dofs, the draws, and the
+    fraction of dofs with ``|m − m_true| ≤ 2σ`` where the truth is known. Collective."""
+    from natinv.uncertainty import Laplace, coverage
+
+    case, comm, field = built.case, built.comm, built.field
+    settings = case.uncertainty
+    assert settings is not None and isinstance(field, NeuralField) and built.objective is not None
+    laplace = Laplace.at(built.objective, prior_precision=settings.prior_precision)
+    n = field.num_owned
+    std = laplace.std(field)
+    sigma = dolfinx.fem.Function(field.space, name="std")
+    sigma.x.array[:n] = std
+    sigma.x.scatter_forward()
+    mean.name = "mean"
+    extra = [built.truth] if built.truth is not None else []
+    domain.write_vtx(comm, case.output / "std.bp", [mean, sigma, *extra])
+    total = comm.allreduce(n)
+    result: dict[str, Any] = {
+        "prior_precision": laplace.prior_precision,
+        "mean_std": comm.allreduce(float(std.sum())) / max(total, 1),
+        "max_std": comm.allreduce(float(std.max(initial=0.0)), op=MPI.MAX),
+        "samples": settings.samples,
+    }
+    if built.truth is not None:
+        result["coverage_2sigma"] = coverage(comm, mean.x.array[:n], std, built.truth.x.array[:n])
+    if settings.samples:
+        draws = laplace.samples(settings.samples, seed=case.seed)
+        functions = [field.function(theta) for theta in draws]
+        for i, function in enumerate(functions):
+            function.name = f"sample-{i}"
+        domain.write_vtx(comm, case.output / "samples.bp", functions)
+    figures.uncertainty(comm, case.output / "uncertainty.png", built, mean, sigma)
+    return result
+
+
 def write_results(
     built: InverseSetup, history: list[dict[str, Any]], summary: dict[str, Any]
 ) -> dict[str, Any]:
@@ -447,6 +486,8 @@ def write_results(
         }
     )
     output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
+    if case.uncertainty is not None and isinstance(field, NeuralField):
+        summary["uncertainty"] = write_uncertainty(built, recovered)
     output.write_summary(comm, folder / "summary.json", summary)
     fields = [recovered] + ([built.truth] if built.truth is not None else [])
     domain.write_vtx(comm, folder / "parameter.bp", fields)
