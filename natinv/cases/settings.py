@@ -73,10 +73,10 @@ class DataSettings:
 
 @dataclass
 class UncertaintySettings:
-    prior_precision: float | str | None = (
-        None  # δ of θ ~ N(0, δ⁻¹I), "evidence"; None: 1e-3·max diag G
-    )
-    samples: int = 0  # posterior draws written to samples.bp
+    prior_precision: float | str = "evidence"  # neural field: δ of θ ~ N(0, δ⁻¹I)
+    samples: int = 0  # posterior draws written to samples.bp (neural field)
+    rank: int = 50  # tao-*: eigenpairs of the finite-element field's low-rank approximation
+    mass: float | None = None  # tao-*: δ of the prior precision R + δM (None: α)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import domain, expressions, figures, metrics, models, output, parallel
-from natinv.cases import InverseCase
+from natinv.cases import CaseError, InverseCase
 from natinv.data import SensorData, read_field, read_sensors
 from natinv.fields import FourierFeatures, NeuralField, mlp
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
@@ -321,7 +321,22 @@ class InverseSetup:
 
 
 def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> InverseSetup:
-    """Mesh, spaces, model, observations and the neural field of a case. Collective."""
+    """Mesh, spaces, model, observations and the neural field of a case. Collective.
+
+    Raises:
+        CaseError: (before anything is built) a baseline case whose ``[uncertainty]`` prior
+            precision ``R + δM`` would be singular.
+    """
+    settings, regularization = case.uncertainty, case.regularization
+    if settings is not None and case.optimizer.kind.startswith("tao"):
+        l2 = regularization is not None and regularization[0] == "l2"
+        alpha = regularization[1] if regularization is not None else 0.0
+        if (settings.mass if settings.mass is not None else alpha) == 0 and not l2:
+            raise CaseError(
+                f"{case.source}: uncertainty.mass: the finite-element field's prior precision "
+                "R + δM (R the Tikhonov matrix) needs δ > 0 here (the default δ is the "
+                "Tikhonov weight α)"
+            )
     found = domain.load_domain(comm, case.mesh, case.source)
     mesh, facets = found.mesh, found.facets
     state = state_space(case, mesh, case.model.degree)
@@ -425,19 +440,23 @@ class _Errors:
 
 
 def write_uncertainty(built: InverseSetup, mean: dolfinx.fem.Function) -> dict[str, Any]:
-    """The Laplace approximation at the recovered neural field (:mod:`natinv.uncertainty`):
-    ``std.bp`` (mean, σ and the truth), ``samples.bp`` (``uncertainty.samples`` posterior
-    draws through the network), ``uncertainty.png``; returns what ``summary.json`` reports:
-    the prior precision used, the mean and largest σ over the dofs, the draws, and the
-    fraction of dofs with ``|m − m_true| ≤ 2σ`` where the truth is known. Collective."""
-    from natinv.uncertainty import Laplace, coverage
+    """The Laplace approximation at the recovered field (:mod:`natinv.uncertainty`): for a
+    neural field in θ, for the finite-element field (TAO) its low-rank form with the prior
+    precision ``R + δM``. Writes ``std.bp`` (mean, σ and the truth), ``samples.bp`` (neural:
+    ``uncertainty.samples`` posterior draws through the network) and ``uncertainty.png``;
+    returns what ``summary.json`` reports: the prior used, the mean and largest σ over the
+    dofs, and the fraction of dofs with ``|m − m_true| ≤ 2σ`` where the truth is known.
+    Collective."""
+    from natinv.uncertainty import coverage
 
     case, comm, field = built.case, built.comm, built.field
     settings = case.uncertainty
-    assert settings is not None and isinstance(field, NeuralField) and built.objective is not None
-    laplace = Laplace.at(built.objective, prior_precision=settings.prior_precision)
+    assert settings is not None
     n = field.num_owned
-    std = laplace.std(field)
+    if isinstance(field, NeuralField):
+        std, result = _neural_std(built)
+    else:
+        std, result = _finite_element_std(built)
     sigma = dolfinx.fem.Function(field.space, name="std")
     sigma.x.array[:n] = std
     sigma.x.scatter_forward()
@@ -445,22 +464,67 @@ def write_uncertainty(built: InverseSetup, mean: dolfinx.fem.Function) -> dict[s
     extra = [built.truth] if built.truth is not None else []
     domain.write_vtx(comm, case.output / "std.bp", [mean, sigma, *extra])
     total = comm.allreduce(n)
-    result: dict[str, Any] = {
-        "prior_precision": laplace.prior_precision,
-        "mean_std": comm.allreduce(float(std.sum())) / max(total, 1),
-        "max_std": comm.allreduce(float(std.max(initial=0.0)), op=MPI.MAX),
-        "samples": settings.samples,
-    }
+    result["mean_std"] = comm.allreduce(float(std.sum())) / max(total, 1)
+    result["max_std"] = comm.allreduce(float(std.max(initial=0.0)), op=MPI.MAX)
     if built.truth is not None:
         result["coverage_2sigma"] = coverage(comm, mean.x.array[:n], std, built.truth.x.array[:n])
+    figures.uncertainty(comm, case.output / "uncertainty.png", built, mean, sigma)
+    return result
+
+
+def _neural_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    """σ of a neural field at its owned dofs, and the draws asked for (``samples.bp``)."""
+    from natinv.uncertainty import Laplace
+
+    case, field, settings = built.case, built.field, built.case.uncertainty
+    assert settings is not None and isinstance(field, NeuralField) and built.objective is not None
+    laplace = Laplace.at(built.objective, prior_precision=settings.prior_precision)
+    result: dict[str, Any] = {
+        "kind": "neural",
+        "prior": "evidence" if settings.prior_precision == "evidence" else "given",
+        "prior_precision": laplace.prior_precision,
+        "samples": settings.samples,
+    }
     if settings.samples:
         draws = laplace.samples(settings.samples, seed=case.seed)
         functions = [field.function(theta) for theta in draws]
         for i, function in enumerate(functions):
             function.name = f"sample-{i}"
-        domain.write_vtx(comm, case.output / "samples.bp", functions)
-    figures.uncertainty(comm, case.output / "uncertainty.png", built, mean, sigma)
-    return result
+        domain.write_vtx(built.comm, case.output / "samples.bp", functions)
+    return laplace.std(field), result
+
+
+def _finite_element_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+    """σ of the finite-element field at its owned dofs from the low-rank approximation with the
+    prior precision ``R + δM`` (``R`` the case's Tikhonov matrix, δ = ``uncertainty.mass``, by
+    default α)."""
+    from natinv.uncertainty import LowRankLaplace
+
+    case, problem, settings = built.case, built.problem, built.case.uncertainty
+    assert settings is not None
+    alpha = problem.alpha if problem.R is not None else 0.0
+    delta = settings.mass if settings.mass is not None else alpha
+    prior = metrics.l2(problem.space)
+    prior.scale(delta)
+    if problem.R is not None:
+        prior.axpy(1.0, problem.R)
+    rank = min(settings.rank, problem.space.dofmap.index_map.size_global)
+    problem.value(built.field.values())  # the state at the solution
+    laplace = LowRankLaplace(problem, prior, rank=rank, seed=case.seed)
+    try:
+        std = np.sqrt(laplace.variance())
+    finally:
+        laplace.destroy()
+        prior.destroy()
+    result = {
+        "kind": "finite-element, low rank",
+        "prior": f"R + δM, R the {case.regularization[0] if case.regularization else 'zero'} "
+        f"Tikhonov matrix (α = {alpha:g})",
+        "mass": delta,
+        "rank": rank,
+        "eigenvalues": [float(laplace.eigenvalues[0]), float(laplace.eigenvalues[-1])],
+    }
+    return std, result
 
 
 def write_results(
@@ -486,7 +550,7 @@ def write_results(
         }
     )
     output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
-    if case.uncertainty is not None and isinstance(field, NeuralField):
+    if case.uncertainty is not None:
         summary["uncertainty"] = write_uncertainty(built, recovered)
     output.write_summary(comm, folder / "summary.json", summary)
     fields = [recovered] + ([built.truth] if built.truth is not None else [])
