@@ -4,7 +4,8 @@ For each damping λ and each network seed, plain natural gradient and each momen
 each β run the talk's 1D problem (see ``bench/talk1d.py``) to ‖u − u*‖²_L2 ≤ 1e-11. Prints per
 (λ, variant, β): how many seeds reached the target, the median iterations and the median ratio of
 iterations and of wall time to plain natural gradient on the same seed (a run that missed the
-target counts as the iteration limit).
+target counts as the iteration limit, as does one stopped by a failed factorisation of the
+damped Gram).
 
 Usage: ``python bench/sweep1d.py [--problem reaction-diffusion] [--seeds 0,1,2,3,4]
 [--betas 0.3,0.5,0.7] [--dampings 1e-10,1e-8,1e-6] [--variants natural-nesterov,spring]``

@@ -29,6 +29,7 @@ import dolfinx
 import numpy as np
 import torch
 
+from natinv import parallel
 from natinv.objectives.pinn import PINN, Term, gradient, laplacian
 from natinv.optim import NaturalGradientDescent
 from natinv.quadrature import cell_quadrature
@@ -82,9 +83,14 @@ def run(momentum: str, beta: float, args: argparse.Namespace) -> dict[str, float
     )
     field.jacobian()  # torch.func's one-time tracing, outside the clock
     elapsed, error = 0.0, np.inf
+    failure = ""
     while optimizer.iteration < args.max_iterations:
         t0 = time.perf_counter()
-        record = optimizer.step()
+        try:
+            record = optimizer.step()
+        except parallel.CollectiveError as exc:  # e.g. G + λI not positive definite: the run
+            failure = str(exc)  # stops here and counts as not reaching the target
+            break
         elapsed += time.perf_counter() - t0
         error = pinn.l2_error(problem["exact"], check, optimizer.theta)
         if error <= TARGET or record["step"] == 0.0:
@@ -98,6 +104,7 @@ def run(momentum: str, beta: float, args: argparse.Namespace) -> dict[str, float
         "time": elapsed,
         "error": error,
         "restarts": restarts,
+        "failure": failure,
     }
 
 
