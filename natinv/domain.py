@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.cases import MeshSettings
+from natinv.cases import CaseError, MeshSettings
 
 __all__ = [
     "Domain",
@@ -29,6 +29,7 @@ __all__ = [
     "boundary_facets",
     "load_domain",
     "load_mesh",
+    "resolve_tags",
     "section",
     "triangles",
     "write_vtx",
@@ -487,6 +488,31 @@ def side_tags(
     entities = np.concatenate(facets)[order]
     unique, first = np.unique(entities, return_index=True)  # corners: the first side wins
     return dolfinx.mesh.meshtags(mesh, fdim, unique, np.concatenate(values)[order][first])
+
+
+def resolve_tags(found: Domain, tags: list[int | str] | str, where: str) -> list[int] | str:
+    """Boundary tags with the names of the mesh's boundary groups replaced by their numbers
+    (``"all"`` as it is). The same on every rank (the groups are).
+
+    Raises:
+        CaseError: naming ``where``, the unknown name and the boundary groups there are.
+    """
+    if tags == "all":
+        return "all"
+    fdim = found.mesh.topology.dim - 1
+    boundary = {name: tag for name, (dim, tag) in found.groups.items() if dim == fdim}
+    out = []
+    for tag in tags:
+        if isinstance(tag, str):
+            if tag not in boundary:
+                raise CaseError(
+                    f"{where}: no boundary group named {tag!r} in the mesh (its boundary groups: "
+                    f"{sorted(boundary) or 'none'})"
+                )
+            out.append(boundary[tag])
+        else:
+            out.append(int(tag))
+    return out
 
 
 def boundary_facets(

@@ -32,7 +32,14 @@ from natinv.cases import Case, CaseError, InverseCase
 from natinv.data import SensorData, read_sensors, write_sensors
 from natinv.expressions import compile_expression
 from natinv.observations import point_values
-from natinv.problems.inverse import dirichlet, interpolate, model_of, regions, state_space
+from natinv.problems.inverse import (
+    dirichlet,
+    interpolate,
+    model_of,
+    named_tags,
+    regions,
+    state_space,
+)
 
 __all__ = ["MODELS", "sensor_layout", "synthesize", "synthesize_case"]
 
@@ -169,7 +176,9 @@ def _synthesize_field(case: InverseCase, comm: MPI.Comm) -> SensorData:
     degree ``synthesize.degree`` (above the inversion's), with noise σ = ``noise``·max|u| at
     the nodes off the Dirichlet boundary; written as XDMF (P1 node data)."""
     assert case.data.field is not None and case.parameter.truth is not None
-    mesh, facets = domain.load_mesh(comm, case.mesh, case.source)
+    found = domain.load_domain(comm, case.mesh, case.source)
+    case = named_tags(case, found)
+    mesh, facets = found.mesh, found.facets
     state = state_space(case, mesh, case.synthesize.degree)
     parameter = dolfinx.fem.Function(
         dolfinx.fem.functionspace(mesh, ("Lagrange", case.synthesize.degree))
@@ -243,6 +252,7 @@ def synthesize_case(
     if case.data.field is not None:
         return [_synthesize_field(case, comm)]
     found = domain.load_domain(comm, case.mesh, case.source)
+    case = named_tags(case, found)
     mesh, facets, cells = found.mesh, found.facets, found.cells
     # the coarser meshes stay alive while the refined one is in use (freeing them made the
     # parallel solve on the refined mesh crash)

@@ -275,3 +275,22 @@ def test_the_shipped_3d_case_has_a_large_state_and_its_sensors_inside(comm):
         assert built.sensors is not None and built.sensors.points.shape == (200, 3)
     finally:
         built.close()
+
+
+def test_boundary_conditions_name_the_mesh_groups(comm, shared_tmp):
+    """``dirichlet = ["outer"]`` is the headline case's ``[1]`` (its gmsh group's name): the same
+    misfit after two iterations; an unknown name is one error listing the boundary groups."""
+    misfits = []
+    for label, tags in (("number", "[1]"), ("name", "['outer']")):
+        folder = shared_tmp / label
+        args = ["run", str(ROOT / "cases" / "diffusion_hole.toml"), "--iterations", "2"]
+        args += ["--quiet", "--set", f"output.folder='{folder}'"]
+        args += ["--set", f"model.dirichlet={tags}", "--set", "uncertainty.samples=0"]
+        assert main(args) == 0
+        misfits.append(json.loads((folder / "summary.json").read_text())["misfit"])
+    assert misfits[0] == misfits[1]
+    from natinv.problems import build_problem
+
+    case = load_case(ROOT / "cases" / "diffusion_hole.toml", ["model.dirichlet=['rim']"])
+    with pytest.raises(CaseError, match=r"no boundary group named 'rim'.*\['hole', 'outer'\]"):
+        build_problem(case, comm)

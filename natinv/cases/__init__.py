@@ -23,7 +23,8 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     kind = "diffusion"               # diffusion | source | nonlinear-diffusion | elasticity
     degree = 2                                 # Lagrange degree of the state
     source = "1"                               # a formula of x, y (κ for kind = "source")
-    dirichlet = [1]                            # boundary tags with u = 0 ("all": every facet)
+    dirichlet = [1]                            # boundary tags with u = 0 ("all": every facet),
+                                               # numbers or group names (["outer"])
     # coefficient = "exp": κ = exp(m), the parameter is log κ (diffusion)
     # elasticity (the parameter is Young's modulus): load = [0.0, -1.0] (body force),
     # traction = { boundary = 2, value = [0.0, -0.1] }, poisson_ratio = 0.3

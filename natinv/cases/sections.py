@@ -94,17 +94,24 @@ def _mesh(t: _Table, base: Path) -> MeshSettings:
     return mesh
 
 
-def _dirichlet_tags(t: _Table, name: str) -> list[int] | str:
+def _dirichlet_tags(t: _Table, name: str) -> list[int | str] | str:
+    """``"all"``, or boundary tags: numbers, or the names of the mesh's boundary groups (gmsh
+    physical groups, named sets of a meshio file), resolved when the mesh is read."""
     tags = t.get(name, "all")
     if not (
         tags == "all"
         or (
             isinstance(tags, list)
             and tags
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in tags)
+            and all(
+                (isinstance(i, int) and not isinstance(i, bool)) or (isinstance(i, str) and i)
+                for i in tags
+            )
         )
     ):
-        raise t.fail(name, f'expected "all" or a list of boundary tags, got {tags!r}')
+        raise t.fail(
+            name, f'expected "all" or a list of boundary tags (numbers or names), got {tags!r}'
+        )
     return tags
 
 

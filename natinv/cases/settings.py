@@ -45,7 +45,7 @@ class ModelSettings:
     kind: str = "diffusion"
     degree: int = 2
     source: str = "1"
-    dirichlet: list[int] | str = "all"
+    dirichlet: list[int | str] | str = "all"
     load: list[float] = field(default_factory=lambda: [0.0, 0.0])
     traction: tuple[int, list[float]] | None = None
     poisson_ratio: float = 0.3
@@ -97,7 +97,7 @@ class EquationSettings:
     velocity: list[str] | None = None
     reaction: str = "0"
     source: str = "1"
-    dirichlet: list[int] | str = "all"
+    dirichlet: list[int | str] | str = "all"
     boundary_value: str = "0"
     boundary: str = "exact"
     penalty: float = 1.0

@@ -21,6 +21,7 @@ parametric surrogate (the largest is the error reported while training).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -347,7 +348,11 @@ class ForwardSetup:
 def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> ForwardSetup:
     """Mesh, neural solution, loss and references of a forward case. Collective."""
     settings = case.solution
-    mesh, facets = domain.load_mesh(comm, case.mesh, case.source)
+    found = domain.load_domain(comm, case.mesh, case.source)
+    mesh, facets = found.mesh, found.facets
+    where = f"{case.source}: equation.dirichlet"
+    tags = domain.resolve_tags(found, case.equation.dirichlet, where)
+    case = dataclasses.replace(case, equation=dataclasses.replace(case.equation, dirichlet=tags))
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", settings.degree))
     network = mlp(settings.network, settings.activation, seed=case.seed)
     mus: list[float | None] = [None]

@@ -37,10 +37,20 @@ __all__ = [
     "dirichlet",
     "interpolate",
     "model_of",
+    "named_tags",
     "regions",
     "state_space",
     "write_results",
 ]
+
+
+def named_tags(case: InverseCase, found: domain.Domain) -> InverseCase:
+    """The case with the boundary group names of ``model.dirichlet`` as the mesh's numbers."""
+    import dataclasses
+
+    where = f"{case.source}: model.dirichlet"
+    tags = domain.resolve_tags(found, case.model.dirichlet, where)
+    return dataclasses.replace(case, model=dataclasses.replace(case.model, dirichlet=tags))
 
 
 def dirichlet(
@@ -338,6 +348,7 @@ def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Inverse
                 "Tikhonov weight α)"
             )
     found = domain.load_domain(comm, case.mesh, case.source)
+    case = named_tags(case, found)
     mesh, facets = found.mesh, found.facets
     state = state_space(case, mesh, case.model.degree)
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", case.parameter.degree))
