@@ -10,18 +10,19 @@ dofs, and the relative L2 error of the field. ``--priors tao`` runs the finite-e
 instead (TAO Gauss–Newton at the α the discrepancy principle chose, low-rank approximation
 with 50 eigenpairs and the prior precision α(K + M)).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/uncertainty.py [--cases a,b] [--priors default,10]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/uncertainty.py [--cases a,b] [--priors damping,10]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inverse_suite import natinv
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("diffusion_hole", "diffusion_lshape_probes", "elasticity_beam", "heat_bracket_3d")
@@ -36,26 +37,23 @@ TAO_ALPHAS = {
 
 def run(case: str, prior: str) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"uq-{case}-"))
-    command = [sys.executable, "-m", "natinv", "run", str(ROOT / "cases" / f"{case}.toml")]
-    command += ["--quiet", "--set", f"output.folder='{folder}'", "--set", "uncertainty.samples=0"]
+    args = ["run", str(ROOT / "cases" / f"{case}.toml"), "--quiet"]
+    args += ["--set", f"output.folder='{folder}'", "--set", "uncertainty.samples=0"]
     if prior == "tao":  # the finite-element baseline, low rank, prior α(K + M)
-        command += ["--set", "optimizer.kind='tao-nls'", "--set", "optimizer.iterations=200"]
-        command += ["--set", f"regularization.alpha={TAO_ALPHAS[case]}"]
-    elif prior == "evidence":
-        command += ["--set", "uncertainty.prior_precision='evidence'"]
-    elif prior != "default":
-        command += ["--set", f"uncertainty.prior_precision={prior}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)}: exit {result.returncode}\n{result.stderr}")
+        args += ["--set", "optimizer.kind='tao-nls'", "--set", "optimizer.iterations=200"]
+        args += ["--set", f"regularization.alpha={TAO_ALPHAS[case]}"]
+    elif prior in ("evidence", "damping"):
+        args += ["--set", f"uncertainty.prior_precision='{prior}'"]
+    else:
+        args += ["--set", f"uncertainty.prior_precision={prior}"]
+    natinv(args, 1)
     return json.loads((folder / "summary.json").read_text())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--priors", default="default,evidence")
+    parser.add_argument("--priors", default="damping,evidence")
     args = parser.parse_args()
     print(f"  {'case':<24} {'prior':<9} {'δ':>10} {'coverage':>9} {'mean σ':>9} {'error':>8}")
     print("  (tao: the finite-element baseline at its discrepancy α, low rank 50, δ = mass = α)")

@@ -287,26 +287,28 @@ class LowRankLaplace:
 
     def prior_variance(self, block: int = 256) -> npt.NDArray[np.float64]:
         """``diag(R⁻¹)`` at the owned dofs, exactly: solves with unit vectors, ``block`` at a
-        time (for a few ten thousand dofs). Collective."""
+        time on one pair of dense matrices (for a few ten thousand dofs). Collective."""
         from petsc4py import PETSc
 
         n_global = self.prior.getSize()[0]
         start, stop = self.prior.getOwnershipRange()
         local = stop - start
+        width = min(block, n_global)
+        rhs = PETSc.Mat().createDense(((local, n_global), (None, width)), comm=self.comm)
+        rhs.setUp()
+        solution = rhs.duplicate()
         out = np.zeros(local)
-        for first in range(0, n_global, block):
-            count = min(block, n_global - first)
-            rhs = PETSc.Mat().createDense(((local, n_global), (None, count)), comm=self.comm)
-            rhs.setUp()
-            array = rhs.getDenseArray()
-            array[:] = 0.0
-            mine = np.arange(max(first, start), min(first + count, stop))
-            array[mine - start, mine - first] = 1.0
-            rhs.assemble()
-            solution = rhs.duplicate()
-            self._ksp.matSolve(rhs, solution)
-            values = solution.getDenseArray(readonly=True)
-            out[mine - start] = values[mine - start, mine - first]
+        try:
+            for first in range(0, n_global, width):
+                array = rhs.getDenseArray()
+                array[:] = 0.0  # columns past the last unit vector stay zero
+                mine = np.arange(max(first, start), min(first + width, stop))
+                array[mine - start, mine - first] = 1.0
+                rhs.assemble()
+                self._ksp.matSolve(rhs, solution)
+                values = solution.getDenseArray(readonly=True)
+                out[mine - start] = values[mine - start, mine - first]
+        finally:
             rhs.destroy()
             solution.destroy()
         return out

@@ -279,7 +279,8 @@ def test_the_shipped_3d_case_has_a_large_state_and_its_sensors_inside(comm):
 
 def test_boundary_conditions_name_the_mesh_groups(comm, shared_tmp):
     """``dirichlet = ["outer"]`` is the headline case's ``[1]`` (its gmsh group's name): the same
-    misfit after two iterations; an unknown name is one error listing the boundary groups."""
+    misfit after two iterations (1e-10); an unknown name is one error listing the boundary
+    groups."""
     misfits = []
     for label, tags in (("number", "[1]"), ("name", "['outer']")):
         folder = shared_tmp / label
@@ -288,7 +289,8 @@ def test_boundary_conditions_name_the_mesh_groups(comm, shared_tmp):
         args += ["--set", f"model.dirichlet={tags}", "--set", "uncertainty.samples=0"]
         assert main(args) == 0
         misfits.append(json.loads((folder / "summary.json").read_text())["misfit"])
-    assert misfits[0] == misfits[1]
+    # (the same computation: bitwise on 1 and 2 ranks, 1e-13 apart on 3)
+    assert abs(misfits[0] - misfits[1]) <= 1e-10 * misfits[0]
     from natinv.problems import build_problem
 
     case = load_case(ROOT / "cases" / "diffusion_hole.toml", ["model.dirichlet=['rim']"])

@@ -64,8 +64,9 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     lr = 1e-2                                  # adam
 
     [uncertainty]                              # optional: a Laplace approximation at the end
-    prior_precision = "evidence"               # neural field: δ of θ ~ N(0, δ⁻¹I), a number or
-                                               # "evidence" (MacKay's maximiser)
+    prior_precision = "evidence"               # neural field: δ of θ ~ N(0, δ⁻¹I), a number,
+                                               # "evidence" (MacKay's maximiser) or "damping"
+                                               # (1e-3·max diag G, the last step's damping)
     samples = 0                                # neural field: draws written to samples.bp
     rank = 50                                  # tao-*: eigenpairs of the low-rank update
     mass = 1.0                                 # tao-*: the prior precision R + δM, δ = mass
@@ -255,7 +256,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         t = root.table("uncertainty")
         prior = t.get("prior_precision", "evidence")
         if isinstance(prior, str):
-            prior = t.string("prior_precision", prior, choices=("evidence",))
+            prior = t.string("prior_precision", prior, choices=("evidence", "damping"))
         else:
             prior = t.number("prior_precision", prior, low=0.0, low_open=True)
         mass = t.get("mass", None)

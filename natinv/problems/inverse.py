@@ -474,9 +474,8 @@ def write_uncertainty(built: InverseSetup, mean: dolfinx.fem.Function) -> dict[s
     mean.name = "mean"
     extra = [built.truth] if built.truth is not None else []
     domain.write_vtx(comm, case.output / "std.bp", [mean, sigma, *extra])
-    total = comm.allreduce(n)
-    result["mean_std"] = comm.allreduce(float(std.sum())) / max(total, 1)
-    result["max_std"] = comm.allreduce(float(std.max(initial=0.0)), op=MPI.MAX)
+    result["mean_std"] = parallel.allreduce_sum(comm, float(std.sum())) / field.num_global
+    result["max_std"] = parallel.allreduce_max(comm, float(std.max(initial=0.0)))
     if built.truth is not None:
         result["coverage_2sigma"] = coverage(comm, mean.x.array[:n], std, built.truth.x.array[:n])
     figures.uncertainty(comm, case.output / "uncertainty.png", built, mean, sigma)
@@ -489,10 +488,11 @@ def _neural_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], dict[str,
 
     case, field, settings = built.case, built.field, built.case.uncertainty
     assert settings is not None and isinstance(field, NeuralField) and built.objective is not None
-    laplace = Laplace.at(built.objective, prior_precision=settings.prior_precision)
+    prior = settings.prior_precision
+    laplace = Laplace.at(built.objective, prior_precision=None if prior == "damping" else prior)
     result: dict[str, Any] = {
         "kind": "neural",
-        "prior": "evidence" if settings.prior_precision == "evidence" else "given",
+        "prior": prior if isinstance(prior, str) else "given",
         "prior_precision": laplace.prior_precision,
         "samples": settings.samples,
     }
