@@ -37,6 +37,7 @@ from natinv.fields import same_space
 
 __all__ = [
     "Observations",
+    "TimeSeries",
     "averages",
     "full_field",
     "locate_points",
@@ -396,3 +397,119 @@ def point_values(
         values[index] = value
     probe.destroy()
     return values.reshape(npoints, bs) if bs > 1 else values
+
+
+class TimeSeries:
+    """Rows of a spatial observation at times: ``d_k ≈ (B u(t_k))_{s_k}`` for a trajectory
+    ``u_0, ..., u_N`` on steps of ``dt``, ``u(t)`` linear between steps, ``W = diag(1/σ_k²)``.
+
+    Args:
+        spatial: the spatial rows ``B`` (:func:`point_sensors`, :func:`averages`; its data are
+            not used). Each value ``k`` lives on the rank that owns its row ``s_k``.
+        rows: for each owned value, its row among ``spatial``'s owned rows.
+        times: for each owned value, its time, in ``[0, dt · steps]``.
+        data, sigma: the owned values and their noise standard deviations.
+        dt, steps: the model's time step and number of steps.
+        name: a label; index: each owned value's index in the user's ordering (e.g. its line).
+
+    It owns ``spatial``. The misfit and its gradient are taken step by step
+    (:meth:`observe`, :meth:`pull_back`) by :class:`~natinv.objectives.inverse.
+    TransientExperiment`.
+    """
+
+    operator = None  # no single observation operator: rows of the trajectory
+
+    def __init__(
+        self,
+        spatial: Observations,
+        rows: npt.ArrayLike,
+        times: npt.ArrayLike,
+        data: npt.ArrayLike,
+        sigma: npt.ArrayLike,
+        dt: float,
+        steps: int,
+        name: str = "time series",
+        index: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        self.spatial = spatial
+        self.space = spatial.space
+        self.comm = spatial.comm
+        self.name = name
+        parallel.check_all(
+            self.comm,
+            spatial.operator is not None,
+            f"{name}: time series of a full field are not supported (point or region rows)",
+        )
+        self.index = index
+        self.rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self.times = np.asarray(times, dtype=np.float64).reshape(-1)
+        self.data = np.asarray(data, dtype=np.float64).reshape(-1)
+        count = self.data.size
+        parallel.check_all(
+            self.comm,
+            self.rows.size == count and self.times.size == count,
+            lambda: f"{name}: {count} values, {self.rows.size} rows and {self.times.size} times",
+        )
+        parallel.ensure_finite(self.comm, self.data, f"{name}: the data")
+        parallel.ensure_finite(self.comm, self.times, f"{name}: the times")
+        horizon = dt * steps
+        outside = np.where((self.times < 0) | (self.times > horizon * (1 + 1e-12)))[0]
+        parallel.check_all(
+            self.comm,
+            outside.size == 0,
+            lambda: f"{name}: time {self.times[outside[0]]} outside the horizon [0, {horizon}]",
+        )
+        parallel.check_all(
+            self.comm,
+            bool(np.all((self.rows >= 0) & (self.rows < spatial.num_owned))),
+            f"{name}: a value refers to a row the spatial observation does not have",
+        )
+        sig = _sigmas(self.comm, sigma, count, name)
+        self.weights = 1.0 / sig**2
+        self.metric = _diagonal(self.comm, self.weights)
+        self.num_owned = count
+        self.num_global = int(self.comm.allreduce(count))
+        self.steps = int(steps)
+        # u(t_k) = (1 − w) u_n + w u_{n+1}: each value's two steps and weights
+        position = np.clip(self.times / dt, 0.0, float(steps))
+        lower = np.minimum(np.floor(position + 1e-9).astype(np.int64), steps - 1)
+        upper_weight = np.clip(position - lower, 0.0, 1.0)
+        upper_weight[np.abs(upper_weight) < 1e-9] = 0.0
+        upper_weight[np.abs(upper_weight - 1) < 1e-9] = 1.0
+        values = np.concatenate([np.arange(count), np.arange(count)])
+        steps_of = np.concatenate([lower, lower + 1])
+        weight = np.concatenate([1.0 - upper_weight, upper_weight])
+        keep = weight != 0.0
+        self._touch: dict[int, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]] = {}
+        for n in np.unique(steps_of[keep]):
+            here = keep & (steps_of == n)
+            self._touch[int(n)] = (values[here], weight[here])
+
+    @property
+    def steps_observed(self) -> list[int]:
+        """The steps some owned value depends on."""
+        return sorted(self._touch)
+
+    def observe(self, n: int, spatial_rows: npt.NDArray[np.float64], out: npt.NDArray) -> None:
+        """Add step ``n``'s part to the owned values ``out`` (``(num_owned,)`` or
+        ``(num_owned, k)``) given ``B u_n`` on the owned spatial rows (same trailing shape)."""
+        if n not in self._touch:
+            return
+        values, weight = self._touch[n]
+        picked = spatial_rows[self.rows[values]]
+        np.add.at(out, values, weight.reshape((-1,) + (1,) * (picked.ndim - 1)) * picked)
+
+    def pull_back(self, n: int, weighted: npt.NDArray[np.float64], out: PETSc.Vec) -> None:
+        """Add step ``n``'s ``Bᵀ`` part of the owned values ``weighted`` (already multiplied by
+        ``W``) to the state vector ``out``. Collective (every rank calls it for every step)."""
+        z = self.spatial._r
+        z.array[:] = 0.0
+        if n in self._touch:
+            values, weight = self._touch[n]
+            np.add.at(z.array, self.rows[values], weight * weighted[values])
+        assert self.spatial.operator is not None
+        self.spatial.operator.multTransposeAdd(z, out, out)
+
+    def destroy(self) -> None:
+        self.spatial.destroy()
+        self.metric.destroy()

@@ -9,12 +9,15 @@ from natinv.models.builtin import (
     positive,
     source,
 )
+from natinv.models.transient import TransientModel, heat
 
 __all__ = [
     "Model",
+    "TransientModel",
     "diffusion",
     "dirichlet",
     "elasticity",
+    "heat",
     "nonlinear_diffusion",
     "positive",
     "source",

@@ -127,10 +127,16 @@ class Model:
         self._At: PETSc.Mat | None = None
         self._transpose_ksp: PETSc.KSP | None = None
         self._transpose_state: tuple[int | None, bool] | None = None
+        self.assemblies = 0  # assemblies of A (each one a new factorisation)
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
         self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
-        self._state_of_A: int | None = None  # solve counter A was assembled for
+        self._state_of_A: int | None = None  # state version A was assembled for
+        self._operator_parameter: npt.NDArray[np.float64] | None = None  # linear: A's m
+        self.version = 0  # bumped whenever the state changes (solve or restore)
+        # keep A's factors across solves with the same m (linear models; only when nothing
+        # else in A changes between solves, e.g. the steps of a transient model)
+        self.reuse_operator = False
         self.solves = 0  # forward solves
         self.linear_solves = 0  # solves with A (forward steps, adjoints, tangent blocks)
         self.info: dict[str, Any] = {}
@@ -151,11 +157,22 @@ class Model:
     def _assemble_operator(self) -> None:
         """``A = ∂F/∂u`` at the current ``u``, with the Dirichlet rows and columns replaced by
         the identity; the KSP refactorises on its next solve."""
+        self.assemblies += 1
         self.A.zeroEntries()
         dolfinx.fem.petsc.assemble_matrix(self.A, self._dFdu, bcs=self.bcs)
         self.A.assemble()
         self.ksp.setOperators(self.A)
-        self._state_of_A = self.solves
+        self._state_of_A = self.version
+        self._operator_parameter = np.array(self.m.x.array) if self.linear else None
+
+    def _operator_current(self) -> bool:
+        """Whether ``A`` (and its factors) can serve this solve as they are: only with
+        :attr:`reuse_operator`, for a linear model (``A`` depends on ``m`` alone) whose ``m``
+        is the one ``A`` was assembled for. One verdict on all ranks. Collective."""
+        if not (self.reuse_operator and self.linear and self._operator_parameter is not None):
+            return False
+        changed = not np.array_equal(self._operator_parameter, self.m.x.array)
+        return not parallel.allreduce_max(self.comm, changed)
 
     def _transposed(self) -> tuple[PETSc.KSP, bool]:
         """How to solve with ``Aᵀ``: ``(ksp, use_transpose_solve)``. The factorisation's own
@@ -165,7 +182,7 @@ class Model:
         pc = self.ksp.getPC()
         if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
             return self.ksp, True
-        if self._transpose_state is None or self._transpose_state[0] != self._state_of_A:
+        if self._transpose_state is None or self._transpose_state[0] != self.assemblies:
             symmetric = bool(self.A.isSymmetric(0.0))
             if not symmetric:
                 self._At = self.A.transpose(self._At if self._At is not None else PETSc.Mat())
@@ -175,7 +192,7 @@ class Model:
                     self._transpose_ksp.getPC().setType("lu")
                     self._transpose_ksp.getPC().setFactorSolverType("superlu_dist")
                 self._transpose_ksp.setOperators(self._At)
-            self._transpose_state = (self._state_of_A, symmetric)
+            self._transpose_state = (self.assemblies, symmetric)
         if self._transpose_state[1]:
             return self.ksp, False
         assert self._transpose_ksp is not None
@@ -230,7 +247,8 @@ class Model:
             self.u.x.array[:] = 0.0
             for bc in self.bcs:
                 bc.set(self.u.x.array)
-            self._assemble_operator()
+            if not self._operator_current():
+                self._assemble_operator()
             with self._b.localForm() as local:  # ghosts too: they are summed into owners
                 local.set(0.0)
             dolfinx.fem.petsc.assemble_vector(self._b, self._F)
@@ -251,12 +269,26 @@ class Model:
             parallel.SolveError,
         )
         self.solves += 1
+        self.version += 1
         self.solved_parameter = np.array(self.m.x.array)  # the m the state belongs to
         if not self.linear:
             self._assemble_operator()  # A at the solution, for adjoints and tangents
         else:
-            self._state_of_A = self.solves
+            self._state_of_A = self.version
         return self.u
+
+    def restore(self, values: npt.ArrayLike) -> None:
+        """Make ``values`` (a whole local array of ``u``, ghosts included, e.g. a stored
+        solution for the current ``m``) the state for adjoint and tangent solves: ``A`` is
+        re-assembled at it for a nonlinear model, kept for a linear one. Collective."""
+        self.u.x.array[:] = values
+        self.version += 1
+        if not self.linear:
+            self._assemble_operator()
+        elif self._operator_current() or not self.reuse_operator:
+            self._state_of_A = self.version
+        else:
+            self._assemble_operator()
 
     def _solve_nonlinear(self) -> None:
         if self._nonlinear is None:
@@ -294,7 +326,7 @@ class Model:
         self.u.x.scatter_forward()
 
     def _require_solution(self) -> None:
-        if self.solves == 0 or self._state_of_A != self.solves:
+        if self.version == 0 or self._state_of_A != self.version:
             raise RuntimeError(f"{self.name}: call solve() before adjoint or tangent solves")
 
     def adjoint(self, state_gradient: PETSc.Vec) -> dolfinx.fem.Function:
@@ -321,11 +353,11 @@ class Model:
         once and its values re-assembled once per state. Collective."""
         if self._C is None:
             self._C = dolfinx.fem.petsc.create_matrix(self._dFdm)
-        if self._C_state != self.solves:
+        if self._C_state != self.version:
             self._C.zeroEntries()
             dolfinx.fem.petsc.assemble_matrix(self._C, self._dFdm)
             self._C.assemble()
-            self._C_state = self.solves
+            self._C_state = self.version
         return self._C
 
     def tangent_vector(self, direction: PETSc.Vec, out: PETSc.Vec) -> None:

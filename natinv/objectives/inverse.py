@@ -34,7 +34,8 @@ from natinv import metrics, parallel
 from natinv.fields import NeuralField, same_space
 from natinv.gram import Gram
 from natinv.models.base import Model
-from natinv.observations import Observations
+from natinv.models.transient import TransientModel
+from natinv.observations import Observations, TimeSeries
 
 __all__ = [
     "Experiment",
@@ -42,6 +43,7 @@ __all__ = [
     "InverseObjective",
     "InverseProblem",
     "ObservationRows",
+    "TransientExperiment",
 ]
 
 REGULARIZATIONS = ("l2", "h1")
@@ -49,11 +51,201 @@ REGULARIZATIONS = ("l2", "h1")
 
 @dataclass
 class Experiment:
-    """One load case: a model and what is measured of its state."""
+    """One load case: a model and what is measured of its state.
+
+    Its methods are what :class:`InverseProblem` and the Gauss–Newton rows ask of an experiment
+    (:class:`TransientExperiment` answers them for a trajectory): lists of arrays are per
+    observation block, on the owned rows; vectors on ``W`` are the owned coefficients.
+    """
 
     model: Model
     observations: Sequence[Observations]
     name: str = field(default="experiment")
+
+    @property
+    def _owned(self) -> int:
+        space = self.model.parameter_space
+        return space.dofmap.index_map.size_local * space.dofmap.index_map_bs
+
+    def current(self) -> bool:
+        """Whether the state belongs to the model's current parameter (this rank's view)."""
+        model = self.model
+        return model.solved_parameter is not None and np.array_equal(
+            model.solved_parameter, model.m.x.array
+        )
+
+    def solve(self) -> None:
+        """The state for the current parameter. Collective."""
+        self.model.solve()
+
+    def misfit(
+        self, timings: dict[str, float], gradient: bool = False
+    ) -> tuple[float, npt.NDArray[np.float64] | None]:
+        """Solve, and return the misfit (and its gradient in ``m``, by one adjoint solve);
+        seconds spent are added to ``timings["forward"]``/``["adjoint"]``. Collective."""
+        model = self.model
+        start = time.perf_counter()
+        u = model.solve().x.petsc_vec
+        if not gradient:
+            value = sum(obs.misfit(u) for obs in self.observations)
+            timings["forward"] += time.perf_counter() - start
+            return value, None
+        state_gradient = model.A.createVecLeft()
+        value = sum(obs.misfit(u, state_gradient) for obs in self.observations)
+        middle = time.perf_counter()
+        timings["forward"] += middle - start
+        model.adjoint(state_gradient)
+        state_gradient.destroy()
+        vector = model.parameter_gradient()
+        out = np.array(vector.array_r[: self._owned])
+        vector.destroy()
+        timings["adjoint"] += time.perf_counter() - middle
+        return value, out
+
+    def predict(self) -> list[npt.NDArray[np.float64]]:
+        """``B u`` of the last state. Collective."""
+        u = self.model.u.x.petsc_vec
+        return [obs.predict(u) for obs in self.observations]
+
+    def apply(self, direction: PETSc.Vec) -> list[npt.NDArray[np.float64]]:
+        """``B S v`` for a direction on ``W`` (one tangent solve). Collective."""
+        du = self.model.A.createVecRight()
+        self.model.tangent_vector(direction, du)
+        rows = [obs.predict(du) for obs in self.observations]
+        du.destroy()
+        return rows
+
+    def tangent_rows(self, directions: PETSc.Mat) -> list[npt.NDArray[np.float64]]:
+        """``B S X`` (owned rows × k) for a dense matrix of directions on ``W``, with one block
+        of tangent solves. Collective."""
+        sensitivity = self.model.tangent(directions)
+        rows = []
+        for obs in self.observations:
+            observed = obs.apply(sensitivity)
+            rows.append(np.array(observed.getDenseArray(readonly=True)[: obs.num_owned]))
+            observed.destroy()
+        sensitivity.destroy()
+        return rows
+
+    def pull_back(self, rows: Sequence[npt.ArrayLike]) -> npt.NDArray[np.float64]:
+        """``Sᵀ Bᵀ W w`` for ``w`` on the owned rows of each block (one adjoint solve).
+        Collective."""
+        model = self.model
+        y = model.A.createVecLeft()
+        for obs, w in zip(self.observations, rows, strict=True):
+            obs.pull_back(w, y)
+        model.adjoint(y)  # Cᵀ λ = Sᵀ y
+        vector = model.parameter_gradient()
+        out = np.array(vector.array_r[: self._owned])
+        for obj in (y, vector):
+            obj.destroy()
+        return out
+
+    def gauss_newton_product(self, direction: PETSc.Vec) -> npt.NDArray[np.float64]:
+        """``Sᵀ Bᵀ W B S v``: one tangent and one adjoint solve. Collective."""
+        model = self.model
+        du = model.A.createVecRight()
+        model.tangent_vector(direction, du)
+        y = model.A.createVecLeft()
+        for obs in self.observations:
+            obs.normal(du, y)
+        model.adjoint(y)  # Aᵀ λ = −Bᵀ W B δu, and Cᵀ λ = Sᵀ Bᵀ W B δu
+        vector = model.parameter_gradient()
+        out = np.array(vector.array_r[: self._owned])
+        for obj in (du, y, vector):
+            obj.destroy()
+        return out
+
+
+class TransientExperiment:
+    """A transient model (:class:`~natinv.models.transient.TransientModel`) and time series of
+    its trajectory (:class:`~natinv.observations.TimeSeries`): the methods of
+    :class:`Experiment`, with the adjoint run backward in time over the stored states and the
+    tangents forward."""
+
+    def __init__(
+        self, model: TransientModel, observations: Sequence[TimeSeries], name: str = "experiment"
+    ) -> None:
+        self.model = model
+        self.observations = list(observations)
+        self.name = name
+        self._predicted: list[npt.NDArray[np.float64]] = []
+
+    _owned = Experiment._owned
+    current = Experiment.current
+
+    def solve(self) -> None:
+        """The trajectory for the current parameter, and its predicted values. Collective."""
+        predicted = [np.zeros(obs.num_owned) for obs in self.observations]
+        for n, u in self.model.solve():
+            for obs, out in zip(self.observations, predicted, strict=True):
+                obs.observe(n, obs.spatial.predict(u), out)
+        self._predicted = predicted
+
+    def misfit(
+        self, timings: dict[str, float], gradient: bool = False
+    ) -> tuple[float, npt.NDArray[np.float64] | None]:
+        """As :meth:`Experiment.misfit`: the trajectory, then the backward adjoint pass."""
+        start = time.perf_counter()
+        self.solve()
+        pairs = list(zip(self.observations, self._predicted, strict=True))
+        residual = [predicted - obs.data for obs, predicted in pairs]
+        local = sum(0.5 * float(obs.weights @ (p - obs.data) ** 2) for obs, p in pairs)
+        value = parallel.allreduce_sum(self.model.comm, local)
+        middle = time.perf_counter()
+        timings["forward"] += middle - start
+        if not gradient:
+            return value, None
+        out = self.pull_back(residual)
+        timings["adjoint"] += time.perf_counter() - middle
+        return value, out
+
+    def predict(self) -> list[npt.NDArray[np.float64]]:
+        return [p.copy() for p in self._predicted]
+
+    def tangent_rows(self, directions: PETSc.Mat) -> list[npt.NDArray[np.float64]]:
+        """As :meth:`Experiment.tangent_rows`, by sensitivities forward in time."""
+        k = directions.getSize()[1]
+        rows = [np.zeros((obs.num_owned, k)) for obs in self.observations]
+
+        def observe(n: int, sensitivity: PETSc.Mat) -> None:
+            for obs, out in zip(self.observations, rows, strict=True):
+                observed = obs.spatial.apply(sensitivity)
+                obs.observe(n, observed.getDenseArray(readonly=True)[: obs.spatial.num_owned], out)
+                observed.destroy()
+
+        self.model.forward_tangent(directions, observe)
+        return rows
+
+    def apply(self, direction: PETSc.Vec) -> list[npt.NDArray[np.float64]]:
+        """As :meth:`Experiment.apply`: one tangent solve per step."""
+        rows = [np.zeros(obs.num_owned) for obs in self.observations]
+
+        def observe(n: int, du: PETSc.Vec) -> None:
+            for obs, out in zip(self.observations, rows, strict=True):
+                obs.observe(n, obs.spatial.predict(du), out)
+
+        self.model.forward_tangent_vector(direction, observe)
+        return rows
+
+    def pull_back(self, rows: Sequence[npt.ArrayLike]) -> npt.NDArray[np.float64]:
+        """As :meth:`Experiment.pull_back`, by the adjoint backward in time."""
+        weighted = [
+            obs.weights * np.asarray(w, dtype=np.float64)
+            for obs, w in zip(self.observations, rows, strict=True)
+        ]
+
+        def state_gradient(n: int, g: PETSc.Vec) -> None:
+            for obs, w in zip(self.observations, weighted, strict=True):
+                obs.pull_back(n, w, g)
+
+        vector = self.model.backward(state_gradient)
+        out = np.array(vector.array_r[: self._owned])
+        vector.destroy()
+        return out
+
+    def gauss_newton_product(self, direction: PETSc.Vec) -> npt.NDArray[np.float64]:
+        return self.pull_back(self.apply(direction))
 
 
 class InverseProblem:
@@ -142,12 +334,7 @@ class InverseProblem:
         """``L(m)`` (forward solves only). Collective."""
         m = np.asarray(m, dtype=np.float64).reshape(-1)
         self.set_parameter(m)
-        misfit = 0.0
-        start = time.perf_counter()
-        for experiment in self.experiments:
-            u = experiment.model.solve().x.petsc_vec
-            misfit += sum(obs.misfit(u) for obs in experiment.observations)
-        self.timings["forward"] += time.perf_counter() - start
+        misfit = sum(experiment.misfit(self.timings)[0] for experiment in self.experiments)
         self.solves += 1
         regularization = self._regularization(m)
         self.last = {"misfit": misfit, "regularization": regularization}
@@ -161,20 +348,10 @@ class InverseProblem:
         misfit = 0.0
         gradient = np.zeros(self.num_owned)
         for experiment in self.experiments:
-            model = experiment.model
-            start = time.perf_counter()
-            u = model.solve().x.petsc_vec
-            state_gradient = model.A.createVecLeft()
-            for obs in experiment.observations:
-                misfit += obs.misfit(u, state_gradient)
-            middle = time.perf_counter()
-            self.timings["forward"] += middle - start
-            model.adjoint(state_gradient)
-            state_gradient.destroy()
-            vector = model.parameter_gradient()
-            gradient += vector.array_r[: self.num_owned]
-            vector.destroy()
-            self.timings["adjoint"] += time.perf_counter() - middle
+            value, part = experiment.misfit(self.timings, gradient=True)
+            misfit += value
+            assert part is not None
+            gradient += part
         self.solves += 1
         regularization = self._regularization(m)
         if self._rm is not None:
@@ -187,17 +364,7 @@ class InverseProblem:
         and one adjoint solve per experiment, with the existing factors. Collective."""
         out.zeroEntries()
         for experiment in self.experiments:
-            model = experiment.model
-            du = model.A.createVecRight()
-            model.tangent_vector(v, du)
-            y = model.A.createVecLeft()
-            for obs in experiment.observations:
-                obs.normal(du, y)
-            model.adjoint(y)  # Aᵀ λ = −Bᵀ W B δu, and Cᵀ λ = Sᵀ Bᵀ W B δu
-            vector = model.parameter_gradient()
-            out.array[:] += vector.array_r[: self.num_owned]
-            for obj in (du, y, vector):
-                obj.destroy()
+            out.array[:] += experiment.gauss_newton_product(v)
         if self.R is not None:
             self.R.multAdd(v, out, out)
 
@@ -363,12 +530,7 @@ class GaussNewtonOperator:
         """``B S J p`` on the owned observation rows (one tangent solve per experiment).
         Collective."""
         self._v.array[:] = self._current() @ np.asarray(direction, dtype=np.float64)
-        parts = []
-        for experiment in self.problem.experiments:
-            du = experiment.model.A.createVecRight()
-            experiment.model.tangent_vector(self._v, du)
-            parts += [obs.predict(du) for obs in experiment.observations]
-            du.destroy()
+        parts = [rows for e in self.problem.experiments for rows in e.apply(self._v)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def pull_back(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -378,16 +540,11 @@ class GaussNewtonOperator:
         gradient = np.zeros(self.problem.num_owned)
         offset = 0
         for experiment in self.problem.experiments:
-            model = experiment.model
-            y = model.A.createVecLeft()
+            parts = []
             for obs in experiment.observations:
-                obs.pull_back(w[offset : offset + obs.num_owned], y)
+                parts.append(w[offset : offset + obs.num_owned])
                 offset += obs.num_owned
-            model.adjoint(y)  # Cᵀ λ = Sᵀ y
-            vector = model.parameter_gradient()
-            gradient += vector.array_r[: self.problem.num_owned]
-            for obj in (y, vector):
-                obj.destroy()
+            gradient += experiment.pull_back(parts)
         return parallel.allreduce_array(self.comm, self._current().T @ gradient)
 
     def destroy(self) -> None:
@@ -430,22 +587,13 @@ class ObservationRows:
         values = self.field.values(theta)
         self.problem.set_parameter(values)
         for experiment in self.problem.experiments:
-            model = experiment.model
-            current = model.solved_parameter is not None and np.array_equal(
-                model.solved_parameter, model.m.x.array
-            )
-            if not parallel.allreduce_max(self.comm, not current):
-                continue
-            model.solve()
+            if parallel.allreduce_max(self.comm, not experiment.current()):
+                experiment.solve()
 
     def values(self, theta: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """The owned predicted observations, experiment by experiment. Collective."""
         self._solve(theta)
-        parts = [
-            obs.predict(e.model.u.x.petsc_vec)
-            for e in self.problem.experiments
-            for obs in e.observations
-        ]
+        parts = [rows for e in self.problem.experiments for rows in e.predict()]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def jacobian(
@@ -469,15 +617,9 @@ class ObservationRows:
             if self.method == "adjoint":
                 row = self._adjoint_rows(experiment, field_jacobian, out, row)
                 continue
-            sensitivity = experiment.model.tangent(field_jacobian)
-            for obs in experiment.observations:
-                observed = obs.apply(sensitivity)
-                out[row : row + obs.num_owned] = observed.getDenseArray(readonly=True)[
-                    : obs.num_owned
-                ]
-                row += obs.num_owned
-                observed.destroy()
-            sensitivity.destroy()
+            for block in experiment.tangent_rows(field_jacobian):
+                out[row : row + block.shape[0]] = block
+                row += block.shape[0]
         return out
 
     def destroy(self) -> None:

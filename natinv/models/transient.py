@@ -1,0 +1,345 @@
+"""Transient models ``∂(c u)/∂t + F(u, m; v) = 0`` on ``[0, T]``, stepped with the θ-scheme.
+
+With a fixed step ``Δt`` and ``u_0`` given (independent of ``m``), each step solves
+
+    R_n(u_{n+1}, u_n, m; v) = ⟨c (u_{n+1} − u_n) / Δt, v⟩ + θ F(u_{n+1}, m; v)
+                              + (1 − θ) F(u_n, m; v) = 0,
+
+``θ = 1`` implicit Euler, ``θ = ½`` Crank–Nicolson, through a :class:`~natinv.models.base.Model`
+of ``R_n`` in ``u_{n+1}`` (Newton when ``F`` is nonlinear in ``u``). The states of all steps
+are stored (:attr:`TransientModel.memory` reports the bytes) for the backward pass:
+
+- the gradient of a misfit of the trajectory runs the discrete adjoint backward in time,
+  ``A_nᵀ λ_n = −g_n − E_nᵀ λ_{n+1}`` with ``A_n = ∂R_{n−1}/∂u_n`` and ``E_n = ∂R_n/∂u_n``, and
+  sums ``(∂R_{n−1}/∂m)ᵀ λ_n`` (:meth:`TransientModel.backward`);
+- the sensitivities of the trajectory to k parameter directions run forward,
+  ``A_{n+1} δU_{n+1} = −E_n δU_n − (∂R_n/∂m) X`` (:meth:`TransientModel.forward_tangent`).
+
+When ``F`` is affine in ``u``, ``A`` depends on ``m`` alone: it is assembled and factorised once
+per parameter and serves every step of the state, the adjoint and the tangent passes (a nonlinear
+``F`` re-assembles it at each step's state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import numpy as np
+import numpy.typing as npt
+import ufl
+
+from natinv import parallel
+from natinv.models.base import Model
+
+__all__ = ["SCHEMES", "TransientModel", "heat"]
+
+SCHEMES = {"euler": 1.0, "crank-nicolson": 0.5}
+
+Residual = Callable[..., ufl.Form]
+
+
+class TransientModel:
+    """``∂(c u)/∂t + F(u, m; v) = 0``, ``u(0) = u_0``, on ``steps`` steps of ``dt``.
+
+    Args:
+        state_space: ``V``.
+        parameter: ``m`` on ``W`` (as for :class:`~natinv.models.base.Model`).
+        residual: ``(u, m, v, t) -> F``, a UFL form linear in ``v``; ``t`` is a
+            :class:`dolfinx.fem.Constant` holding the time the form is evaluated at.
+        initial: ``u_0``, a Function on ``V`` (copied; Dirichlet values imposed on it).
+        dt: the step ``Δt > 0``.
+        steps: the number of steps (the horizon is ``T = steps · dt``).
+        bcs: Dirichlet conditions on ``V`` (constant in time).
+        scheme: ``"euler"`` (θ = 1) or ``"crank-nicolson"`` (θ = ½), or θ ∈ (0, 1] itself.
+        capacity: ``c`` in the time derivative (a number or a UFL expression, not of ``m``).
+        **options: the keyword arguments of :class:`~natinv.models.base.Model` (``check``,
+            ``options_prefix``, ``petsc_options``, ``name``).
+
+    Call :meth:`destroy` when done.
+    """
+
+    def __init__(
+        self,
+        state_space: dolfinx.fem.FunctionSpace,
+        parameter: dolfinx.fem.Function,
+        residual: Residual,
+        initial: dolfinx.fem.Function,
+        dt: float,
+        steps: int,
+        bcs: Sequence[dolfinx.fem.DirichletBC] = (),
+        *,
+        scheme: str | float = "euler",
+        capacity: float | ufl.core.expr.Expr = 1.0,
+        **options: Any,
+    ) -> None:
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"Invalid time step dt = {dt}: must be > 0")
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"Invalid number of steps {steps}: must be an integer >= 1")
+        if isinstance(scheme, str):
+            if scheme not in SCHEMES:
+                raise ValueError(f"Unknown time scheme {scheme!r}; choose one of {list(SCHEMES)}")
+            theta = SCHEMES[scheme]
+        else:
+            theta = float(scheme)
+        if not (0.0 < theta <= 1.0):
+            raise ValueError(f"Invalid θ = {theta}: the θ-scheme needs 0 < θ <= 1")
+        mesh = state_space.mesh
+        self.comm = mesh.comm
+        self.space = state_space
+        self.dt = float(dt)
+        self.steps = int(steps)
+        self.theta = theta
+        self.name = options.get("name", "transient")
+        self.previous = dolfinx.fem.Function(state_space, name="previous")
+        self.time = dolfinx.fem.Constant(mesh, 0.0)  # t_{n+1} while stepping
+        self.time_previous = dolfinx.fem.Constant(mesh, 0.0)  # t_n
+        step = dolfinx.fem.Constant(mesh, self.dt)
+        c = dolfinx.fem.Constant(mesh, float(capacity)) if np.isscalar(capacity) else capacity
+        previous = self.previous
+
+        def stepped(u, m, v):  # type: ignore[no-untyped-def]
+            form = ufl.inner(c * (u - previous) / step, v) * ufl.dx
+            form += theta * residual(u, m, v, self.time)
+            if theta < 1.0:
+                form += (1.0 - theta) * residual(previous, m, v, self.time_previous)
+            return form
+
+        self.model = Model(state_space, parameter, stepped, bcs, **options)
+        self.model.reuse_operator = True
+        self.m = self.model.m
+        self.parameter_space = self.model.parameter_space
+        self.bcs = self.model.bcs
+        self.u = self.model.u
+        self.initial = np.array(initial.x.array)
+        for bc in self.bcs:
+            bc.set(self.initial)
+        # E = ∂R/∂u_n: its action (tangent) and its adjoint's action on λ (backward pass)
+        du = ufl.TrialFunction(state_space)
+        self._lambda = dolfinx.fem.Function(state_space, name="next adjoint")
+        coupling = ufl.derivative(self.model.residual, previous, du)
+        self._E = dolfinx.fem.form(coupling)
+        self._E_adjoint = dolfinx.fem.form(ufl.action(ufl.adjoint(coupling), self._lambda))
+        self._E_matrix: PETSc.Mat | None = None
+        self._E_state: int | None = None
+        self.states: list[npt.NDArray[np.float64]] = []  # u_0 ... u_N, local arrays
+        self.solved_parameter: npt.NDArray[np.float64] | None = None
+        self.solves = 0  # trajectories
+
+    # -- the parts a Model offers ----------------------------------------------------------------
+
+    @property
+    def times(self) -> npt.NDArray[np.float64]:
+        """``t_0 = 0, ..., t_N = T``."""
+        return self.dt * np.arange(self.steps + 1)
+
+    @property
+    def horizon(self) -> float:
+        return self.dt * self.steps
+
+    @property
+    def memory(self) -> int:
+        """Bytes held by the stored states on this rank."""
+        return int(sum(state.nbytes for state in self.states))
+
+    @property
+    def linear_solves(self) -> int:
+        return self.model.linear_solves
+
+    @property
+    def assemblies(self) -> int:
+        """Assemblies (each a factorisation) of the step operator so far."""
+        return self.model.assemblies
+
+    def set_parameter(self, values: npt.ArrayLike) -> None:
+        self.model.set_parameter(values)
+
+    def _load(self, n: int) -> None:
+        """Make step ``n → n+1`` current: ``u_n`` as the previous state, ``u_{n+1}`` as the
+        state (``A`` and ``∂R/∂m`` at them). Collective."""
+        self.previous.x.array[:] = self.states[n]
+        self.time_previous.value = self.dt * n
+        self.time.value = self.dt * (n + 1)
+        self.model.restore(self.states[n + 1])
+
+    # -- the trajectory ------------------------------------------------------------------------
+
+    def solve(self) -> Iterator[tuple[int, PETSc.Vec]]:
+        """Step from ``u_0`` to ``u_N`` for the current ``m``, storing every state; yields
+        ``(n, u_n)`` for n = 0..N (the state vector is valid until the next step).
+        Collective.
+
+        Raises:
+            SolveError: the parameter is not admissible, a step diverged or gave NaN (the step
+                is named).
+        """
+        self.states = [self.initial.copy()]
+        self.u.x.array[:] = self.initial
+        yield 0, self.u.x.petsc_vec
+        for n in range(self.steps):
+            self.previous.x.array[:] = self.states[n]
+            self.time_previous.value = self.dt * n
+            self.time.value = self.dt * (n + 1)
+            try:
+                self.model.solve()
+            except parallel.SolveError as exc:
+                raise parallel.SolveError(f"{exc} (step {n + 1} of {self.steps})") from None
+            self.states.append(np.array(self.u.x.array))
+            yield n + 1, self.u.x.petsc_vec
+        self.solves += 1
+        self.solved_parameter = np.array(self.m.x.array)
+
+    def state(self, n: int) -> PETSc.Vec:
+        """``u_n`` of the last trajectory as the model's state vector (overwritten by the next
+        call or solve). Not collective."""
+        self.u.x.array[:] = self.states[n]
+        return self.u.x.petsc_vec
+
+    def _coupling_matrix(self) -> PETSc.Mat:
+        """``E_n = ∂R_n/∂u_n`` at the loaded step (for a linear model once per ``m``)."""
+        model = self.model
+        if self._E_matrix is None:
+            self._E_matrix = dolfinx.fem.petsc.create_matrix(self._E)
+        key = model.assemblies if model.linear else model.version
+        if self._E_state != key:
+            self._E_matrix.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(self._E_matrix, self._E)
+            self._E_matrix.assemble()
+            self._E_state = key
+        return self._E_matrix
+
+    def backward(self, state_gradient: Callable[[int, PETSc.Vec], None]) -> PETSc.Vec:
+        """``dJ/dm`` for a misfit ``J(u_0, ..., u_N)`` of the last trajectory, by the discrete
+        adjoint backward in time. ``state_gradient(n, g)`` adds ``∂J/∂u_n`` to ``g`` (a zeroed
+        state vector). A vector on ``W`` (owned entries summed); the caller destroys it.
+        Collective."""
+        self._require_trajectory()
+        model = self.model
+        g = model.A.createVecLeft()
+        coupled = dolfinx.fem.petsc.create_vector(self.space)  # ghosted: assembled into
+        gradient: PETSc.Vec | None = None
+        for n in range(self.steps, 0, -1):
+            self._load(n - 1)  # A_n = ∂R_{n−1}/∂u_n and ∂R_{n−1}/∂m at (u_n, u_{n−1})
+            g.zeroEntries()
+            state_gradient(n, g)
+            if n < self.steps:
+                g.axpy(1.0, coupled)  # E_nᵀ λ_{n+1}, assembled at step n+1 → n+2 below
+            model.adjoint(g)
+            part = model.parameter_gradient()
+            if gradient is None:
+                gradient = part
+            else:
+                gradient.axpy(1.0, part)
+                part.destroy()
+            if n > 1:  # E_{n−1}ᵀ λ_n needs the step n−1 → n loaded: it is
+                self._lambda.x.array[:] = model.p.x.array
+                with coupled.localForm() as local:
+                    local.set(0.0)
+                dolfinx.fem.petsc.assemble_vector(coupled, self._E_adjoint)
+                coupled.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+        for obj in (g, coupled):
+            obj.destroy()
+        assert gradient is not None
+        return gradient
+
+    def forward_tangent(
+        self, directions: PETSc.Mat, observe: Callable[[int, PETSc.Mat], None]
+    ) -> None:
+        """The sensitivities ``δU_n = ∂u_n/∂m X`` of the last trajectory to the columns of the
+        dense matrix ``X`` (W × k), step by step: ``observe(n, δU_n)`` for n = 1..N (``δU_0 =
+        0``; the matrix is valid during the call). Two sensitivity blocks are alive at a time.
+        Collective."""
+        self._require_trajectory()
+        model = self.model
+        current: PETSc.Mat | None = None
+        for n in range(self.steps):
+            self._load(n)
+            rhs = model._sensitivity().matMult(directions)
+            if current is not None:
+                coupled = self._coupling_matrix().matMult(current)
+                rhs.axpy(1.0, coupled)
+                coupled.destroy()
+                current.destroy()
+            rhs.scale(-1.0)
+            if model._constrained.any():
+                rhs.getDenseArray()[model._constrained, :] = 0.0
+            rhs.assemble()
+            current = model._mat_solve(rhs, transpose=False)
+            rhs.destroy()
+            observe(n + 1, current)
+        if current is not None:
+            current.destroy()
+
+    def forward_tangent_vector(
+        self, direction: PETSc.Vec, observe: Callable[[int, PETSc.Vec], None]
+    ) -> None:
+        """:meth:`forward_tangent` for one direction ``v`` on ``W``, by vector solves:
+        ``observe(n, δu_n)`` for n = 1..N. Collective."""
+        self._require_trajectory()
+        model = self.model
+        current = model.A.createVecRight()
+        rhs = current.duplicate()
+        coupled = current.duplicate()
+        for n in range(self.steps):
+            self._load(n)
+            model._sensitivity().mult(direction, rhs)
+            if n > 0:
+                self._coupling_matrix().mult(current, coupled)
+                rhs.axpy(1.0, coupled)
+            rhs.scale(-1.0)
+            model._zero_bc_rows(rhs)
+            model._linear_solve(rhs, current)
+            observe(n + 1, current)
+        for obj in (current, rhs, coupled):
+            obj.destroy()
+
+    def _require_trajectory(self) -> None:
+        if self.solved_parameter is None or len(self.states) != self.steps + 1:
+            raise RuntimeError(f"{self.name}: solve the trajectory before adjoint or tangents")
+
+    def destroy(self) -> None:
+        if self._E_matrix is not None:
+            self._E_matrix.destroy()
+        self.model.destroy()
+        self.states = []
+
+
+def heat(
+    space: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    initial: dolfinx.fem.Function,
+    dt: float,
+    steps: int,
+    f: Any = 0.0,
+    bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
+    flux: Any = None,
+    coefficient: str = "identity",
+    **options: Any,
+) -> TransientModel:
+    """The heat equation ``∂u/∂t − ∇·(κ ∇u) = f``, ``u(0) = initial``, with ``κ = m > 0``
+    (checked) or ``κ = exp(m)`` (``coefficient="exp"``), ``κ ∇u·n = flux`` where no condition
+    is set (default ``u = 0`` on the whole boundary). ``f`` and ``flux`` are numbers, UFL
+    expressions or Functions; ``options`` go to :class:`TransientModel` (``scheme``,
+    ``capacity``, ...)."""
+    from natinv.models.builtin import _bcs, _expr, positive
+
+    if coefficient not in ("identity", "exp"):
+        raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
+    mesh = space.mesh
+    source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
+
+    def residual(u, m, v, t):  # type: ignore[no-untyped-def]
+        kappa = ufl.exp(m) if coefficient == "exp" else m
+        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
+        return form - g * v * ufl.ds if g is not None else form
+
+    if coefficient == "identity":
+        options.setdefault("check", positive("the conductivity"))
+    options.setdefault("name", "heat")
+    bcs = _bcs(space, bcs)
+    return TransientModel(space, parameter, residual, initial, dt, steps, bcs, **options)
