@@ -1,0 +1,229 @@
+"""Transient models: the θ-scheme's order, time-series misfits, their adjoint gradients and
+Gauss–Newton rows, one factorisation per parameter for a linear model, 1 and 2 ranks."""
+
+from __future__ import annotations
+
+from mpi4py import MPI
+
+import dolfinx
+import numpy as np
+import pytest
+import ufl
+from helpers import gather_rows, taylor_orders, unit_square
+
+import natinv
+from natinv import models
+from natinv.objectives.inverse import InverseObjective, InverseProblem, TransientExperiment
+from natinv.observations import TimeSeries, point_sensors
+from natinv.parallel import CollectiveError
+
+DT, STEPS = 0.05, 8
+TIMES = np.array([0.0, 0.03, 0.1, 0.17, 0.4])  # on and between steps, the first and last
+
+
+def left(x):
+    return np.isclose(x[0], 0.0)
+
+
+def series(space, times=TIMES, sigma=0.05, count=10):
+    """Point sensors at ``count`` places, each read at ``times``; made-up data that depend
+    on the sensor's global index and the time only (the same on any number of ranks)."""
+    points = 0.05 + 0.9 * np.random.default_rng(3).random((count, 2))
+    spatial = point_sensors(space, points, np.zeros(count))
+    assert spatial.index is not None
+    rows = np.repeat(np.arange(spatial.num_owned), times.size)
+    t = np.tile(times, spatial.num_owned)
+    sensor = spatial.index[rows]
+    data = 0.01 * np.sin(7 * np.nan_to_num(t) + sensor)
+    return TimeSeries(spatial, rows, t, data, sigma, DT, STEPS, index=sensor * times.size)
+
+
+def build(comm, scheme="euler", nonlinear=False, regularization=("h1", 1e-3)):
+    """Heat (or ``∂u/∂t − ∇·(m (1 + u²) ∇u) = f``) on the unit square, clamped on the left,
+    from a nonzero u_0, with time series of ten point sensors."""
+    mesh = unit_square(comm, 6)
+    parameter = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    m = dolfinx.fem.Function(parameter)
+    m.interpolate(lambda x: 1.0 + 0.5 * x[0] + 0.3 * np.sin(3 * x[1]))
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    x = ufl.SpatialCoordinate(mesh)
+    initial = dolfinx.fem.Function(space)
+    initial.interpolate(lambda x: 0.2 * x[0] * (1 + x[1]))
+    bcs = [models.dirichlet(space, 0.0, left)]
+    if nonlinear:
+
+        def residual(u, m, v, t):
+            flux = m * (1 + u**2) * ufl.grad(u)
+            return ufl.inner(flux, ufl.grad(v)) * ufl.dx - (1 + x[1]) * v * ufl.dx
+
+        model = models.TransientModel(space, m, residual, initial, DT, STEPS, bcs, scheme=scheme)
+    else:
+        model = models.heat(space, m, initial, DT, STEPS, f=1 + x[1], bcs=bcs, scheme=scheme)
+    experiment = TransientExperiment(model, [series(space)])
+    return InverseProblem([experiment], regularization), m
+
+
+def free(problem):
+    for experiment in problem.experiments:
+        for obs in experiment.observations:
+            obs.destroy()
+        experiment.model.destroy()
+    problem.destroy()
+
+
+def final_state(comm, scheme, steps, horizon=0.1):
+    """u(T) of ``∂u/∂t = Δu``, ``u_0 = sin πx sin πy``, u = 0 on the boundary (P2, 8×8)."""
+    mesh = unit_square(comm, 8)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    m = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", 1)))
+    m.x.array[:] = 1.0
+    initial = dolfinx.fem.Function(space)
+    initial.interpolate(lambda x: np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]))
+    model = models.heat(space, m, initial, horizon / steps, steps, f=0.0, scheme=scheme)
+    for _ in model.solve():
+        pass
+    owned = space.dofmap.index_map.size_local
+    out = np.array(model.states[-1][:owned])
+    model.destroy()
+    return out
+
+
+@pytest.mark.parametrize(("scheme", "order"), [("euler", 1.0), ("crank-nicolson", 2.0)])
+def test_the_time_scheme_converges_at_its_order(comm, scheme, order):
+    """Halving Δt divides the error of u(T) (against 512 Crank–Nicolson steps on the same
+    mesh: the time error alone) by 2^order, within 0.4 of the order (seen: within 0.04)."""
+    reference = final_state(comm, "crank-nicolson", 512)
+    errors = []
+    for steps in (8, 16, 32):
+        difference = final_state(comm, scheme, steps) - reference
+        errors.append(np.sqrt(comm.allreduce(float(difference @ difference))))
+    observed = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(np.abs(observed - order) < 0.4), observed
+
+
+@pytest.mark.parametrize("nonlinear", [False, True], ids=["heat", "nonlinear"])
+@pytest.mark.parametrize("scheme", ["euler", "crank-nicolson"])
+def test_the_time_dependent_gradient_passes_the_taylor_test(comm, scheme, nonlinear):
+    """|L(m + hv) − L(m) − h ∇L·v| decays like h² (observed order ≥ 1.9) for the misfit of
+    sensor time series (values between steps too) with an H1 Tikhonov term, linear and
+    nonlinear (Newton at every step), implicit Euler and Crank–Nicolson."""
+    problem, m = build(comm, scheme, nonlinear)
+    m0 = m.x.array[: problem.num_owned].copy()
+    value, gradient = problem.value_and_gradient(m0)
+    v = np.random.default_rng(comm.rank).standard_normal(m0.size) * 0.5
+    slope = comm.allreduce(float(gradient @ v))
+    orders = taylor_orders(problem.value, m0, value, slope, v, [1e-2 / 2**i for i in range(4)])
+    assert np.all(orders >= 1.9), orders
+    assert abs(slope) > 1e-8
+    free(problem)
+
+
+def neural(comm, nonlinear):
+    problem, m = build(comm, "crank-nicolson", nonlinear, regularization=None)
+    field = natinv.NeuralField(m.function_space, natinv.mlp((2, 4, 1), seed=5), "exp")
+    return InverseObjective(field, problem), problem
+
+
+@pytest.mark.parametrize("nonlinear", [False, True], ids=["heat", "nonlinear"])
+def test_time_series_rows_equal_finite_differences(comm, nonlinear):
+    """B S J by sensitivities forward in time equals central differences of the predicted
+    time series (relative 1e-6); the matrix-free Gauss–Newton product equals the assembled
+    Gram (1e-12), and the pull-back of the residual is the gradient (1e-12)."""
+    objective, problem = neural(comm, nonlinear)
+    gram = objective.gauss_newton()
+    rows = gram.rows
+    theta = objective.field.parameters
+    gram.assemble(theta)
+    jacobian = gather_rows(comm, rows.jacobian(theta))
+    h = 1e-6
+    columns = []
+    for j in range(theta.size):
+        e = np.zeros_like(theta)
+        e[j] = h
+        columns.append((rows.values(theta + e) - rows.values(theta - e)) / (2 * h))
+    reference = gather_rows(comm, np.stack(columns, axis=1))
+    assert np.abs(jacobian - reference).max() <= 1e-6 * np.abs(reference).max()
+    assert np.allclose(gram.dense(), reference.T @ reference / 0.05**2, rtol=1e-6, atol=1e-8)
+    operator = objective.gauss_newton_operator()
+    operator.update_jacobian(theta)
+    x = np.random.default_rng(1).standard_normal(theta.size)
+    dense = gram.dense() @ x
+    assert np.abs(operator.mult(x) - dense).max() <= 1e-12 * np.abs(dense).max()
+    gradient = objective.value_and_gradient(theta)[1]
+    pulled = operator.pull_back(objective.row_residual(theta))
+    assert np.abs(pulled - gradient).max() <= 1e-12 * np.abs(gradient).max()
+    for obj in (operator, gram, gram.metric, objective):
+        obj.destroy()
+    free(problem)
+
+
+def test_a_linear_model_factorises_once_per_parameter(comm):
+    """Heat: the state, its adjoint and the Jacobian rows at one parameter take one
+    factorisation; a new parameter takes one more. A nonlinear model assembles at every
+    step. The stored states are reported in bytes."""
+    for nonlinear in (False, True):
+        objective, problem = neural(comm, nonlinear)
+        model = problem.experiments[0].model
+        theta = objective.field.parameters
+        objective.value_and_gradient(theta)
+        gram = objective.gauss_newton()
+        gram.assemble(theta)
+        if not nonlinear:
+            assert model.assemblies == 1
+            objective.value(theta + 0.01)
+            assert model.assemblies == 2
+        else:
+            assert model.assemblies >= 3 * STEPS  # forward (Newton), backward, tangent
+        assert model.memory == (STEPS + 1) * model.u.x.array.nbytes
+        for obj in (gram, gram.metric, objective):
+            obj.destroy()
+        free(problem)
+
+
+def test_one_and_two_ranks_give_the_same_time_series_gradient(several_ranks, comm):
+    """The transient objective and its θ-gradient on COMM_WORLD equal those on COMM_SELF
+    (1e-10)."""
+    results = []
+    for c in (comm, MPI.COMM_SELF):
+        objective, problem = neural(c, nonlinear=False)
+        results.append(objective.value_and_gradient())
+        objective.destroy()
+        free(problem)
+    (v1, g1), (v2, g2) = results
+    assert abs(v1 - v2) <= 1e-10 * abs(v2)
+    assert np.linalg.norm(g1 - g2) <= 1e-10 * np.linalg.norm(g2)
+
+
+@pytest.mark.parametrize(
+    ("times", "message"),
+    [
+        (np.array([0.1, 0.45]), "time 0.45 outside the horizon"),
+        (np.array([-0.01, 0.1]), "time -0.01 outside the horizon"),
+        (np.array([0.1, np.nan]), "the times"),
+    ],
+)
+def test_times_outside_the_horizon_are_one_clear_error(comm, times, message):
+    mesh = unit_square(comm, 4)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    with pytest.raises(CollectiveError, match=message):
+        series(space, times=times)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dt": 0.0}, "Invalid time step"),
+        ({"steps": 0}, "Invalid number of steps"),
+        ({"scheme": "rk4"}, "Unknown time scheme 'rk4'"),
+        ({"scheme": 0.0}, "the θ-scheme needs"),
+    ],
+)
+def test_bad_time_stepping_is_one_clear_error(comm, kwargs, message):
+    mesh = unit_square(comm, 4)
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    m = dolfinx.fem.Function(space)
+    m.x.array[:] = 1.0
+    u0 = dolfinx.fem.Function(space)
+    arguments = {"dt": 0.1, "steps": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        models.heat(space, m, u0, **arguments)
