@@ -10,6 +10,8 @@ column         meaning
 ``sigma``      optional: the noise standard deviation of that value (> 0)
 ``experiment`` optional: the experiment (load case) the value belongs to (any label)
 ``component``  optional: which component of a vector state the value measures (0, 1, ...)
+``t``          the time of the value, for a transient model (a time series: the rows of one
+               sensor, i.e. of one place, component and experiment, in increasing ``t``)
 =============  =========================================================================
 
 A file of *region averages* (the mean of the state over a part of the domain or boundary, e.g.
@@ -33,6 +35,7 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dolfinx
 import numpy as np
@@ -60,6 +63,7 @@ class SensorData:
     source: str = "<memory>"
     component: npt.NDArray[np.int64] | None = None
     region: npt.NDArray[np.str_] | None = None  # region averages: the regions' names
+    time: npt.NDArray[np.float64] | None = None  # time series: each value's time
 
     def experiments(self, names: list[str] | None = None) -> dict[str, SensorData]:
         """The rows of each experiment (all rows under ``""`` if the file has no experiment
@@ -90,8 +94,28 @@ class SensorData:
                 self.source,
                 None if self.component is None else self.component[mask],
                 None if self.region is None else self.region[mask],
+                None if self.time is None else self.time[mask],
             )
         return groups
+
+    def series(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Time series: for each row, its sensor (an index into the distinct places, or
+        regions, and components in order of first appearance), and the first row of each
+        sensor. Without a ``t`` column every row is its own sensor."""
+        keys = [
+            (
+                str(self.region[i]) if self.region is not None else tuple(self.points[i]),
+                None if self.component is None else int(self.component[i]),
+                None if self.experiment is None else str(self.experiment[i]),
+            )
+            for i in range(self.values.size)
+        ]
+        if self.time is None:
+            return np.arange(len(keys)), np.arange(len(keys))
+        numbers: dict[Any, int] = {}
+        sensor = np.array([numbers.setdefault(k, len(numbers)) for k in keys], dtype=np.int64)
+        first = np.array([keys.index(k) for k in numbers], dtype=np.int64)
+        return sensor, first
 
 
 def _parse(text: str, source: str, gdim: int, regions: bool = False) -> SensorData:
@@ -105,11 +129,11 @@ def _parse(text: str, source: str, gdim: int, regions: bool = False) -> SensorDa
     header_line, header = rows[0]
     columns = [c.strip().lower() for c in next(csv.reader([header]))]
     if regions:
-        allowed = {"region", "value", "sigma", "experiment"}
+        allowed = {"region", "value", "sigma", "experiment", "t"}
         required = ["region", "value"]
         what = "a file of region averages"
     else:
-        allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment", "component"}
+        allowed = {*COORDINATES[:gdim], "value", "sigma", "experiment", "component", "t"}
         required = [*COORDINATES[:gdim], "value"]
         what = f"a {gdim}D sensor file"
     unknown = [c for c in columns if c not in allowed]
@@ -146,6 +170,8 @@ def _parse(text: str, source: str, gdim: int, regions: bool = False) -> SensorDa
                 raise ValueError(f"{source}:{number}: column {name!r} is {text_value}")
             if name == "sigma" and value <= 0:
                 raise ValueError(f"{source}:{number}: sigma must be > 0, got {text_value}")
+            if name == "t" and value < 0:
+                raise ValueError(f"{source}:{number}: t must be >= 0, got {text_value}")
             if name == "component" and not (value >= 0 and value == int(value)):
                 raise ValueError(
                     f"{source}:{number}: component must be an integer >= 0, got {text_value}"
@@ -155,7 +181,7 @@ def _parse(text: str, source: str, gdim: int, regions: bool = False) -> SensorDa
     if not lines:
         raise ValueError(f"{source}: no sensor rows after the header")
     coordinates = [] if regions else COORDINATES[:gdim]
-    return SensorData(
+    data = SensorData(
         points=np.column_stack([table[c] for c in coordinates] or [np.zeros((len(lines), 0))])
         .astype(np.float64)
         .reshape(len(lines), len(coordinates)),
@@ -166,7 +192,27 @@ def _parse(text: str, source: str, gdim: int, regions: bool = False) -> SensorDa
         source=source,
         component=np.asarray(table["component"], dtype=np.int64) if "component" in table else None,
         region=np.asarray(table["region"], dtype=str) if "region" in table else None,
+        time=np.asarray(table["t"], dtype=np.float64) if "t" in table else None,
     )
+    if data.time is not None:
+        _check_series(data)
+    return data
+
+
+def _check_series(data: SensorData) -> None:
+    """Each sensor's rows in increasing time (an unsorted series is a mistake in the file)."""
+    assert data.time is not None
+    sensor, _ = data.series()
+    last: dict[int, int] = {}
+    for row, s in enumerate(sensor):
+        before = last.get(int(s))
+        if before is not None and not data.time[row] > data.time[before]:
+            raise ValueError(
+                f"{data.source}:{data.lines[row]}: t = {data.time[row]:g} does not come after "
+                f"t = {data.time[before]:g} of the same sensor (line {data.lines[before]}); "
+                "a sensor's rows must be in increasing t"
+            )
+        last[int(s)] = row
 
 
 def read_sensors(comm: Comm, path: str | Path, gdim: int, regions: bool = False) -> SensorData:
@@ -206,6 +252,7 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
         columns += ["sigma"] if data.sigma is not None else []
         columns += ["experiment"] if data.experiment is not None else []
         columns += ["component"] if data.component is not None else []
+        columns += ["t"] if data.time is not None else []
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
@@ -218,6 +265,8 @@ def write_sensors(comm: Comm, path: str | Path, data: SensorData) -> None:
                 row.append(str(data.experiment[i]))
             if data.component is not None:
                 row.append(str(int(data.component[i])))
+            if data.time is not None:
+                row.append(repr(float(data.time[i])))
             writer.writerow(row)
         with atomic_path(path) as tmp:
             tmp.write_text(buffer.getvalue())

@@ -137,12 +137,12 @@ def misfit(comm: MPI.Comm, path: Path, built: InverseSetup) -> None:
     Collective."""
     if not built.measured:  # full-field data: the state in state.bp shows it
         return
-    u = built.model.u.x.petsc_vec
     local = []
     assert built.sensor_rows is not None
-    for obs, rows in zip(built.observations, built.sensor_rows, strict=True):
+    predicted = [p for e in built.problem.experiments for p in e.predict()]
+    for obs, rows, values in zip(built.observations, built.sensor_rows, predicted, strict=True):
         weights = obs.metric.getDiagonal()
-        residual = (obs.predict(u) - obs.data) * np.sqrt(weights.array_r)
+        residual = (values - obs.data) * np.sqrt(weights.array_r)
         weights.destroy()
         assert obs.index is not None
         local.append((rows[obs.index], residual))
@@ -161,6 +161,14 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
     for blocks in gathered:
         for index, values in blocks:
             z[index] = values
+    every = z
+    series = built.series
+    if series is not None:  # time series: each sensor's RMS over its times, at its place
+        sensor, first = series
+        counts = np.bincount(sensor)
+        sign = np.sign(np.bincount(sensor, weights=z))
+        z = sign * np.sqrt(np.bincount(sensor, weights=z**2) / counts)
+        sites, regions = sites[first], regions[first]
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
     bound = float(np.abs(z).max()) or 1.0
     style = {"c": z, "cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
@@ -170,11 +178,12 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
             *sites[regions].T, s=40, marker="s", edgecolors="k", **{**style, "c": z[regions]}
         )
     ax.set_aspect("equal")
-    ax.set_title("(Bu − d)/σ" + (" (squares: region averages)" if regions.any() else ""))
+    title = "(Bu − d)/σ" if series is None else "RMS over time of (Bu − d)/σ (sign of the mean)"
+    ax.set_title(title + (" (squares: region averages)" if regions.any() else ""))
     fig.colorbar(image, ax=ax, shrink=0.85)
-    hist.hist(z, bins=20)
+    hist.hist(every, bins=20)
     hist.set_xlabel("(Bu − d)/σ")
-    hist.set_title(f"RMS {np.sqrt(np.mean(z**2)):.2f} (1 = noise level)")
+    hist.set_title(f"RMS {np.sqrt(np.mean(every**2)):.2f} (1 = noise level)")
     save_figure(fig, path)
 
 

@@ -287,7 +287,10 @@ def _synthesize_on(case: InverseCase, fine: domain.Domain) -> list[SensorData]:
     state = state_space(case, fine.mesh, degree)
     parameter = dolfinx.fem.Function(dolfinx.fem.functionspace(fine.mesh, ("Lagrange", degree)))
     interpolate(parameter, case.parameter.truth, "parameter.truth", case)
+    if case.model.transient:
+        return _synthesize_series(case, fine, state, parameter)
     model = model_of(case, state, parameter, fine.facets)
+    assert isinstance(model, models.Model)
     u = model.solve()
     written = []
     if case.data.sensors is not None:
@@ -295,6 +298,67 @@ def _synthesize_on(case: InverseCase, fine: domain.Domain) -> list[SensorData]:
     if case.data.averages is not None:
         written.append(_synthesize_averages(case, fine, u))
     model.destroy()
+    return written
+
+
+def _synthesize_series(
+    case: InverseCase,
+    fine: domain.Domain,
+    state: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+) -> list[SensorData]:
+    """Time series of a transient case: the true trajectory with steps of ``model.dt /
+    synthesize.time_refine``, read ``synthesize.times`` times, equally spaced in (0, T] (on
+    the fine steps), at the sensors and/or over the regions; rows sensor by sensor."""
+    model = model_of(case, state, parameter, fine.facets, case.synthesize.time_refine)
+    assert isinstance(model, models.TransientModel)
+    count = case.synthesize.times
+    wanted = {round(k * model.steps / count): k for k in range(1, count + 1)}
+    times = np.array(sorted(model.dt * n for n in wanted))
+    comm, sensors, averages = fine.mesh.comm, case.data.sensors, case.data.averages
+    points = _layout(fine.mesh, case.synthesize.layout, case.seed) if sensors else None
+    names, measures = [], []
+    if averages is not None:
+        names, measures = _regions_to_average(case, fine)
+    point_series, region_series = [], []
+    for n, _ in model.solve():
+        if n not in wanted:
+            continue
+        if points is not None:
+            point_series.append(point_values(model.u, points))
+        if measures:
+            region_series.append(_means(fine.mesh, model.u, measures))
+    model.destroy()
+    written = []
+    if points is not None and sensors is not None:
+        values = np.array(point_series).T.reshape(-1)  # sensor-major
+        noisy, sigma = _noisy(case, values, 1)
+        data = SensorData(
+            points=np.repeat(points, times.size, axis=0),
+            values=noisy,
+            sigma=sigma,
+            experiment=None,
+            lines=np.arange(2, values.size + 2),
+            source=str(sensors),
+            time=np.tile(times, points.shape[0]),
+        )
+        write_sensors(comm, sensors, data)
+        written.append(data)
+    if measures and averages is not None:
+        values = np.array(region_series).T.reshape(-1)
+        noisy, sigma = _noisy(case, values, 2)
+        data = SensorData(
+            points=np.zeros((values.size, 0)),
+            values=noisy,
+            sigma=sigma,
+            experiment=None,
+            lines=np.arange(2, values.size + 2),
+            source=str(averages),
+            region=np.repeat(np.array(names), times.size),
+            time=np.tile(times, len(names)),
+        )
+        write_sensors(comm, averages, data)
+        written.append(data)
     return written
 
 
@@ -391,13 +455,10 @@ def _synthesize_points(
     return data
 
 
-def _synthesize_averages(
-    case: InverseCase, found: domain.Domain, u: dolfinx.fem.Function
-) -> SensorData:
-    """The means of ``u`` over the physical groups matching ``synthesize.regions``."""
+def _regions_to_average(case: InverseCase, found: domain.Domain) -> tuple[list[str], list[Any]]:
+    """The physical groups matching ``synthesize.regions`` (in tag order) and their measures."""
     import fnmatch
 
-    assert case.data.averages is not None
     comm, tdim = found.mesh.comm, found.mesh.topology.dim
     candidates = sorted(n for n, (dim, _) in found.groups.items() if dim in (tdim, tdim - 1))
     names = [n for n in candidates if fnmatch.fnmatch(n, case.synthesize.regions)]
@@ -418,14 +479,31 @@ def _synthesize_averages(
         region=np.array(names),
     )
     measures, _ = regions(case, found, request)
-    one = dolfinx.fem.Constant(found.mesh, 1.0)
-    values = np.array(
+    return names, measures
+
+
+def _means(
+    mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Function, measures: list[Any]
+) -> npt.NDArray[np.float64]:
+    """``∫_ω u / |ω|`` over each measure. Collective."""
+    comm = mesh.comm
+    one = dolfinx.fem.Constant(mesh, 1.0)
+    return np.array(
         [
             comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(u * m)))
             / comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(one * m)))
             for m in measures
         ]
     )
+
+
+def _synthesize_averages(
+    case: InverseCase, found: domain.Domain, u: dolfinx.fem.Function
+) -> SensorData:
+    """The means of ``u`` over the physical groups matching ``synthesize.regions``."""
+    assert case.data.averages is not None
+    names, measures = _regions_to_average(case, found)
+    values = _means(found.mesh, u, measures)
     noisy, sigma = _noisy(case, values, 2)
     data = SensorData(
         points=np.zeros((len(names), 0)),
@@ -436,5 +514,5 @@ def _synthesize_averages(
         source=str(case.data.averages),
         region=np.array(names),
     )
-    write_sensors(comm, case.data.averages, data)
+    write_sensors(found.mesh.comm, case.data.averages, data)
     return data

@@ -229,12 +229,18 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
             if table in root.data:
                 raise root.fail(table, f"only for inverse problems (this case is {problem!r})")
     t = root.table("synthesize", required=False)
+    if inverse and not inverse[0].transient:
+        for key in ("times", "time_refine"):
+            if key in t.data:
+                raise t.fail(key, "only for a transient model (model.kind = 'heat')")
     synthesize = SynthesizeSettings(
         layout=t.string("layout", "random:60"),
         refine=t.integer("refine", 1, low=0),
         degree=t.integer("degree", 3, low=1),
         noise=t.number("noise", 0.01, low=0.0),
         regions=t.string("regions", "probe-*"),
+        times=t.integer("times", 10, low=1),
+        time_refine=t.integer("time_refine", 4, low=1),
         given="synthesize" in root.data,
     )
     t.finish()

@@ -18,6 +18,8 @@ from natinv.cases.settings import (
     MOMENTA,
     OPTIMIZERS,
     SOLVERS,
+    TIME_SCHEMES,
+    TRANSIENT,
     DataSettings,
     EquationSettings,
     MeshSettings,
@@ -177,8 +179,21 @@ def _inverse(
             raise tt.fail("value", f"expected [{shown}] (numbers), got {value!r}")
         traction = (tt.integer("boundary", low=0), [float(v) for v in value])
         tt.finish()
+    kind = t.string("kind", "diffusion", MODELS)
+    timing: dict[str, Any] = {}
+    if kind in TRANSIENT:
+        timing = {
+            "dt": t.number("dt", low=0.0, low_open=True),
+            "steps": t.integer("steps", low=1),
+            "scheme": t.string("scheme", "crank-nicolson", TIME_SCHEMES),
+            "initial": t.formula("initial", "0") or "0",
+        }
+    else:
+        for key in ("dt", "steps", "scheme", "initial"):
+            if key in t.data:
+                raise t.fail(key, f"only for a transient model (kind = {TRANSIENT[0]!r})")
     model = ModelSettings(
-        kind=t.string("kind", "diffusion", MODELS),
+        kind=kind,
         degree=t.integer("degree", 2, low=1),
         source=t.formula("source", "1") or "1",
         dirichlet=dirichlet,
@@ -188,6 +203,7 @@ def _inverse(
         poisson_ratio=t.number(
             "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
         ),
+        **timing,
     )
     t.finish()
 

@@ -50,6 +50,15 @@ class ModelSettings:
     traction: tuple[int, list[float]] | None = None
     poisson_ratio: float = 0.3
     coefficient: str = "identity"
+    # transient models (kind = "heat"): u at t = 0, the step, the number of steps, the scheme
+    initial: str = "0"
+    dt: float = 0.0
+    steps: int = 0
+    scheme: str = "crank-nicolson"
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in TRANSIENT
 
 
 @dataclass
@@ -86,6 +95,8 @@ class SynthesizeSettings:
     degree: int = 3
     noise: float = 0.01
     regions: str = "probe-*"
+    times: int = 10  # transient: read-outs per sensor, equally spaced in (0, T]
+    time_refine: int = 4  # transient: the data's step is model.dt / time_refine
     given: bool = False  # whether the case has a [synthesize] table
 
 
@@ -193,7 +204,9 @@ MOMENTA = (
 )
 SOLVERS = ("cholesky", "lm", "cutoff", "cg", "gn-cg")  # gn-cg: inverse problems only
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
-MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity")
+MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity", "heat")
+TRANSIENT = ("heat",)
+TIME_SCHEMES = ("euler", "crank-nicolson")
 #: mesh files: gmsh, DOLFINx's XDMF (or another tool's, read by meshio) and meshio's formats
 MESH_SUFFIXES = (".msh", ".xdmf", ".xmf", ".vtu", ".vtk", ".inp", ".med", ".mesh", ".meshb", ".su2")
 BUILTIN_MESHES = ("unit-square", "rectangle", "box", "interval")

@@ -19,6 +19,7 @@ from typing import Any
 from mpi4py import MPI
 
 import dolfinx
+import dolfinx.io
 import numpy as np
 import numpy.typing as npt
 
@@ -26,9 +27,14 @@ from natinv import domain, expressions, figures, metrics, models, output, parall
 from natinv.cases import CaseError, InverseCase
 from natinv.data import SensorData, read_field, read_sensors
 from natinv.fields import FourierFeatures, NeuralField, mlp
-from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.objectives.inverse import (
+    Experiment,
+    InverseObjective,
+    InverseProblem,
+    TransientExperiment,
+)
+from natinv.observations import TimeSeries, full_field, point_sensors
 from natinv.observations import averages as average_observations
-from natinv.observations import full_field, point_sensors
 
 __all__ = [
     "FEField",
@@ -80,8 +86,10 @@ def model_of(
     state: dolfinx.fem.FunctionSpace,
     parameter: dolfinx.fem.Function,
     facets: dolfinx.mesh.MeshTags | None,
-) -> models.Model:
-    """The case's model, its solvers under the command line's ``natinv_model_`` prefix."""
+    time_refine: int = 1,
+) -> models.Model | models.TransientModel:
+    """The case's model, its solvers under the command line's ``natinv_model_`` prefix; a
+    transient one steps ``model.dt / time_refine``."""
     bcs = dirichlet(case, state, facets)
     prefix = "natinv_model_"
     if case.model.kind == "elasticity":
@@ -106,6 +114,21 @@ def model_of(
     interpolate(source, case.model.source, "model.source", case)
     if case.model.kind == "source":
         return models.source(state, parameter, kappa=source, bcs=bcs, options_prefix=prefix)
+    if case.model.kind == "heat":
+        initial = dolfinx.fem.Function(state, name="initial")
+        interpolate(initial, case.model.initial, "model.initial", case)
+        return models.heat(
+            state,
+            parameter,
+            initial,
+            case.model.dt / time_refine,
+            case.model.steps * time_refine,
+            f=source,
+            bcs=bcs,
+            coefficient=case.model.coefficient,
+            scheme=case.model.scheme,
+            options_prefix=prefix,
+        )
     if case.model.kind == "diffusion":
         return models.diffusion(
             state,
@@ -240,7 +263,7 @@ class InverseSetup:
 
     mesh: dolfinx.mesh.Mesh
     field: NeuralField | FEField
-    model: models.Model
+    model: models.Model | models.TransientModel
     observations: list[Any]
     problem: InverseProblem
     objective: InverseObjective | None
@@ -268,6 +291,21 @@ class InverseSetup:
         return stacked, regions
 
     @property
+    def series(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """Time series: for each measured value (point sensors, then regions) its sensor, and
+        each sensor's first value (:meth:`~natinv.data.SensorData.series`); None if steady."""
+        if not isinstance(self.model, models.TransientModel):
+            return None
+        sensors, firsts, offset = [], [], 0
+        for data in (self.sensors, self.averages):
+            if data is not None:
+                sensor, first = data.series()
+                sensors.append(sensor + len(np.concatenate(firsts or [np.zeros(0)])))
+                firsts.append(first + offset)
+                offset += data.values.size
+        return np.concatenate(sensors), np.concatenate(firsts)
+
+    @property
     def discrepancy(self) -> float:
         """The misfit at the noise level, ``n/2`` for n measured values (-inf: none for full
         fields)."""
@@ -286,7 +324,10 @@ class InverseSetup:
         return self.mesh.comm
 
     def describe(self) -> str:
-        return f"{self.num_sensors} sensors"
+        series = self.series
+        if series is None:
+            return f"{self.num_sensors} sensors"
+        return f"{series[1].size} sensors, {self.num_sensors} values in time"
 
     def error(self, theta: npt.ArrayLike | None = None) -> float | None:
         """The relative L2 error of the parameter against the truth (None without one).
@@ -366,19 +407,46 @@ def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Inverse
         rows = [np.zeros(0, dtype=np.int64)]
     if case.data.sensors is not None:
         sensors = read_sensors(comm, case.data.sensors, case.mesh.gdim)
-        for block, where in _observations(case, state, sensors, _sigma(case, sensors, comm)):
-            observations.append(block)
-            rows.append(where)
+        _check_times(case, sensors)
+        sigma = _sigma(case, sensors, comm)
+        if isinstance(model, models.TransientModel):
+            name = str(case.data.sensors.name)
+
+            def spatial(first: npt.NDArray[np.int64]) -> Any:
+                points = sensors.points[first]
+                return point_sensors(state, points, np.zeros(first.size), name=name)
+
+            observations.append(_time_series(sensors, sigma, model, spatial))
+            rows.append(np.arange(sensors.values.size))
+        else:
+            for block, where in _observations(case, state, sensors, sigma):
+                observations.append(block)
+                rows.append(where)
     if case.data.averages is not None:
         averages = read_sensors(comm, case.data.averages, case.mesh.gdim, regions=True)
+        _check_times(case, averages)
         measures, centroids = regions(case, found, averages)
-        block = average_observations(
-            state, measures, averages.values, _sigma(case, averages, comm), averages.source
-        )
+        sigma = _sigma(case, averages, comm)
         offset = 0 if sensors is None else sensors.values.size
-        observations.append(block)
+        if isinstance(model, models.TransientModel):
+            source = averages.source
+
+            def spatial(first: npt.NDArray[np.int64]) -> Any:
+                chosen = [measures[i] for i in first]
+                return average_observations(state, chosen, np.zeros(first.size), name=source)
+
+            observations.append(_time_series(averages, sigma, model, spatial))
+        else:
+            observations.append(
+                average_observations(state, measures, averages.values, sigma, averages.source)
+            )
         rows.append(offset + np.arange(averages.values.size))
-    problem = InverseProblem([Experiment(model, observations, case.name)], case.regularization)
+    experiment: Experiment | TransientExperiment
+    if isinstance(model, models.TransientModel):
+        experiment = TransientExperiment(model, observations, case.name)
+    else:
+        experiment = Experiment(model, observations, case.name)
+    problem = InverseProblem([experiment], case.regularization)
     field: NeuralField | FEField
     if case.optimizer.kind.startswith("tao"):
         field = FEField(space, case.parameter.initial)
@@ -408,6 +476,59 @@ def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Inverse
         centroids,
         case,
         rows,
+    )
+
+
+def _check_times(case: InverseCase, data: SensorData) -> None:
+    """A ``t`` column exactly for a transient model, its times within the horizon (one error
+    naming the file and line; the data are the same on every rank)."""
+    transient = case.model.transient
+    if data.time is None and transient:
+        raise parallel.CollectiveError(
+            f"{data.source}: a transient model (model.kind = {case.model.kind!r}) needs time "
+            "series: add a t column (the time of each value)"
+        )
+    if data.time is not None and not transient:
+        raise parallel.CollectiveError(
+            f"{data.source}: a t column (time series) needs a transient model "
+            f"(model.kind = 'heat'), not {case.model.kind!r}"
+        )
+    if data.time is None:
+        return
+    horizon = case.model.dt * case.model.steps
+    late = np.where(data.time > horizon * (1 + 1e-12))[0]
+    if late.size:
+        row = late[0]
+        raise parallel.CollectiveError(
+            f"{data.source}:{data.lines[row]}: t = {data.time[row]:g} is after the model's "
+            f"horizon T = model.steps × model.dt = {horizon:g} ({late.size} such row(s))"
+        )
+    if data.component is not None and bool(np.any(data.component != 0)):
+        raise parallel.CollectiveError(f"{data.source}: a component column for a scalar state")
+
+
+def _time_series(
+    data: SensorData, sigma: Any, model: models.TransientModel, spatial: Any
+) -> TimeSeries:
+    """The values of a file with a ``t`` column as time series of ``spatial(first)``, the
+    spatial rows of each sensor's first row; each value lives with its sensor's row.
+    Collective."""
+    sensor, first = data.series()
+    rows = spatial(first)
+    assert rows.index is not None and data.time is not None
+    local = {int(g): i for i, g in enumerate(rows.index)}
+    mine = np.array([i for i in range(sensor.size) if int(sensor[i]) in local], dtype=np.int64)
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), data.values.shape)
+    return TimeSeries(
+        rows,
+        [local[int(sensor[i])] for i in mine],
+        data.time[mine],
+        data.values[mine],
+        sig[mine],
+        model.dt,
+        model.steps,
+        f"{Path(data.source).name} (time series)",
+        index=mine,
     )
 
 
@@ -538,6 +659,21 @@ def _finite_element_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], d
     return std, result
 
 
+def _write_trajectory(comm: MPI.Comm, path: Path, model: models.TransientModel) -> None:
+    """Every stored state of the last trajectory, at its time, as P1 in a VTX folder.
+    Collective."""
+    p1 = dolfinx.fem.functionspace(model.space.mesh, ("Lagrange", 1))
+    u1 = dolfinx.fem.Function(p1, name="u")
+    parallel.on_rank0(
+        comm, f"{path}: cannot write", lambda: path.parent.mkdir(parents=True, exist_ok=True)
+    )
+    with dolfinx.io.VTXWriter(comm, path, [u1], engine="BP4") as writer:
+        for n, t in enumerate(model.times):
+            model.state(n)
+            u1.interpolate(model.u)
+            writer.write(float(t))
+
+
 def write_results(
     built: InverseSetup, history: list[dict[str, Any]], summary: dict[str, Any]
 ) -> dict[str, Any]:
@@ -550,7 +686,15 @@ def write_results(
     recovered = field.function()
     recovered.name = "recovered"
     built.problem.value(field.values())
-    state = built.model.u
+    if isinstance(built.model, models.TransientModel):
+        _write_trajectory(comm, folder / "state.bp", built.model)
+    else:
+        state = built.model.u
+        shape = state.function_space.ufl_element().reference_value_shape
+        p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1, shape))
+        u1 = dolfinx.fem.Function(p1, name="u")
+        u1.interpolate(state)
+        domain.write_vtx(comm, folder / "state.bp", [u1])
     last = history[-1] if history else {}
     summary.update(
         {
@@ -566,11 +710,6 @@ def write_results(
     output.write_summary(comm, folder / "summary.json", summary)
     fields = [recovered] + ([built.truth] if built.truth is not None else [])
     domain.write_vtx(comm, folder / "parameter.bp", fields)
-    shape = state.function_space.ufl_element().reference_value_shape
-    p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1, shape))
-    u1 = dolfinx.fem.Function(p1, name="u")
-    u1.interpolate(state)
-    domain.write_vtx(comm, folder / "state.bp", [u1])
     if history:
         output.plot_convergence(
             comm,
