@@ -15,8 +15,9 @@ averages), ``elasticity_beam`` and ``hippylib_poisson`` (full field: the baselin
 case's α), and two with features a smooth network cannot represent, data synthesized here on a
 mesh refined once at P3: ``hole_sharp`` (the plate with a disc inclusion and a jump) and
 ``lshape_sharp`` (an L-shape with a narrow Gaussian bump and a jump, 300 point sensors,
-2-20-20-1 network: a problem set up without regard to the method), and the shipped 3D case
-``heat_bracket_3d`` (an L-shaped bracket, 100 k state dofs, 200 interior sensors).
+2-20-20-1 network: a problem set up without regard to the method), the shipped 3D case
+``heat_bracket_3d`` (an L-shaped bracket, 100 k state dofs, 200 interior sensors) and the
+transient ``heat_transient`` (30 thermocouples read 10 times, 20 Crank–Nicolson steps).
 
 Printed per problem and method: iterations, PDE solves (solves with the state operator: states,
 adjoints, tangent blocks), time, time per iteration and its ratio to a TAO iteration, the final
@@ -79,6 +80,7 @@ PROBLEMS: dict[str, tuple[str, list[str], bool]] = {
     "hole_sharp": ("diffusion_hole", [f"parameter.truth='{HOLE_SHARP}'"], True),
     "lshape_sharp": (LSHAPE_SHARP, [], True),
     "bracket_3d": ("heat_bracket_3d", [], False),
+    "heat_transient": ("heat_transient", [], False),
 }
 METHODS = ("tao-nls", "ngd", "ngd-gncg", "nhb", "nesterov", "nnesterov")
 NEURAL = [  # what every neural run shares (the case's network, the shipped solver settings)

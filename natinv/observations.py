@@ -484,6 +484,25 @@ class TimeSeries:
         for n in np.unique(steps_of[keep]):
             here = keep & (steps_of == n)
             self._touch[int(n)] = (values[here], weight[here])
+        # the same for every rank's values, in global numbering (value columns, spatial rows)
+        offset = int(self.comm.exscan(count) or 0)
+        start = int(spatial.metric.getOwnershipRange()[0])
+        mine = (
+            values[keep] + offset,
+            self.rows[values[keep]] + start,
+            steps_of[keep],
+            weight[keep],
+        )
+        gathered = [np.concatenate(part) for part in zip(*self.comm.allgather(mine), strict=True)]
+        self._global_touch = {
+            int(n): (
+                gathered[0][gathered[2] == n],
+                gathered[1][gathered[2] == n],
+                gathered[3][gathered[2] == n],
+            )
+            for n in np.unique(gathered[2])
+        }
+        self._transposed: PETSc.Mat | None = None
 
     @property
     def steps_observed(self) -> list[int]:
@@ -510,6 +529,22 @@ class TimeSeries:
         assert self.spatial.operator is not None
         self.spatial.operator.multTransposeAdd(z, out, out)
 
+    def seed(self, n: int, out: PETSc.Mat) -> None:
+        """Add to the dense ``out`` (state × values, the values' columns laid out as this
+        object's owned rows) step ``n``'s ``Bᵀ`` part of every value: column ``k`` gets
+        ``w_{k,n} Bᵀ e_{s_k}``. No communication after the first call. Collective."""
+        if self._transposed is None:
+            assert self.spatial.operator is not None
+            self._transposed = self.spatial.operator.transpose(PETSc.Mat())
+            self._transposed.convert("dense")
+        if n not in self._global_touch:
+            return
+        columns, rows, weight = self._global_touch[n]
+        local = self._transposed.getDenseArray(readonly=True)
+        out.getDenseArray()[:, columns] += local[:, rows] * weight
+
     def destroy(self) -> None:
         self.spatial.destroy()
         self.metric.destroy()
+        if self._transposed is not None:
+            self._transposed.destroy()

@@ -247,6 +247,45 @@ class TransientModel:
         assert gradient is not None
         return gradient
 
+    def backward_block(self, seed: Callable[[int, PETSc.Mat], None], like: PETSc.Mat) -> PETSc.Mat:
+        """:meth:`backward` for k functionals at once: ``seed(n, G)`` adds ``∂J_j/∂u_n`` to
+        column j of the zeroed dense ``G`` (laid out as ``like``, state × k); returns the
+        dense W × k matrix of their gradients (columns laid out as ``like``'s; the caller
+        destroys it). One block of transposed solves per step. Collective."""
+        self._require_trajectory()
+        model = self.model
+        g = like.duplicate()
+        coupled: PETSc.Mat | None = None
+        gradient: PETSc.Mat | None = None
+        for n in range(self.steps, 0, -1):
+            self._load(n - 1)
+            g.zeroEntries()
+            seed(n, g)
+            if coupled is not None:
+                g.axpy(1.0, coupled)  # E_nᵀ Λ_{n+1}
+                coupled.destroy()
+                coupled = None
+            g.scale(-1.0)
+            if model._constrained.any():
+                g.getDenseArray()[model._constrained, :] = 0.0
+            g.assemble()
+            adjoint = model._mat_solve(g, transpose=True)
+            if model._constrained.any():
+                adjoint.getDenseArray()[model._constrained, :] = 0.0
+            adjoint.assemble()
+            part = model._sensitivity().transposeMatMult(adjoint)
+            if gradient is None:
+                gradient = part
+            else:
+                gradient.axpy(1.0, part)
+                part.destroy()
+            if n > 1:  # E_{n−1}ᵀ Λ_n, with the step n−1 → n loaded
+                coupled = self._coupling_matrix().transposeMatMult(adjoint)
+            adjoint.destroy()
+        g.destroy()
+        assert gradient is not None
+        return gradient
+
     def forward_tangent(
         self, directions: PETSc.Mat, observe: Callable[[int, PETSc.Mat], None]
     ) -> None:
