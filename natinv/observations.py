@@ -529,18 +529,34 @@ class TimeSeries:
         assert self.spatial.operator is not None
         self.spatial.operator.multTransposeAdd(z, out, out)
 
-    def seed(self, n: int, out: PETSc.Mat) -> None:
-        """Add to the dense ``out`` (state × values, the values' columns laid out as this
-        object's owned rows) step ``n``'s ``Bᵀ`` part of every value: column ``k`` gets
-        ``w_{k,n} Bᵀ e_{s_k}``. No communication after the first call. Collective."""
+    def transposed(self) -> PETSc.Mat:
+        """``Bᵀ`` as a dense matrix (state × spatial rows), made once and kept."""
         if self._transposed is None:
             assert self.spatial.operator is not None
             self._transposed = self.spatial.operator.transpose(PETSc.Mat())
             self._transposed.convert("dense")
+        return self._transposed
+
+    def combine(self, per_step: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """From the columns ``(n − 1)·S + s`` of ``per_step`` (a quantity of ``(B u_n)_s``
+        for n = 1..N, e.g. its gradient), the same of every value, ``Σ_n w_{k,n} (·)``: one
+        column per value (all ranks' values, in their global order)."""
+        count = int(self.spatial.metric.getSize()[0])
+        out = np.zeros((per_step.shape[0], self.num_global))
+        for n, (columns, rows, weight) in self._global_touch.items():
+            if n > 0:  # u_0 is given
+                out[:, columns] += per_step[:, (n - 1) * count + rows] * weight
+        return out
+
+    def seed(self, n: int, out: PETSc.Mat) -> None:
+        """Add to the dense ``out`` (state × values, the values' columns laid out as this
+        object's owned rows) step ``n``'s ``Bᵀ`` part of every value: column ``k`` gets
+        ``w_{k,n} Bᵀ e_{s_k}``. No communication after the first call. Collective."""
+        transposed = self.transposed()
         if n not in self._global_touch:
             return
         columns, rows, weight = self._global_touch[n]
-        local = self._transposed.getDenseArray(readonly=True)
+        local = transposed.getDenseArray(readonly=True)
         out.getDenseArray()[:, columns] += local[:, rows] * weight
 
     def destroy(self) -> None:

@@ -93,6 +93,25 @@ sigma = 0.01
             ["optimizer.solver='gn-cg'", "optimizer.metric='l2'"],
             r"optimizer\.solver: \"gn-cg\" \(matrix-free Gauss–Newton\) needs metric",
         ),
+        ("", ["model.dt=0.1"], r"model\.dt: only for a transient model \(kind = 'heat'\)"),
+        ("", ["synthesize.times=3"], r"synthesize\.times: only for a transient model"),
+        ("", ["model.kind='heat'"], r"model\.dt: missing \(required\)"),
+        ("", ["model.kind='heat'", "model.dt=0.1"], r"model\.steps: missing \(required\)"),
+        (
+            "",
+            ["model.kind='heat'", "model.dt=0.1", "model.steps=0"],
+            r"model\.steps: expected an integer >= 1",
+        ),
+        (
+            "",
+            ["model.kind='heat'", "model.dt=-0.1", "model.steps=4"],
+            r"model\.dt: expected a number in \(0",
+        ),
+        (
+            "",
+            ["model.kind='heat'", "model.dt=0.1", "model.steps=4", "model.scheme='rk4'"],
+            r"model\.scheme: expected one of \['euler', 'crank-nicolson'\]",
+        ),
     ],
 )
 def test_bad_cases_name_the_key(comm, shared_tmp, extra, overrides, message):
@@ -344,6 +363,7 @@ def test_an_unknown_region_is_named_with_its_line(comm, shared_tmp, capsys):
     [
         (HOLE, "data.sensors", "diffusion_hole.csv"),
         (LSHAPE, "data.averages", "lshape_probes.csv"),
+        (ROOT / "cases" / "heat_transient.toml", "data.sensors", "heat_transient.csv"),
     ],
 )
 def test_synthesize_reproduces_the_shipped_data_on_any_rank_count(

@@ -137,6 +137,9 @@ class Model:
         # keep A's factors across solves with the same m (linear models; only when nothing
         # else in A changes between solves, e.g. the steps of a transient model)
         self.reuse_operator = False
+        # A changes with more than m (e.g. with the time of a transient step): re-assembled
+        # whenever the state changes
+        self.varying_operator = not self.linear
         self.solves = 0  # forward solves
         self.linear_solves = 0  # solves with A (forward steps, adjoints, tangent blocks)
         self.info: dict[str, Any] = {}
@@ -169,7 +172,7 @@ class Model:
         """Whether ``A`` (and its factors) can serve this solve as they are: only with
         :attr:`reuse_operator`, for a linear model (``A`` depends on ``m`` alone) whose ``m``
         is the one ``A`` was assembled for. One verdict on all ranks. Collective."""
-        if not (self.reuse_operator and self.linear and self._operator_parameter is not None):
+        if not self.reuse_operator or self.varying_operator or self._operator_parameter is None:
             return False
         changed = not np.array_equal(self._operator_parameter, self.m.x.array)
         return not parallel.allreduce_max(self.comm, changed)
@@ -283,7 +286,7 @@ class Model:
         re-assembled at it for a nonlinear model, kept for a linear one. Collective."""
         self.u.x.array[:] = values
         self.version += 1
-        if not self.linear:
+        if self.varying_operator:
             self._assemble_operator()
         elif self._operator_current() or not self.reuse_operator:
             self._state_of_A = self.version

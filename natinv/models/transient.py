@@ -32,6 +32,7 @@ import dolfinx.fem.petsc
 import numpy as np
 import numpy.typing as npt
 import ufl
+from ufl.algorithms import expand_derivatives
 
 from natinv import parallel
 from natinv.models.base import Model
@@ -111,7 +112,14 @@ class TransientModel:
             return form
 
         self.model = Model(state_space, parameter, stepped, bcs, **options)
+        jacobian = expand_derivatives(
+            ufl.derivative(self.model.residual, self.model.u, ufl.TrialFunction(state_space))
+        )
+        clocks = (self.time, self.time_previous)
+        self.model.varying_operator |= any(c in clocks for c in jacobian.constants())
         self.model.reuse_operator = True
+        # A and E the same at every step (given m): the rows by one pass per sensor
+        self.time_invariant = not self.model.varying_operator
         self.m = self.model.m
         self.parameter_space = self.model.parameter_space
         self.bcs = self.model.bcs
@@ -205,7 +213,7 @@ class TransientModel:
         model = self.model
         if self._E_matrix is None:
             self._E_matrix = dolfinx.fem.petsc.create_matrix(self._E)
-        key = model.assemblies if model.linear else model.version
+        key = model.version if model.varying_operator else model.assemblies
         if self._E_state != key:
             self._E_matrix.zeroEntries()
             dolfinx.fem.petsc.assemble_matrix(self._E_matrix, self._E)
@@ -285,6 +293,51 @@ class TransientModel:
         g.destroy()
         assert gradient is not None
         return gradient
+
+    def step_gradients(self, seeds: PETSc.Mat) -> npt.NDArray[np.float64]:
+        """For a time-invariant model (:attr:`time_invariant`): the gradients in ``m`` of
+        ``b_sᵀ u_n`` for the S columns ``b_s`` of the dense ``seeds`` (state × S) and every
+        step n = 1..N, as the owned rows of W × (S·N) (column ``(n − 1)·S + s``).
+
+        With ``A`` and ``E`` the same at every step, the adjoint of ``b_sᵀ u_n`` at step
+        ``n − ℓ`` is ``L_s(ℓ)``, ``L(0) = A⁻ᵀ(−b)``, ``L(ℓ + 1) = −A⁻ᵀ Eᵀ L(ℓ)``, whatever
+        ``n``: one block of S transposed solves per step instead of one per measured value,
+        and ``∇_m b_sᵀ u_n = Σ_{i ≤ n} C_iᵀ L_s(n − i)``. Collective."""
+        self._require_trajectory()
+        if not self.time_invariant:
+            raise RuntimeError(f"{self.name}: the step operator changes in time")
+        model = self.model
+        count = seeds.getSize()[1]
+        adjoints: list[PETSc.Mat] = []
+        rhs = seeds.copy()
+        rhs.scale(-1.0)
+        for _ in range(self.steps):
+            if model._constrained.any():
+                rhs.getDenseArray()[model._constrained, :] = 0.0
+            rhs.assemble()
+            adjoint = model._mat_solve(rhs, transpose=True)
+            if model._constrained.any():
+                adjoint.getDenseArray()[model._constrained, :] = 0.0
+            adjoint.assemble()
+            adjoints.append(adjoint)
+            rhs.destroy()
+            rhs = self._coupling_matrix().transposeMatMult(adjoint)
+            rhs.scale(-1.0)
+        rhs.destroy()
+        owned = self.parameter_space.dofmap.index_map.size_local
+        owned *= self.parameter_space.dofmap.index_map_bs
+        out = np.zeros((owned, count * self.steps))
+        for i in range(1, self.steps + 1):
+            self._load(i - 1)  # C_i = ∂R_{i−1}/∂m at (u_i, u_{i−1})
+            sensitivity = model._sensitivity()
+            for lag, adjoint in enumerate(adjoints[: self.steps - i + 1]):
+                part = sensitivity.transposeMatMult(adjoint)
+                n = i + lag
+                out[:, (n - 1) * count : n * count] += part.getDenseArray(readonly=True)[:owned]
+                part.destroy()
+        for adjoint in adjoints:
+            adjoint.destroy()
+        return out
 
     def forward_tangent(
         self, directions: PETSc.Mat, observe: Callable[[int, PETSc.Mat], None]

@@ -222,6 +222,8 @@ class TransientExperiment:
         per measured value (fewer solves than :meth:`tangent_rows` when there are fewer values
         than parameters). Collective."""
         model = self.model
+        if model.time_invariant:
+            return self._time_invariant_rows(field_jacobian)
         rows = []
         for obs in self.observations:
             like = PETSc.Mat().createDense(
@@ -234,6 +236,29 @@ class TransientExperiment:
             observed = gradients.transposeMatMult(field_jacobian)  # n × P
             rows.append(np.array(observed.getDenseArray(readonly=True)[: obs.num_owned]))
             for obj in (like, gradients, observed):
+                obj.destroy()
+        return rows
+
+    def _time_invariant_rows(self, field_jacobian: PETSc.Mat) -> list[npt.NDArray[np.float64]]:
+        """``B S J`` of a time-invariant model: the gradient of each sensor at each step
+        (:meth:`~natinv.models.transient.TransientModel.step_gradients`, a block of S
+        transposed solves per step), combined into the values. Collective."""
+        model = self.model
+        space = model.parameter_space
+        owned = space.dofmap.index_map.size_local * space.dofmap.index_map_bs
+        total = space.dofmap.index_map.size_global * space.dofmap.index_map_bs
+        rows = []
+        for obs in self.observations:
+            values = obs.combine(model.step_gradients(obs.transposed()))  # W × n
+            gradients = PETSc.Mat().createDense(
+                ((owned, total), (obs.num_owned, obs.num_global)), comm=model.comm
+            )
+            gradients.setUp()
+            gradients.getDenseArray()[:] = values
+            gradients.assemble()
+            observed = gradients.transposeMatMult(field_jacobian)  # n × P
+            rows.append(np.array(observed.getDenseArray(readonly=True)[: obs.num_owned]))
+            for obj in (gradients, observed):
                 obj.destroy()
         return rows
 
