@@ -94,6 +94,7 @@ sigma = 0.01
             r"optimizer\.solver: \"gn-cg\" \(matrix-free Gauss–Newton\) needs metric",
         ),
         ("", ["model.dt=0.1"], r"model\.dt: only for a transient model \(kind = 'heat'\)"),
+        ("", ["model.memory=100"], r"model\.memory: only for a transient model"),
         ("", ["synthesize.times=3"], r"synthesize\.times: only for a transient model"),
         ("", ["model.kind='heat'"], r"model\.dt: missing \(required\)"),
         ("", ["model.kind='heat'", "model.dt=0.1"], r"model\.steps: missing \(required\)"),

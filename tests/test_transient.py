@@ -49,7 +49,7 @@ def series(space, times=TIMES, sigma=0.05, count=10):
     return TimeSeries(spatial, rows, t, data, sigma, DT, STEPS, index=sensor * times.size)
 
 
-def build(comm, scheme="euler", nonlinear=False, regularization=("h1", 1e-3)):
+def build(comm, scheme="euler", nonlinear=False, regularization=("h1", 1e-3), memory=2**30):
     """Heat (``nonlinear``: ``∂u/∂t − ∇·(m (1 + u²) ∇u) = f``; ``"clock"``: ``∂u/∂t −
     ∇·((1 + t) m ∇u) = f``, an operator that changes in time) on the unit square, clamped on
     the left, from a nonzero u_0, with time series of ten point sensors."""
@@ -68,16 +68,22 @@ def build(comm, scheme="euler", nonlinear=False, regularization=("h1", 1e-3)):
             flux = (1 + t) * m * ufl.grad(u)
             return ufl.inner(flux, ufl.grad(v)) * ufl.dx - (1 + x[1]) * v * ufl.dx
 
-        model = models.TransientModel(space, m, residual, initial, DT, STEPS, bcs, scheme=scheme)
+        model = models.TransientModel(
+            space, m, residual, initial, DT, STEPS, bcs, scheme=scheme, memory=memory
+        )
     elif nonlinear:
 
         def residual(u, m, v, t):
             flux = m * (1 + u**2) * ufl.grad(u)
             return ufl.inner(flux, ufl.grad(v)) * ufl.dx - (1 + x[1]) * v * ufl.dx
 
-        model = models.TransientModel(space, m, residual, initial, DT, STEPS, bcs, scheme=scheme)
+        model = models.TransientModel(
+            space, m, residual, initial, DT, STEPS, bcs, scheme=scheme, memory=memory
+        )
     else:
-        model = models.heat(space, m, initial, DT, STEPS, f=1 + x[1], bcs=bcs, scheme=scheme)
+        model = models.heat(
+            space, m, initial, DT, STEPS, f=1 + x[1], bcs=bcs, scheme=scheme, memory=memory
+        )
     experiment = TransientExperiment(model, [series(space)])
     return InverseProblem([experiment], regularization), m
 
@@ -102,7 +108,7 @@ def final_state(comm, scheme, steps, horizon=0.1):
     for _ in model.solve():
         pass
     owned = space.dofmap.index_map.size_local
-    out = np.array(model.states[-1][:owned])
+    out = np.array(model.state(model.steps).array_r[:owned])
     model.destroy()
     return out
 
@@ -203,6 +209,48 @@ def test_a_linear_model_factorises_once_per_parameter(comm):
         free(problem)
 
 
+@pytest.mark.parametrize("nonlinear", **KINDS)
+def test_checkpoints_give_the_same_gradient_and_rows(comm, nonlinear):
+    """Under a memory budget that holds 6 of the 9 states, every 2nd state is kept and the
+    others are solved again when a pass reaches them: the gradient, the Gauss–Newton product
+    and the rows (backward and forward in time) equal those with every state stored
+    (relative 1e-12)."""
+    results = []
+    for memory in (2**30, None):
+        problem, m = build(comm, "crank-nicolson", nonlinear, regularization=None, memory=2**30)
+        model = problem.experiments[0].model
+        if memory is None:  # the budget for 6 of the states on the rank with the most
+            size = comm.allreduce(model.u.x.array.nbytes, op=MPI.MAX)
+            free(problem)
+            problem, m = build(comm, "crank-nicolson", nonlinear, None, memory=6 * size)
+            model = problem.experiments[0].model
+            assert model.stride == 2
+        field = natinv.NeuralField(m.function_space, natinv.mlp((2, 5, 1), seed=5), "exp")
+        objective = InverseObjective(field, problem)
+        theta = field.parameters
+        value, gradient = objective.value_and_gradient(theta)
+        operator = objective.gauss_newton_operator()
+        operator.update_jacobian(theta)
+        product = operator.mult(np.linspace(-1.0, 1.0, theta.size))
+        rows = [
+            gather_rows(comm, ObservationRows(field, problem, method).jacobian(theta))
+            for method in ("adjoint", "tangent")
+        ]
+        results.append((value, gradient, product, *rows, model.memory, model.recomputed))
+        operator.destroy()
+        objective.destroy()
+        free(problem)
+    full, kept = results
+    for a, b in zip(full[:5], kept[:5], strict=True):
+        assert np.abs(np.asarray(a) - b).max() <= 1e-12 * np.abs(a).max()
+    assert kept[5] < full[5] and kept[6] > 0 and full[6] == 0
+
+
+def test_a_memory_budget_too_small_for_any_checkpoints_is_one_clear_error(comm):
+    with pytest.raises(ValueError, match=r"8 steps need at least 6 stored states"):
+        build(comm, memory=1000)
+
+
 def test_one_and_two_ranks_give_the_same_time_series_gradient(several_ranks, comm):
     """The transient objective and its θ-gradient on COMM_WORLD equal those on COMM_SELF
     (1e-10)."""
@@ -296,6 +344,9 @@ def test_the_heat_case_reaches_the_noise_level(comm, shared_tmp):
     assert summary["sensors"] == 300 and summary["discrepancy_level"] == 150
     assert summary["stopped"] == "discrepancy" and summary["iterations"] <= 10, summary
     assert summary["relative_l2_error"] < 0.15
+    trajectory = summary["trajectory"]
+    assert trajectory["steps"] == 20 and trajectory["checkpoint_every"] == 1
+    assert trajectory["stored_states_bytes"] > 0
     for name in ("misfit.png", "fields.png", "convergence.png"):
         assert (folder / name).is_file(), name
     assert (folder / "state.bp").is_dir()

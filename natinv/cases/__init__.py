@@ -20,7 +20,7 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # built-in boundary tags: 1 left, 2 right (x), 3 bottom, 4 top (y), 5 back, 6 front (z)
 
     [model]
-    kind = "diffusion"               # diffusion | source | nonlinear-diffusion | elasticity
+    kind = "diffusion"          # diffusion | source | nonlinear-diffusion | elasticity | heat
     degree = 2                                 # Lagrange degree of the state
     source = "1"                               # a formula of x, y (κ for kind = "source")
     dirichlet = [1]                            # boundary tags with u = 0 ("all": every facet),
@@ -28,6 +28,9 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # coefficient = "exp": κ = exp(m), the parameter is log κ (diffusion)
     # elasticity (the parameter is Young's modulus): load = [0.0, -1.0] (body force),
     # traction = { boundary = 2, value = [0.0, -0.1] }, poisson_ratio = 0.3
+    # heat (∂u/∂t − ∇·(κ∇u) = source, data with a t column): dt = 0.01, steps = 20 (both
+    # required), scheme = "crank-nicolson" (or "euler"), initial = "0" (u at t = 0, a
+    # formula), memory = 1024 (MiB per rank for the stored states; beyond it checkpoints)
 
     [parameter]
     degree = 1
@@ -47,6 +50,7 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     [synthesize]                               # `natinv synthesize CASE`
     layout = "random:60"; refine = 1; degree = 3; noise = 0.01
     regions = "probe-*"                        # the physical groups averaged (a pattern)
+    # heat: times = 10 (read-outs per sensor in (0, T]), time_refine = 4 (steps of dt / 4)
 
     [regularization]
     kind = "h1"; alpha = 0.0

@@ -187,9 +187,10 @@ def _inverse(
             "steps": t.integer("steps", low=1),
             "scheme": t.string("scheme", "crank-nicolson", TIME_SCHEMES),
             "initial": t.formula("initial", "0") or "0",
+            "memory": t.number("memory", 1024.0, low=0.0, low_open=True),
         }
     else:
-        for key in ("dt", "steps", "scheme", "initial"):
+        for key in ("dt", "steps", "scheme", "initial", "memory"):
             if key in t.data:
                 raise t.fail(key, f"only for a transient model (kind = {TRANSIENT[0]!r})")
     model = ModelSettings(

@@ -55,6 +55,7 @@ class ModelSettings:
     dt: float = 0.0
     steps: int = 0
     scheme: str = "crank-nicolson"
+    memory: float = 1024.0  # MiB per rank for the stored states (beyond: checkpoints)
 
     @property
     def transient(self) -> bool:

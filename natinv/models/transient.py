@@ -58,6 +58,10 @@ class TransientModel:
         bcs: Dirichlet conditions on ``V`` (constant in time).
         scheme: ``"euler"`` (θ = 1) or ``"crank-nicolson"`` (θ = ½), or θ ∈ (0, 1] itself.
         capacity: ``c`` in the time derivative (a number or a UFL expression, not of ``m``).
+        memory: the bytes per rank the stored states may take. When all ``N + 1`` do not fit,
+            every k-th state is kept (checkpoints) and the states between two checkpoints are
+            solved again when a backward or tangent pass reaches them (one more state solve
+            per step and pass), k chosen to need the fewest states (about ``2√N``).
         **options: the keyword arguments of :class:`~natinv.models.base.Model` (``check``,
             ``options_prefix``, ``petsc_options``, ``name``).
 
@@ -76,6 +80,7 @@ class TransientModel:
         *,
         scheme: str | float = "euler",
         capacity: float | ufl.core.expr.Expr = 1.0,
+        memory: int = 2**30,
         **options: Any,
     ) -> None:
         if not (np.isfinite(dt) and dt > 0):
@@ -135,7 +140,13 @@ class TransientModel:
         self._E_adjoint = dolfinx.fem.form(ufl.action(ufl.adjoint(coupling), self._lambda))
         self._E_matrix: PETSc.Mat | None = None
         self._E_state: int | None = None
-        self.states: list[npt.NDArray[np.float64]] = []  # u_0 ... u_N, local arrays
+        # the stored states (local arrays): every one, or every `stride`-th and one segment
+        state_bytes = parallel.allreduce_max(self.comm, float(self.u.x.array.nbytes))
+        self.stride = _stride(self.steps, int(state_bytes), int(memory), self.name)
+        self._stored: dict[int, npt.NDArray[np.float64]] = {}
+        self._segment: dict[int, npt.NDArray[np.float64]] = {}
+        self._segment_start: int | None = None
+        self.recomputed = 0  # states solved again from checkpoints
         self.solved_parameter: npt.NDArray[np.float64] | None = None
         self.solves = 0  # trajectories
 
@@ -152,8 +163,39 @@ class TransientModel:
 
     @property
     def memory(self) -> int:
-        """Bytes held by the stored states on this rank."""
-        return int(sum(state.nbytes for state in self.states))
+        """Bytes held by the stored states on this rank (checkpoints and a segment)."""
+        held = [*self._stored.values(), *self._segment.values()]
+        return int(sum(state.nbytes for state in held))
+
+    def _array(self, n: int) -> npt.NDArray[np.float64]:
+        """``u_n`` of the last trajectory (a local array): stored, or solved again from the
+        checkpoint before it together with the rest of its segment. Collective when it
+        solves (every rank asks for the same states in the same order)."""
+        if n in self._stored:
+            return self._stored[n]
+        start = n - n % self.stride
+        if self._segment_start != start:
+            self._segment = {}
+            self._segment_start = start
+            current = self._stored[start]
+            for k in range(start, min(start + self.stride, self.steps + 1) - 1):
+                self._step(k, current)
+                current = np.array(self.u.x.array)
+                self._segment[k + 1] = current
+                self.recomputed += 1
+        return self._segment[n]
+
+    def _step(self, n: int, previous: npt.NDArray[np.float64]) -> None:
+        """Solve step ``n → n+1`` from ``previous`` into ``u`` (Newton from ``previous``: a
+        state solved again repeats the first solve). Collective."""
+        self.previous.x.array[:] = previous
+        self.u.x.array[:] = previous
+        self.time_previous.value = self.dt * n
+        self.time.value = self.dt * (n + 1)
+        try:
+            self.model.solve()
+        except parallel.SolveError as exc:
+            raise parallel.SolveError(f"{exc} (step {n + 1} of {self.steps})") from None
 
     @property
     def linear_solves(self) -> int:
@@ -170,42 +212,44 @@ class TransientModel:
     def _load(self, n: int) -> None:
         """Make step ``n → n+1`` current: ``u_n`` as the previous state, ``u_{n+1}`` as the
         state (``A`` and ``∂R/∂m`` at them). Collective."""
-        self.previous.x.array[:] = self.states[n]
+        previous, current = self._array(n), self._array(n + 1)
+        self.previous.x.array[:] = previous
         self.time_previous.value = self.dt * n
         self.time.value = self.dt * (n + 1)
-        self.model.restore(self.states[n + 1])
+        self.model.restore(current)
 
     # -- the trajectory ------------------------------------------------------------------------
 
     def solve(self) -> Iterator[tuple[int, PETSc.Vec]]:
-        """Step from ``u_0`` to ``u_N`` for the current ``m``, storing every state; yields
-        ``(n, u_n)`` for n = 0..N (the state vector is valid until the next step).
-        Collective.
+        """Step from ``u_0`` to ``u_N`` for the current ``m``, storing the states (every one,
+        or the checkpoints); yields ``(n, u_n)`` for n = 0..N (the state vector is valid until
+        the next step). Collective.
 
         Raises:
             SolveError: the parameter is not admissible, a step diverged or gave NaN (the step
                 is named).
         """
-        self.states = [self.initial.copy()]
+        self.solved_parameter = None
+        self._stored = {0: self.initial.copy()}
+        self._segment, self._segment_start = {}, None
         self.u.x.array[:] = self.initial
         yield 0, self.u.x.petsc_vec
+        previous = self._stored[0]
         for n in range(self.steps):
-            self.previous.x.array[:] = self.states[n]
-            self.time_previous.value = self.dt * n
-            self.time.value = self.dt * (n + 1)
-            try:
-                self.model.solve()
-            except parallel.SolveError as exc:
-                raise parallel.SolveError(f"{exc} (step {n + 1} of {self.steps})") from None
-            self.states.append(np.array(self.u.x.array))
+            self._step(n, previous)
+            previous = np.array(self.u.x.array)
+            if (n + 1) % self.stride == 0 or n + 1 == self.steps:
+                self._stored[n + 1] = previous
             yield n + 1, self.u.x.petsc_vec
         self.solves += 1
         self.solved_parameter = np.array(self.m.x.array)
 
     def state(self, n: int) -> PETSc.Vec:
         """``u_n`` of the last trajectory as the model's state vector (overwritten by the next
-        call or solve). Not collective."""
-        self.u.x.array[:] = self.states[n]
+        call or solve). Collective (it may solve again from a checkpoint)."""
+        self._require_trajectory()
+        values = self._array(n)
+        self.u.x.array[:] = values
         return self.u.x.petsc_vec
 
     def _coupling_matrix(self) -> PETSc.Mat:
@@ -391,14 +435,33 @@ class TransientModel:
             obj.destroy()
 
     def _require_trajectory(self) -> None:
-        if self.solved_parameter is None or len(self.states) != self.steps + 1:
+        if self.solved_parameter is None or self.steps not in self._stored:
             raise RuntimeError(f"{self.name}: solve the trajectory before adjoint or tangents")
 
     def destroy(self) -> None:
         if self._E_matrix is not None:
             self._E_matrix.destroy()
         self.model.destroy()
-        self.states = []
+        self._stored, self._segment = {}, {}
+
+
+def _stride(steps: int, state_bytes: int, memory: int, name: str) -> int:
+    """Keep every k-th state: 1 when all ``steps + 1`` fit in ``memory``, else the k that
+    needs the fewest (``⌈N/k⌉ + 1`` checkpoints and ``k − 1`` in a segment)."""
+
+    def held(k: int) -> int:
+        return -(-steps // k) + 1 + (k - 1 if k > 1 else 0)
+
+    if held(1) * state_bytes <= memory:
+        return 1
+    best = min(range(2, steps + 1), key=held) if steps > 1 else 1
+    if held(best) * state_bytes > memory:
+        raise ValueError(
+            f"{name}: {steps} steps need at least {held(best)} stored states of "
+            f"{state_bytes / 2**20:.1f} MiB each ({held(best) * state_bytes / 2**20:.1f} MiB, "
+            f"every {best}th kept), more than the memory budget of {memory / 2**20:.1f} MiB"
+        )
+    return best
 
 
 def heat(

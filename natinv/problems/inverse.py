@@ -127,6 +127,7 @@ def model_of(
             bcs=bcs,
             coefficient=case.model.coefficient,
             scheme=case.model.scheme,
+            memory=int(case.model.memory * 2**20),
             options_prefix=prefix,
         )
     if case.model.kind == "diffusion":
@@ -350,12 +351,22 @@ class InverseSetup:
     def write(self, history: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
         """The results of the run into ``case.output`` (see :func:`write_results`), with the
         PDE solves the run took: nonlinear/linear state solves, and every solve with the
-        operator (states, adjoints, tangent blocks, each block of right-hand sides one)."""
+        operator (states, adjoints, tangent blocks, each block of right-hand sides one), and
+        for a transient model its steps and the memory of the stored states (all ranks)."""
         models_ = [e.model for e in self.problem.experiments]
         summary["pde_solves"] = {
             "state": int(sum(m.solves for m in models_)),
             "operator": int(sum(m.linear_solves for m in models_)),
         }
+        if isinstance(self.model, models.TransientModel):  # the states the adjoint runs over
+            summary["trajectory"] = {
+                "steps": self.model.steps,
+                "dt": self.model.dt,
+                "scheme": self.case.model.scheme,
+                "stored_states_bytes": int(self.comm.allreduce(self.model.memory)),
+                "checkpoint_every": self.model.stride,
+                "states_solved_again": self.model.recomputed,
+            }
         return write_results(self, history, summary)
 
     def close(self) -> None:
