@@ -26,7 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import natinv  # noqa: E402  (before DOLFINx: its MPI)
 from mpi4py import MPI  # noqa: E402
 
 import numpy as np  # noqa: E402
