@@ -128,6 +128,8 @@ class Model:
         self._transpose_ksp: PETSc.KSP | None = None
         self._transpose_state: tuple[int | None, bool] | None = None
         self.assemblies = 0  # assemblies of A (each one a new factorisation)
+        self._block_shapes: dict[int, tuple[int, int, int]] = {}  # per KSP, see _mat_solve
+        self.refactorisations = 0  # factorisations of an unchanged A (see _same_block_shape)
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
         self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
@@ -388,12 +390,31 @@ class Model:
         rhs.destroy()
         return solution
 
+    def _same_block_shape(self, ksp: PETSc.KSP, rhs: PETSc.Mat) -> None:
+        """Refactorise before a block solve whose shape differs from the last one on the same
+        SuperLU_DIST factorisation: in PETSc 3.25 such a block gives wrong results (another
+        column layout) or frees memory twice (a narrower block, 2 ranks). Factors kept across
+        solves (a transient model's steps) see several shapes; one refactorisation each time
+        the shape changes. Collective."""
+        pc = ksp.getPC()
+        if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
+            return
+        shape = (self.assemblies, rhs.getSize()[1], rhs.getLocalSize()[1])
+        last = self._block_shapes.get(id(ksp))
+        if last is not None and last[0] == shape[0] and last != shape:
+            operators = ksp.getOperators()
+            ksp.reset()
+            ksp.setOperators(*operators)
+            self.refactorisations += 1
+        self._block_shapes[id(ksp)] = shape
+
     def _mat_solve(self, rhs: PETSc.Mat, transpose: bool) -> PETSc.Mat:
         """``A⁻¹ X`` (or ``A⁻ᵀ X``) for the dense columns of ``rhs`` on the existing factors;
         a failure is one message on every rank. Collective."""
         solution = rhs.duplicate()
         failure = None
         ksp, native = self._transposed() if transpose else (self.ksp, False)
+        self._same_block_shape(ksp, rhs)
         try:
             (ksp.matSolveTranspose if native else ksp.matSolve)(rhs, solution)
         except PETSc.Error as exc:
