@@ -112,9 +112,16 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
             kinds.append(f"{built.averages.values.size} region averages")
         if not built.measured:
             kinds.append("a full field")
+        if built.series is not None:
+            kinds.append(f"time series of {built.series[1].size} sensor(s)")
+        model = f"{case.model.kind}, state P{case.model.degree} ({_dofs(built.model.space)} dofs)"
+        if case.model.transient:
+            model += (
+                f", {case.model.steps} {case.model.scheme} steps of {case.model.dt:g} "
+                f"(T = {case.model.steps * case.model.dt:g})"
+            )
         lines += [
-            f"  model      {case.model.kind}, state P{case.model.degree} "
-            f"({_dofs(built.model.space)} dofs)",
+            f"  model      {model}",
             f"  unknown    {unknown}",
             f"  data       {', '.join(kinds)}: {built.num_sensors} rows, every sensor inside "
             "the mesh" + (f"; noise level: misfit {built.discrepancy:g}" if built.measured else ""),
