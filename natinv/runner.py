@@ -36,6 +36,7 @@ from natinv.gram import Gram
 from natinv.objectives.inverse import InverseObjective
 from natinv.objectives.pinn import PINN
 from natinv.objectives.ritz import Ritz
+from natinv.observations import TimeSeries
 from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.momentum import make_momentum
 from natinv.optim.natural import NaturalGradientDescent
@@ -106,7 +107,10 @@ def _sample_space(settings: Any, objective: Any, gram: Gram) -> bool:
         and settings.metric == "gauss-newton"
         and isinstance(objective, InverseObjective)
         and objective.problem.R is None
-        and all(obs.operator is not None for obs in objective.problem.observations)
+        and all(
+            obs.operator is not None or isinstance(obs, TimeSeries)  # (not a full field)
+            for obs in objective.problem.observations
+        )
         and gram.rows.num_global < gram.num_parameters
         and not make_momentum(settings.momentum).natural  # (no re-projection needed)
     )

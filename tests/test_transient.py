@@ -415,3 +415,59 @@ def test_time_series_files_round_trip_and_group_by_sensor(comm, shared_tmp):
     assert back.time is not None and np.array_equal(back.time, data.time)
     sensor, first = back.series()
     assert sensor.tolist() == [0, 1, 0, 1] and first.tolist() == [0, 1]
+
+
+def test_region_averages_in_time_are_synthesized_and_fitted(comm, shared_tmp):
+    """A heat case on the L-shape whose data are the means of u over the 27 probe disks, each
+    read 3 times: `natinv synthesize` writes 81 rows (region, t), region by region in
+    increasing t; two natural steps from them lower the misfit 5× (measured 45×: 3215 → 71.6,
+    on 1 and 2 ranks)."""
+    import csv
+
+    mesh = ROOT / "meshes" / "l_shape.msh"
+    text = f"""
+name = "probes-in-time"
+[mesh]
+file = "{mesh}"
+[model]
+kind = "heat"
+degree = 1
+source = "10"
+dirichlet = [1]
+dt = 0.02
+steps = 6
+[parameter]
+network = [2, 8, 1]
+truth = "1 + 0.5*x"
+[data]
+averages = "{shared_tmp / "probes-in-time.csv"}"
+[synthesize]
+regions = "probe-*"
+times = 3
+time_refine = 2
+refine = 0
+degree = 2
+[optimizer]
+iterations = 2
+stop = "none"
+[output]
+folder = "{shared_tmp / "probes-in-time"}"
+"""
+    comm.Barrier()
+    path = shared_tmp / "probes-in-time.toml"
+    if comm.rank == 0:
+        path.write_text(text)
+    comm.Barrier()
+    assert main(["synthesize", str(path), "--force"]) == 0
+    rows = list(csv.DictReader(open(shared_tmp / "probes-in-time.csv")))
+    assert len(rows) == 81
+    assert [r["region"] for r in rows[:3]] == ["probe-1"] * 3
+    assert [float(r["t"]) for r in rows[:3]] == pytest.approx([0.04, 0.08, 0.12])
+    folder = shared_tmp / "probes-in-time"
+    misfits = []
+    for iterations in ("0", "2"):
+        assert main(["run", str(path), "--quiet", "--iterations", iterations]) == 0
+        summary = json.loads((folder / "summary.json").read_text())
+        misfits.append(summary["misfit"])
+    assert summary["sensors"] == 81
+    assert misfits[1] <= 0.2 * misfits[0], misfits
