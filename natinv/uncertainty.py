@@ -17,7 +17,8 @@ number δ itself. ``bench/uncertainty.py`` measures the 2σ coverage of the trut
 
 A finite-element field (the TAO baseline) gets :class:`LowRankLaplace`: a prior precision
 ``R`` on the field's space and the ``rank`` dominant eigenpairs of the misfit Hessian relative
-to it.
+to it; its posterior draws ``m* + R⁻¹b − V P Vᵀb`` need ``b ~ N(0, R)``, made by
+:func:`prior_noise` from white noise at quadrature points.
 
     laplace = Laplace.at(objective)            # δ by the evidence
     sigma = laplace.std(field)                # owned dofs
@@ -41,7 +42,15 @@ if TYPE_CHECKING:
     from natinv.gram import Gram
     from natinv.objectives.inverse import InverseObjective
 
-__all__ = ["RELATIVE_PRIOR", "Laplace", "LowRankLaplace", "coverage", "evidence_precision"]
+__all__ = [
+    "RELATIVE_PRIOR",
+    "Laplace",
+    "LowRankLaplace",
+    "PriorNoise",
+    "coverage",
+    "evidence_precision",
+    "prior_noise",
+]
 
 #: the default prior precision, relative to max diag(G) (the natural step's relative damping)
 RELATIVE_PRIOR = 1e-3
@@ -175,6 +184,119 @@ def coverage(
     inside = np.abs(np.asarray(values) - np.asarray(truth)) <= width * np.asarray(std)
     total = comm.allreduce(int(inside.size))
     return comm.allreduce(int(inside.sum())) / max(total, 1)
+
+
+def prior_noise(
+    space: Any, stiffness: float, mass: float, count: int = 1, seed: int = 0
+) -> npt.NDArray[np.float64]:
+    """``count`` draws of ``b ~ N(0, R)`` for ``R = a K + c M`` (``a = stiffness``, ``c =
+    mass``; ``K`` the ``H¹`` seminorm and ``M`` the mass matrix of a Lagrange space), as the
+    owned entries ``(n_owned, count)``.
+
+    With white noise ``η`` at the points of a quadrature exact for both forms and ``ω_q`` the
+    quadrature weight times the cell's Jacobian there, ``b = √a Σ_q √ω_q η_q·∇φ(x_q) +
+    √c Σ_q √ω_q η'_q φ(x_q)`` has the covariance ``a K + c M`` exactly (:class:`PriorNoise`).
+    The noise of a cell is drawn by its index in the mesh's input, so a draw is the same on
+    any number of ranks. Collective."""
+    noise = PriorNoise(space, stiffness, mass)
+    out = np.zeros((noise.num_owned, count))
+    for j in range(count):
+        etas = [
+            _cell_noise(xi.function_space, np.random.default_rng([seed, j, stream]))
+            for stream, xi in enumerate(noise.points)
+        ]
+        out[:, j] = noise.apply(etas)
+    noise.destroy()
+    return out
+
+
+class PriorNoise:
+    """The linear map ``η → b`` of :func:`prior_noise`: ``η`` one array per quadrature space
+    (:attr:`points`: the vector one for ``a K`` if ``a > 0``, the scalar one for ``c M`` if
+    ``c > 0``; local dofs), ``b`` the owned entries on ``space``. Collective."""
+
+    def __init__(self, space: Any, stiffness: float, mass: float) -> None:
+        from petsc4py import PETSc
+
+        import basix.ufl
+        import dolfinx
+        import dolfinx.fem.petsc
+        import ufl
+
+        if not (stiffness >= 0 and mass >= 0 and stiffness + mass > 0):
+            raise ValueError(f"prior_noise: need a, c >= 0, not both 0 (got {stiffness}, {mass})")
+        mesh = space.mesh
+        degree = 2 * space.ufl_element().embedded_superdegree
+        dx = ufl.dx(domain=mesh, metadata={"quadrature_degree": degree})
+
+        def points(shape: tuple[int, ...]) -> Any:
+            element = basix.ufl.quadrature_element(mesh.basix_cell(), shape, degree=degree)
+            return dolfinx.fem.functionspace(mesh, element)
+
+        # ω at each point: the weight times the Jacobian (∫ τ dx for each point's basis τ)
+        scalar = points(())
+        weights = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form(ufl.TestFunction(scalar) * dx))
+        weights.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+        weights.ghostUpdate(PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
+        with weights.localForm() as local:
+            omega = np.array(local.array_r)
+        weights.destroy()
+        v = ufl.TestFunction(space)
+        self.points: list[Any] = []  # the noise's Functions, one per term
+        self._terms = []
+        for scale, shape in ((stiffness, (mesh.geometry.dim,)), (mass, ())):
+            if scale > 0:
+                xi = dolfinx.fem.Function(points(shape) if shape else scalar)
+                form = ufl.inner(xi, ufl.grad(v)) * dx if shape else xi * v * dx
+                root = np.sqrt(np.repeat(omega, xi.function_space.dofmap.index_map_bs))
+                self.points.append(xi)
+                self._terms.append((np.sqrt(scale), root, dolfinx.fem.form(form)))
+        self.num_owned = space.dofmap.index_map.size_local * space.dofmap.index_map_bs
+        self._vector = dolfinx.fem.petsc.create_vector(space)
+
+    def apply(self, etas: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+        """``b`` for the noise ``etas`` (one local array per :attr:`points` entry)."""
+        from petsc4py import PETSc
+
+        import dolfinx.fem.petsc
+
+        out = np.zeros(self.num_owned)
+        for xi, eta, (scale, root, form) in zip(self.points, etas, self._terms, strict=True):
+            xi.x.array[:] = eta / root
+            with self._vector.localForm() as local:
+                local.set(0.0)
+            dolfinx.fem.petsc.assemble_vector(self._vector, form)
+            self._vector.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
+            out += scale * self._vector.array_r[: self.num_owned]
+        return out
+
+    def destroy(self) -> None:
+        self._vector.destroy()
+
+
+def _cell_noise(space: Any, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """Standard normal values for the local dofs of a quadrature space, each cell's drawn from
+    the global stream at its input index (the same values on any partition). Collective in
+    nothing: every rank draws the whole stream, in chunks."""
+    mesh = space.mesh
+    tdim = mesh.topology.dim
+    cells = mesh.topology.index_map(tdim)
+    local = cells.size_local + cells.num_ghosts
+    per_cell = space.dofmap.list.shape[1] * space.dofmap.index_map_bs
+    total = cells.size_global
+    original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)[:local]
+    values = np.zeros((local, per_cell))
+    chunk = max(1, 2**20 // per_cell)
+    for start in range(0, total, chunk):
+        draws = rng.standard_normal((min(chunk, total - start), per_cell))
+        mine = (original >= start) & (original < start + draws.shape[0])
+        values[mine] = draws[original[mine] - start]
+    bs = space.dofmap.index_map_bs
+    out = np.zeros(space.dofmap.index_map.size_local * bs + space.dofmap.index_map.num_ghosts * bs)
+    dofs = space.dofmap.list[:local]
+    blocked = (dofs[:, :, None] * bs + np.arange(bs)).reshape(local, -1)
+    out[blocked] = values
+    return out
 
 
 def _destroy(gram: Gram) -> None:
@@ -319,6 +441,20 @@ class LowRankLaplace:
         weights = self.eigenvalues / (1.0 + self.eigenvalues)
         reduction = np.einsum("ij,j,ij->i", self.vectors, weights, self.vectors)
         return np.clip(self.prior_variance() - reduction, 0.0, None)
+
+    def samples(
+        self, mean: npt.ArrayLike, noise: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
+        """Posterior draws ``m* + R⁻¹b − V P Vᵀ b`` (owned entries, one column per draw) for
+        the columns ``b ~ N(0, R)`` of ``noise`` (:func:`prior_noise`), ``P = diag(1 −
+        1/√(1 + λᵢ))``: ``s = R⁻¹b ~ N(0, R⁻¹)`` and ``s − V P Vᵀ R s`` has the covariance
+        ``R⁻¹ − V(2P − P²)Vᵀ = R⁻¹ − V D Vᵀ`` (``VᵀRV = I``; Bui-Thanh et al. 2013, §5).
+        Collective."""
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1, 1)
+        shrink = 1.0 - 1.0 / np.sqrt(1.0 + self.eigenvalues)
+        coefficients = parallel.allreduce_array(self.comm, self.vectors.T @ noise)
+        prior = self._apply_all(self.solve_prior, noise)
+        return mean + prior - self.vectors @ (shrink[:, None] * coefficients)
 
     def covariance_apply(self, v: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """``Γ_post v ≈ R⁻¹ v − V D Vᵀ v`` for owned entries ``v``. Collective."""

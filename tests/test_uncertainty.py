@@ -283,6 +283,7 @@ def test_the_baseline_case_reports_the_low_rank_posterior(comm, shared_tmp):
         "optimizer.kind='tao-nls'",
         "regularization.alpha=30",
         "uncertainty.rank=20",
+        "uncertainty.samples=2",
     ):
         args += ["--set", item]
     assert main(args) == 0
@@ -292,3 +293,90 @@ def test_the_baseline_case_reports_the_low_rank_posterior(comm, shared_tmp):
     assert largest >= smallest > 0
     assert 0.0 <= found["coverage_2sigma"] <= 1.0 and found["mean_std"] > 0
     assert (folder / "std.bp").is_dir() and (folder / "uncertainty.png").is_file()
+    assert found["samples"] == 2 and (folder / "samples.bp").is_dir()
+
+
+def test_prior_noise_has_the_prior_precision_as_its_covariance(comm):
+    """The map from white noise at quadrature points to ``b`` (:class:`PriorNoise`), applied
+    to every unit noise vector: ``T Tᵀ`` equals ``a K + c M`` (1e-12 relative) for P1 and
+    P2, each term alone and both; draws are the same on any number of ranks."""
+    import dolfinx
+    import dolfinx.fem.petsc
+    import ufl
+    from helpers import dense_matrix, unit_square
+
+    from natinv.uncertainty import PriorNoise, prior_noise
+
+    mesh = unit_square(comm, 3)
+    for degree, a, c in ((1, 0.7, 2.0), (2, 0.7, 0.0), (1, 0.0, 3.0)):
+        space = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+        w, z = ufl.TrialFunction(space), ufl.TestFunction(space)
+        form = (a * ufl.inner(ufl.grad(w), ufl.grad(z)) + c * w * z) * ufl.dx
+        matrix = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(form))
+        matrix.assemble()
+        reference = dense_matrix(matrix)
+        matrix.destroy()
+        noise = PriorNoise(space, a, c)
+        columns = []
+        for term, xi in enumerate(noise.points):
+            local = xi.x.array.size
+            owned = xi.function_space.dofmap.index_map.size_local
+            owned *= xi.function_space.dofmap.index_map_bs
+            for rank in range(comm.size):
+                for k in range(comm.bcast(owned, root=rank)):
+                    etas = [np.zeros(p.x.array.size) for p in noise.points]
+                    if comm.rank == rank:
+                        etas[term][k] = 1.0
+                    assert etas[term].size == local
+                    columns.append(np.concatenate(comm.allgather(noise.apply(etas))))
+        noise.destroy()
+        t = np.stack(columns, axis=1)
+        assert np.abs(t @ t.T - reference).max() <= 1e-12 * np.abs(reference).max()
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    draws = prior_noise(space, 0.5, 1.0, count=2, seed=3)
+    assert draws.shape == (space.dofmap.index_map.size_local, 2)
+
+
+def test_one_and_two_ranks_draw_the_same_prior_noise(several_ranks, comm):
+    """A draw of :func:`prior_noise` is the same function on 2 ranks as on 1 (1e-12): the
+    noise of each cell comes from its input index."""
+    from mpi4py import MPI
+
+    import dolfinx
+    from helpers import unit_square
+
+    from natinv.uncertainty import prior_noise
+
+    results = []
+    for c in (comm, MPI.COMM_SELF):
+        space = dolfinx.fem.functionspace(unit_square(c, 4), ("Lagrange", 1))
+        owned = space.dofmap.index_map.size_local
+        draw = prior_noise(space, 0.5, 1.0, count=1, seed=2)[:, 0]
+        coords = np.round(space.tabulate_dof_coordinates()[:owned, :2], 12) + 0.0
+        pairs = np.concatenate(c.allgather(np.column_stack([coords, draw])))
+        results.append(pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))])
+    assert np.abs(results[0] - results[1]).max() <= 1e-12 * np.abs(results[1]).max()
+
+
+def test_low_rank_samples_have_the_posterior_covariance(comm):
+    """``m* + R⁻¹b − V P Vᵀb`` over the columns b of a factor of R (``L Lᵀ = R``): the
+    samples' covariance ``S Sᵀ`` is the low-rank posterior ``R⁻¹ − V D Vᵀ`` (1e-10), which for
+    this linear problem is the exact one."""
+    from natinv.uncertainty import LowRankLaplace
+
+    problem, m, prior = fe_linear_problem(comm)
+    exact, start, n_owned = dense_posterior(comm, problem, m, prior)
+    problem.value(m.x.array[:n_owned])
+    laplace = LowRankLaplace(problem, prior, rank=20, seed=1)
+    n = exact.shape[0]
+    r = np.zeros((n, n))
+    local = prior.getValues(range(start, start + n_owned), range(n))
+    for part, first in zip(comm.allgather(local), comm.allgather(start), strict=True):
+        r[first : first + part.shape[0]] = part
+    factor = np.linalg.cholesky(0.5 * (r + r.T))
+    draws = laplace.samples(np.zeros(n_owned), factor[start : start + n_owned])
+    s = np.concatenate(comm.allgather(draws))
+    assert np.abs(s @ s.T - exact).max() <= 1e-10 * np.abs(exact).max()
+    laplace.destroy()
+    prior.destroy()
+    free(problem)

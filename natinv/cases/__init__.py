@@ -71,7 +71,7 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     prior_precision = "evidence"               # neural field: δ of θ ~ N(0, δ⁻¹I), a number,
                                                # "evidence" (MacKay's maximiser) or "damping"
                                                # (1e-3·max diag G, the last step's damping)
-    samples = 0                                # neural field: draws written to samples.bp
+    samples = 0                                # posterior draws written to samples.bp
     rank = 50                                  # tao-*: eigenpairs of the low-rank update
     mass = 1.0                                 # tao-*: the prior precision R + δM, δ = mass
                                                # (default: the Tikhonov weight α)

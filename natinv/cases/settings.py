@@ -84,7 +84,7 @@ class DataSettings:
 @dataclass
 class UncertaintySettings:
     prior_precision: float | str = "evidence"  # neural field: δ of θ ~ N(0, δ⁻¹I)
-    samples: int = 0  # posterior draws written to samples.bp (neural field)
+    samples: int = 0  # posterior draws written to samples.bp
     rank: int = 50  # tao-*: eigenpairs of the finite-element field's low-rank approximation
     mass: float | None = None  # tao-*: δ of the prior precision R + δM (None: α)
 

@@ -585,8 +585,9 @@ class _Errors:
 def write_uncertainty(built: InverseSetup, mean: dolfinx.fem.Function) -> dict[str, Any]:
     """The Laplace approximation at the recovered field (:mod:`natinv.uncertainty`): for a
     neural field in θ, for the finite-element field (TAO) its low-rank form with the prior
-    precision ``R + δM``. Writes ``std.bp`` (mean, σ and the truth), ``samples.bp`` (neural:
-    ``uncertainty.samples`` posterior draws through the network) and ``uncertainty.png``;
+    precision ``R + δM``. Writes ``std.bp`` (mean, σ and the truth), ``samples.bp``
+    (``uncertainty.samples`` posterior draws: through the network for a neural field, from
+    the low-rank Gaussian for the finite-element one) and ``uncertainty.png``;
     returns what ``summary.json`` reports: the prior used, the mean and largest σ over the
     dofs, and the fraction of dofs with ``|m − m_true| ≤ 2σ`` where the truth is known.
     Collective."""
@@ -641,7 +642,7 @@ def _finite_element_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], d
     """σ of the finite-element field at its owned dofs from the low-rank approximation with the
     prior precision ``R + δM`` (``R`` the case's Tikhonov matrix, δ = ``uncertainty.mass``, by
     default α)."""
-    from natinv.uncertainty import LowRankLaplace
+    from natinv.uncertainty import LowRankLaplace, prior_noise
 
     case, problem, settings = built.case, built.problem, built.case.uncertainty
     assert settings is not None
@@ -656,6 +657,19 @@ def _finite_element_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], d
     laplace = LowRankLaplace(problem, prior, rank=rank, seed=case.seed)
     try:
         std = np.sqrt(laplace.variance())
+        if settings.samples:
+            # R + δM = a K + c M, K the H1 seminorm's matrix
+            h1 = case.regularization is not None and case.regularization[0] == "h1"
+            a, c = (alpha, delta) if h1 else (0.0, alpha + delta)
+            noise = prior_noise(problem.space, a, c, settings.samples, seed=case.seed)
+            draws = laplace.samples(built.field.values(), noise)
+            functions = []
+            for i in range(draws.shape[1]):
+                function = dolfinx.fem.Function(problem.space, name=f"sample-{i}")
+                function.x.array[: draws.shape[0]] = draws[:, i]
+                function.x.scatter_forward()
+                functions.append(function)
+            domain.write_vtx(built.comm, case.output / "samples.bp", functions)
     finally:
         laplace.destroy()
         prior.destroy()
@@ -666,6 +680,7 @@ def _finite_element_std(built: InverseSetup) -> tuple[npt.NDArray[np.float64], d
         "mass": delta,
         "rank": rank,
         "eigenvalues": [float(laplace.eigenvalues[0]), float(laplace.eigenvalues[-1])],
+        "samples": settings.samples,
     }
     return std, result
 
