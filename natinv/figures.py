@@ -49,8 +49,56 @@ def inverse_fields(
             continue
         f1 = dolfinx.fem.Function(p1)
         f1.interpolate(function)
-        panels[name] = domain.triangles(f1) if built.mesh.geometry.dim == 2 else domain.section(f1)
+        panels[name] = _panel(f1)
+    if built.mesh.geometry.dim == 1:
+        _draw_curves(comm, path, built, panels)
+        return
     _draw_fields(comm, path, built, panels)
+
+
+def _panel(function: dolfinx.fem.Function) -> Any:
+    """What a figure draws of a P1 function: its triangles (2D), its mid-plane section (3D),
+    its values along x (1D). Collective."""
+    dim = function.function_space.mesh.geometry.dim
+    if dim == 1:
+        return _curve(function)
+    return domain.triangles(function) if dim == 2 else domain.section(function)
+
+
+def _curve(function: dolfinx.fem.Function) -> tuple[Any, Any]:
+    """The owned P1 values against x, gathered and sorted on rank 0. Collective."""
+    space = function.function_space
+    owned = space.dofmap.index_map.size_local
+    x = space.tabulate_dof_coordinates()[:owned, 0]
+    comm = space.mesh.comm
+    xs, values = comm.gather(x, root=0), comm.gather(function.x.array[:owned], root=0)
+    if comm.rank != 0:
+        return np.zeros(0), np.zeros(0)
+    x, v = np.concatenate(xs), np.concatenate(values)
+    order = np.argsort(x)
+    return x[order], v[order]
+
+
+@rank0_writer
+def _draw_curves(
+    comm: MPI.Comm, path: Path, built: InverseSetup, panels: dict[str, Any], band: Any = None
+) -> None:
+    """1D: the curves on one axis (``band``: a (lower, upper) pair shaded about them), the
+    sensors marked on the x axis."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for name, (x, v) in panels.items():
+        ax.plot(x, v, label=name)
+    if band is not None:
+        x, lower, upper, label = band
+        ax.fill_between(x, lower, upper, alpha=0.3, label=label)
+    sites, _ = built.sites
+    if sites.size:
+        ax.plot(sites[:, 0], np.full(sites.shape[0], ax.get_ylim()[0]), "k|", ms=8, label="sensors")
+    ax.set_xlabel("x")
+    ax.legend(fontsize=8)
+    ax.set_title(built.problem.experiments[0].name)
+    save_figure(fig, path)
 
 
 def uncertainty(
@@ -75,7 +123,18 @@ def uncertainty(
     for name, function in shown:
         f1 = dolfinx.fem.Function(p1)
         f1.interpolate(function)
-        panels[name] = domain.triangles(f1) if built.mesh.geometry.dim == 2 else domain.section(f1)
+        panels[name] = _panel(f1)
+    if built.mesh.geometry.dim == 1:  # the mean, mean ± 2σ and the truth on one axis
+        x, centre = panels[shown[0][0]]
+        _, sigma = panels[shown[1][0]]
+        curves = {shown[0][0]: (x, centre)}
+        if built.truth is not None:
+            truth = dolfinx.fem.Function(p1)
+            truth.interpolate(built.truth)
+            curves[f"true {symbol}"] = _curve(truth)
+        band = (x, centre - 2 * sigma, centre + 2 * sigma, "mean ± 2σ")
+        _draw_curves(comm, path, built, curves, band)
+        return
     _draw_fields(comm, path, built, panels, shared=False)
 
 
@@ -170,6 +229,9 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
         z = sign * np.sqrt(np.bincount(sensor, weights=z**2) / counts)
         sites, regions = sites[first], regions[first]
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    line = sites.shape[1] == 1
+    if line:  # 1D: the residual against x
+        sites = np.column_stack([sites[:, 0], z])
     bound = float(np.abs(z).max()) or 1.0
     style = {"c": z, "cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
     image = ax.scatter(*sites[~regions].T, s=25, **{**style, "c": z[~regions]})
@@ -177,7 +239,10 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
         image = ax.scatter(
             *sites[regions].T, s=40, marker="s", edgecolors="k", **{**style, "c": z[regions]}
         )
-    ax.set_aspect("equal")
+    if line:
+        ax.set_xlabel("x")
+    else:
+        ax.set_aspect("equal")
     title = "(Bu − d)/σ" if series is None else "RMS over time of (Bu − d)/σ (sign of the mean)"
     ax.set_title(title + (" (squares: region averages)" if regions.any() else ""))
     fig.colorbar(image, ax=ax, shrink=0.85)

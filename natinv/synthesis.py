@@ -259,12 +259,18 @@ def synthesize_case(
     ancestors = []
     for _ in range(case.synthesize.refine):
         ancestors.append((mesh, facets, cells))
+        tdim = mesh.topology.dim
         mesh.topology.create_entities(1)
         option = dolfinx.mesh.RefinementOption.parent_cell_and_facet
+        if tdim == 1:  # (DOLFINx has no parent facets in 1D: the ends are found by place)
+            option = dolfinx.mesh.RefinementOption.parent_cell
         refined, parent_cell, parent_facet = dolfinx.mesh.refine(mesh, option=option)
         refined.topology.create_entities(1)
-        refined.topology.create_connectivity(1, 2)
-        if facets is not None:
+        if tdim > 1:
+            refined.topology.create_connectivity(1, 2)
+        if facets is not None and tdim == 1:
+            facets = _child_point_tags(facets, mesh, refined)
+        elif facets is not None:
             facets = _child_facet_tags(facets, mesh, refined, parent_cell, parent_facet)
         if cells is not None:
             cells = _child_cell_tags(cells, mesh, refined, parent_cell)
@@ -388,6 +394,30 @@ def _child_cell_tags(
     values = by_cell[np.asarray(parent_cell)[rows]]
     keep = values >= 0
     return dolfinx.mesh.meshtags(child, tdim, cells[keep], values[keep])
+
+
+def _child_point_tags(
+    tags: dolfinx.mesh.MeshTags, parent: dolfinx.mesh.Mesh, child: dolfinx.mesh.Mesh
+) -> dolfinx.mesh.MeshTags:
+    """Facet (point) tags of a refined interval mesh: a child vertex at a tagged parent
+    vertex's place takes its tag. Collective."""
+    comm = parent.comm
+    parent.topology.create_connectivity(0, 1)
+    places = parent.geometry.x[dolfinx.mesh.entities_to_geometry(parent, 0, tags.indices), 0]
+    known = np.concatenate(comm.allgather(np.column_stack([places.reshape(-1), tags.values])))
+    child.topology.create_connectivity(0, 1)
+    vertices = np.arange(child.topology.index_map(0).size_local, dtype=np.int32)
+    x = child.geometry.x[dolfinx.mesh.entities_to_geometry(child, 0, vertices), 0].reshape(-1)
+    extent = max(float(np.ptp(known[:, 0])) if known.size else 1.0, 1.0)
+    found, values = [], []
+    for vertex, place in zip(vertices, x, strict=True):
+        match = np.where(np.abs(known[:, 0] - place) <= 1e-12 * extent)[0]
+        if match.size:
+            found.append(vertex)
+            values.append(int(known[match[0], 1]))
+    return dolfinx.mesh.meshtags(
+        child, 0, np.asarray(found, dtype=np.int32), np.asarray(values, dtype=np.int32)
+    )
 
 
 def _child_facet_tags(

@@ -16,7 +16,7 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # dim = 3                                  # a 3D mesh file (the default is 2)
     # builtin = "rectangle"; extent = [2.0, 0.5]; cells = [40, 10]; origin = [0.0, 0.0]
     # (or "unit-square", cells = 32; "box", cells = [8, 8, 8], extent = [1.0, 1.0, 1.0];
-    # or "interval", cells = 400, extent = 1.0: forward only)
+    # or "interval", cells = 400, extent = 1.0)
     # built-in boundary tags: 1 left, 2 right (x), 3 bottom, 4 top (y), 5 back, 6 front (z)
 
     [model]
@@ -224,8 +224,6 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     seed = root.integer("seed", 0)
     problem = root.string("problem", "inverse", PROBLEMS)
     mesh = _mesh(root.table("mesh"), base)
-    if problem == "inverse" and mesh.gdim == 1:
-        raise root.fail("mesh.builtin", "an inverse problem needs a 2D or 3D mesh")
     inverse = _inverse(root, base, problem == "inverse", mesh.gdim)
     forward = _forward(root, mesh, problem)
     if not inverse:
