@@ -17,7 +17,9 @@ mesh refined once at P3: ``hole_sharp`` (the plate with a disc inclusion and a j
 ``lshape_sharp`` (an L-shape with a narrow Gaussian bump and a jump, 300 point sensors,
 2-20-20-1 network: a problem set up without regard to the method), the shipped 3D case
 ``heat_bracket_3d`` (an L-shaped bracket, 100 k state dofs, 200 interior sensors) and the
-transient ``heat_transient`` (30 thermocouples read 10 times, 20 Crank–Nicolson steps).
+transient ``heat_transient`` (30 thermocouples read 10 times, 20 Crank–Nicolson steps), and
+the 1D gPINN benchmark ``reaction_gpinn_1d`` (a reaction coefficient from 100 values of u) with
+its shipped, nearly exact data and with 0.1 % noise.
 
 Printed per problem and method: iterations, PDE solves (solves with the state operator: states,
 adjoints, tangent blocks), time, time per iteration and its ratio to a TAO iteration, the final
@@ -81,6 +83,8 @@ PROBLEMS: dict[str, tuple[str, list[str], bool]] = {
     "lshape_sharp": (LSHAPE_SHARP, [], True),
     "bracket_3d": ("heat_bracket_3d", [], False),
     "heat_transient": ("heat_transient", [], False),
+    "reaction_1d": ("reaction_gpinn_1d", [], False),
+    "reaction_1d_noise1e-3": ("reaction_gpinn_1d", ["synthesize.noise=1e-3"], True),
 }
 METHODS = ("tao-nls", "ngd", "ngd-gncg", "nhb", "nesterov", "nnesterov")
 NEURAL = [  # what every neural run shares (the case's network, the shipped solver settings)

@@ -42,7 +42,7 @@ def inverse_fields(
     mesh, on the mid-plane across its thinnest direction (the sites projected onto it).
     Collective."""
     p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
-    symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
+    symbol = {"elasticity": "E", "source": "f", "reaction": "k"}.get(built.model.name, "κ")
     panels: dict[str, Any] = {}
     for name, function in ((f"true {symbol}", built.truth), (f"recovered {symbol}", recovered)):
         if function is None:
@@ -111,7 +111,7 @@ def uncertainty(
     """The posterior mean, its pointwise σ and, where the truth is known, |error| / σ, each on
     its own colour scale (a 3D mesh: on its mid-plane section). Collective."""
     p1 = dolfinx.fem.functionspace(built.mesh, ("Lagrange", 1))
-    symbol = {"elasticity": "E", "source": "f"}.get(built.model.name, "κ")
+    symbol = {"elasticity": "E", "source": "f", "reaction": "k"}.get(built.model.name, "κ")
     shown = [(f"mean {symbol}", mean), (f"σ of {symbol}", std)]
     if built.truth is not None:
         ratio = dolfinx.fem.Function(mean.function_space)

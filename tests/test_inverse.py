@@ -51,6 +51,8 @@ def build(comm, kind, observation, n=6, regularization=("h1", 1e-3)):
             model = models.diffusion(space, m, f=1 + x[1], bcs=bcs)
         elif kind == "source":
             model = models.source(space, m, kappa=2.0, bcs=bcs)
+        elif kind == "reaction":
+            model = models.reaction(space, m, diffusion=0.5, f=1 + x[1], bcs=bcs)
         else:
             model = models.nonlinear_diffusion(space, m, f=1 + x[1], bcs=bcs)
     bs = space.dofmap.index_map_bs
@@ -74,7 +76,7 @@ def build(comm, kind, observation, n=6, regularization=("h1", 1e-3)):
 
 CASES = [
     (kind, observation)
-    for kind in ("diffusion", "source", "elasticity", "nonlinear")
+    for kind in ("diffusion", "source", "elasticity", "nonlinear", "reaction")
     for observation in ("points", "averages", "full")
     if not (kind == "elasticity" and observation == "averages")
 ]
@@ -149,7 +151,9 @@ def test_gauss_newton_rows_equal_finite_difference_sensitivities(comm):
 
 
 @pytest.mark.parametrize(
-    ("kind", "observation"), [c for c in CASES if c[1] != "full"], ids="-".join
+    ("kind", "observation"),
+    [c for c in CASES if c[1] != "full"],
+    ids=["-".join(c) for c in CASES if c[1] != "full"],
 )
 def test_adjoint_and_tangent_jacobians_agree(comm, kind, observation):
     """B S J by one transposed solve per observation row equals B S J by one tangent solve

@@ -193,6 +193,10 @@ def _inverse(
         for key in ("dt", "steps", "scheme", "initial", "memory"):
             if key in t.data:
                 raise t.fail(key, f"only for a transient model (kind = {TRANSIENT[0]!r})")
+    if kind == "reaction":
+        timing["diffusion"] = t.number("diffusion", 1.0, low=0.0, low_open=True)
+    elif "diffusion" in t.data:
+        raise t.fail("diffusion", "only for kind = 'reaction' (λ in λΔu − k u = f)")
     model = ModelSettings(
         kind=kind,
         degree=t.integer("degree", 2, low=1),

@@ -50,6 +50,7 @@ class ModelSettings:
     traction: tuple[int, list[float]] | None = None
     poisson_ratio: float = 0.3
     coefficient: str = "identity"
+    diffusion: float = 1.0  # reaction: λ in λΔu − k u = f
     # transient models (kind = "heat"): u at t = 0, the step, the number of steps, the scheme
     initial: str = "0"
     dt: float = 0.0
@@ -205,7 +206,7 @@ MOMENTA = (
 )
 SOLVERS = ("cholesky", "lm", "cutoff", "cg", "gn-cg")  # gn-cg: inverse problems only
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
-MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity", "heat")
+MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity", "heat", "reaction")
 TRANSIENT = ("heat",)
 TIME_SCHEMES = ("euler", "crank-nicolson")
 #: mesh files: gmsh, DOLFINx's XDMF (or another tool's, read by meshio) and meshio's formats

@@ -7,6 +7,7 @@ from natinv.models.builtin import (
     elasticity,
     nonlinear_diffusion,
     positive,
+    reaction,
     source,
 )
 from natinv.models.transient import TransientModel, heat
@@ -20,5 +21,6 @@ __all__ = [
     "heat",
     "nonlinear_diffusion",
     "positive",
+    "reaction",
     "source",
 ]

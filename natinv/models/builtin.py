@@ -7,6 +7,7 @@ model                      equation (weak form ``F(u, m; v) = 0``)             p
 :func:`source`             ``−∇·(κ ∇u) = m``                                   source
 :func:`elasticity`         ``−∇·σ(u) = f``, ``σ = 2μ(m) ε(u) + λ(m) tr ε(u) I``   Young's modulus
 :func:`nonlinear_diffusion` ``−∇·(m (1 + u²) ∇u) = f``                         coefficient > 0
+:func:`reaction`           ``λ Δu − m u = f``                                  reaction > 0
 =========================  ==================================================  ================
 
 Each takes the state space, the parameter Function, a source ``f`` (a number, a UFL expression of
@@ -28,7 +29,15 @@ import ufl
 from natinv import parallel
 from natinv.models.base import Model
 
-__all__ = ["diffusion", "dirichlet", "elasticity", "nonlinear_diffusion", "positive", "source"]
+__all__ = [
+    "diffusion",
+    "dirichlet",
+    "elasticity",
+    "nonlinear_diffusion",
+    "positive",
+    "reaction",
+    "source",
+]
 
 Data = float | ufl.core.expr.Expr | Sequence[float]
 
@@ -182,4 +191,30 @@ def nonlinear_diffusion(
 
     options.setdefault("check", positive("the diffusion coefficient"))
     options.setdefault("name", "nonlinear-diffusion")
+    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+
+
+def reaction(
+    space: dolfinx.fem.FunctionSpace,
+    parameter: dolfinx.fem.Function,
+    diffusion: float = 1.0,
+    f: Data = 1.0,
+    bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
+    **options: Any,
+) -> Model:
+    """``λ Δu − k u = f`` with the reaction coefficient ``k = m > 0`` (checked) and a constant
+    ``λ = diffusion > 0``: the diffusion–reaction problem of the gPINN benchmark (Yu, Lu, Meng &
+    Karniadakis 2022, Comput. Methods Appl. Mech. Engrg. 393). Weak form ``λ(∇u, ∇v) + (k u, v)
+    + (f, v) = 0``."""
+    if not (np.isfinite(diffusion) and diffusion > 0):
+        raise ValueError(f"Invalid diffusion λ = {diffusion}: must be > 0")
+    source_term = _expr(space.mesh, f)
+    lam = dolfinx.fem.Constant(space.mesh, float(diffusion))
+
+    def residual(u, m, v):  # type: ignore[no-untyped-def]
+        form = lam * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx + m * u * v * ufl.dx
+        return form + source_term * v * ufl.dx
+
+    options.setdefault("check", positive("the reaction coefficient"))
+    options.setdefault("name", "reaction")
     return Model(space, parameter, residual, _bcs(space, bcs), **options)

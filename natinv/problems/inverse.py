@@ -130,6 +130,15 @@ def model_of(
             memory=int(case.model.memory * 2**20),
             options_prefix=prefix,
         )
+    if case.model.kind == "reaction":
+        return models.reaction(
+            state,
+            parameter,
+            diffusion=case.model.diffusion,
+            f=source,
+            bcs=bcs,
+            options_prefix=prefix,
+        )
     if case.model.kind == "diffusion":
         return models.diffusion(
             state,
