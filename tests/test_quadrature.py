@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dolfinx
 import numpy as np
 import pytest
@@ -67,3 +69,28 @@ def test_cell_quadrature_evaluates_a_function_at_its_points(comm):
     q = cell_quadrature(mesh, 3)
     x = q.points
     np.testing.assert_allclose(q.evaluate(u), x[:, 0] ** 2 + x[:, 0] * x[:, 1], atol=1e-13)
+
+
+def test_boundary_normals_satisfy_the_divergence_theorem(comm):
+    """∫_∂Ω x·n ds = d |Ω| with the boundary quadrature's outward normals, on an interval, a
+    square, a cube and the gmsh plate with a hole (whose hole's normals point into it)."""
+    import dolfinx
+    import ufl
+
+    from natinv.cases import MeshSettings
+    from natinv.domain import load_mesh
+
+    root = Path(__file__).resolve().parents[1]
+    meshes = [
+        dolfinx.mesh.create_unit_interval(comm, 5),
+        dolfinx.mesh.create_unit_square(comm, 4, 3),
+        dolfinx.mesh.create_unit_cube(comm, 2, 2, 3),
+        load_mesh(comm, MeshSettings(file=root / "meshes" / "plate_with_hole.msh"))[0],
+    ]
+    for mesh in meshes:
+        quadrature = boundary_quadrature(mesh, 2)
+        flux = quadrature.integrate(np.einsum("pg,pg->p", quadrature.points, quadrature.normals))
+        one = dolfinx.fem.Constant(mesh, 1.0)
+        volume = comm.allreduce(dolfinx.fem.assemble_scalar(dolfinx.fem.form(one * ufl.dx)))
+        assert abs(flux - mesh.geometry.dim * volume) <= 1e-12 * volume
+        assert np.allclose(np.linalg.norm(quadrature.normals, axis=1), 1.0)

@@ -282,6 +282,11 @@ def _forward(
         velocity = [t.check_formula("velocity", v, names) for v in velocity]
     # exact: Ritz at the dofs (any mesh), PINN through a multiplier (built-in boxes only)
     default_boundary = "exact" if problem == "ritz" or mesh.builtin is not None else "penalty"
+    neumann = None
+    if "neumann" in t.data:
+        neumann = _dirichlet_tags(t, "neumann")
+        if neumann == "all":
+            raise t.fail("neumann", "expected a list of boundary tags (numbers or names)")
     equation = EquationSettings(
         diffusion=t.formula("diffusion", "1", names) or "1",
         velocity=velocity,
@@ -289,6 +294,8 @@ def _forward(
         source=t.formula("source", "1", names) or "1",
         dirichlet=_dirichlet_tags(t, "dirichlet"),
         boundary_value=t.formula("boundary_value", "0", names) or "0",
+        neumann=neumann,  # type: ignore[arg-type]
+        flux=t.formula("flux", "0", names) or "0",
         boundary=t.string("boundary", default_boundary, ("exact", "penalty")),
         penalty=t.number("penalty", 1.0, low=0.0, low_open=True),
         quadrature=t.integer("quadrature", 2, low=1),
@@ -300,8 +307,24 @@ def _forward(
             '"exact" multiplies the network by a function that vanishes on the Dirichlet sides '
             'of a built-in box; on a mesh file use "penalty"',
         )
-    if problem == "pinn" and equation.dirichlet != "all":
-        raise t.fail("dirichlet", 'a PINN case imposes u = g on every boundary facet: use "all"')
+    if problem == "pinn" and equation.dirichlet != "all" and neumann is None:
+        raise t.fail(
+            "dirichlet",
+            'a PINN case imposes u = g on every boundary facet ("all") unless the rest is in '
+            "neumann (κ∇u·n = flux)",
+        )
+    if "flux" in t.data and neumann is None:
+        raise t.fail("flux", "a flux needs the neumann boundary tags it applies on")
+    if neumann is not None and equation.dirichlet == "all":
+        raise t.fail("neumann", 'the Neumann tags leave no boundary to dirichlet = "all"')
+    if problem == "pinn" and equation.boundary == "exact" and equation.dirichlet != "all":
+        sides = {1, 2, 3, 4, 5, 6}
+        if not all(isinstance(tag, int) and tag in sides for tag in equation.dirichlet):
+            raise t.fail(
+                "dirichlet",
+                '"exact" boundary values need the Dirichlet sides of the box as its side tags '
+                "(1 left, 2 right, 3 bottom, 4 top, 5 back, 6 front)",
+            )
     if problem == "ritz" and velocity is not None:
         raise t.fail("velocity", "the Ritz loss needs a symmetric form: no advection term")
     t.finish()

@@ -104,7 +104,8 @@ class SynthesizeSettings:
 
 @dataclass
 class EquationSettings:
-    """``−∇·(κ∇u) + b·∇u + c u = f``, ``u = g`` on the Dirichlet boundary (forward problems)."""
+    """``−∇·(κ∇u) + b·∇u + c u = f``, ``u = g`` on the Dirichlet boundary, ``κ∇u·n = flux`` on
+    the Neumann boundary (forward problems)."""
 
     diffusion: str = "1"
     velocity: list[str] | None = None
@@ -112,6 +113,8 @@ class EquationSettings:
     source: str = "1"
     dirichlet: list[int | str] | str = "all"
     boundary_value: str = "0"
+    neumann: list[int | str] | None = None  # boundary tags with κ∇u·n = flux
+    flux: str = "0"
     boundary: str = "exact"
     penalty: float = 1.0
     quadrature: int = 2

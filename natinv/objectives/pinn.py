@@ -81,7 +81,9 @@ class Term:
         quadrature: the points and weights (owned by this rank).
         residual: ``(u, x) -> r`` for one point ``x`` of shape ``(gdim,)``; ``u`` is the
             solution as a point function; ``r`` a scalar or a vector tensor. For a parametric
-            PINN, ``(u, x, mu) -> r`` with ``mu`` of shape ``(q,)``.
+            PINN, ``(u, x, mu) -> r`` with ``mu`` of shape ``(q,)``. A term may carry more per
+            point than its coordinates (``x`` is then a row of its quadrature's points, e.g.
+            ``[x, n]`` with the outward normal for a Neumann term).
         weight: a positive factor (a penalty for boundary terms).
         name: a label for histories.
     """
@@ -214,7 +216,7 @@ class PINN:
     def _probe(self, index: int) -> int:
         x, mu = self._points[index][:1], self._mus[index][:1]
         if x.shape[0] == 0:  # no point here: ask a point of the domain's bounding box instead
-            x = parallel.torch_from_numpy(np.zeros((1, self.field.points.shape[1])))
+            x = parallel.torch_from_numpy(np.zeros((1, self._points[index].shape[1])))
             mu = parallel.torch_from_numpy(self.samples[:1])
         params = self.field.unflatten(parallel.torch_from_numpy(self.field.parameters))
         r = self._point_residual(index)(params, x[0], mu[0])

@@ -82,32 +82,87 @@ def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
     return residual
 
 
-def _pinn(case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh) -> PINN:
+def _pinn(
+    case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any
+) -> PINN:
     eq = case.equation
     g = torch_expression(eq.boundary_value, "equation.boundary_value")
     zero_g = eq.boundary_value.strip() in ("0", "0.0")
     terms = [Term(cell_quadrature(mesh, eq.quadrature), _residual(case), name="interior")]
+    dirichlet = _covered(case, mesh, facets)
     multiplier, lift = None, None
     if eq.boundary == "exact":
         lower = np.array(case.mesh.origin)
         upper = lower + np.array(case.mesh.extent)
+        # the box's Dirichlet sides: tag 2i + 1 at x_i = lower_i, 2i + 2 at x_i = upper_i
+        sides = range(1, 2 * lower.size + 1) if eq.dirichlet == "all" else eq.dirichlet
+        factors = [((tag - 1) // 2, (tag - 1) % 2) for tag in sides]  # (axis, upper side)
 
         def multiplier(x: torch.Tensor) -> torch.Tensor:
             out = torch.ones((), dtype=torch.float64)
-            for i in range(lower.size):
-                out = out * (x[i] - lower[i]) * (upper[i] - x[i])
+            for axis, high in factors:
+                out = out * ((upper[axis] - x[axis]) if high else (x[axis] - lower[axis]))
             return out
 
         lift = None if zero_g else g
     else:
-        points = boundary_quadrature(mesh, eq.boundary_quadrature)
+        points = boundary_quadrature(mesh, eq.boundary_quadrature, facets=dirichlet)
         terms.append(
             Term(points, lambda u, x, *mu: u(x) - g(x), weight=eq.penalty, name="boundary")
         )
+    if eq.neumann is not None:
+        terms.append(_neumann(case, mesh, facets))
     samples = None
     if case.parametric is not None:
         samples = np.array(case.parametric.samples)[:, None]
     return PINN(field, terms, multiplier=multiplier, lift=lift, samples=samples)
+
+
+def _covered(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> Any:
+    """The local Dirichlet facets of a PINN case; with Neumann tags, every boundary facet must
+    be in one of the two (a facet in neither would have no condition). Collective."""
+    eq = case.equation
+    where = f"{case.source}: equation.dirichlet"
+    dirichlet = domain.boundary_facets(mesh, facets, eq.dirichlet, where)
+    if eq.neumann is None:
+        return dirichlet
+    neumann = domain.boundary_facets(mesh, facets, eq.neumann, f"{case.source}: equation.neumann")
+    fdim = mesh.topology.dim - 1
+    owned = mesh.topology.index_map(fdim).size_local
+    exterior = dolfinx.mesh.exterior_facet_indices(mesh.topology)
+    missing = np.setdiff1d(exterior[exterior < owned], np.union1d(dirichlet, neumann)).size
+    missing = int(mesh.comm.allreduce(missing))
+    parallel.check_all(
+        mesh.comm,
+        missing == 0,
+        f"{case.source}: equation.neumann: {missing} boundary facet(s) in neither dirichlet "
+        f"{eq.dirichlet} nor neumann {eq.neumann}; a PINN needs a condition on every facet",
+    )
+    return dirichlet
+
+
+def _neumann(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> Term:
+    """The rows ``κ∇u·n − flux`` at the Neumann boundary's points; each point carries its
+    outward normal (the rows' points are ``[x, n]``)."""
+    eq = case.equation
+    names = _names(case)
+    assert eq.neumann is not None
+    where = domain.boundary_facets(mesh, facets, eq.neumann, f"{case.source}: equation.neumann")
+    quadrature = boundary_quadrature(mesh, eq.boundary_quadrature, facets=where)
+    assert quadrature.normals is not None
+    kappa = torch_expression(eq.diffusion, "equation.diffusion", names)
+    flux = torch_expression(eq.flux, "equation.flux", names)
+    gdim = mesh.geometry.dim
+
+    def residual(u: Callable[[torch.Tensor], torch.Tensor], xn: torch.Tensor, *mu: Any) -> Any:
+        x, n = xn[:gdim], xn[gdim:]
+        m = (mu[0][0],) if mu else ()
+        return kappa(x, *m) * torch.dot(gradient(u, x), n) - flux(x, *m)
+
+    carried = dataclasses.replace(
+        quadrature, points=np.hstack([quadrature.points, quadrature.normals])
+    )
+    return Term(carried, residual, weight=eq.penalty, name="neumann")
 
 
 def _interpolated(
@@ -142,10 +197,15 @@ def _ritz(
             form = form + eq.penalty * w * z * _ds(case, mesh, facets)
         return form
 
+    flux = _interpolated(coefficients, eq.flux, "equation.flux", (), None)
+    keep.append(flux)
+
     def ell(z: Any) -> Any:
         form = source * z * ufl.dx
         if eq.boundary == "penalty":
             form = form + eq.penalty * g * z * _ds(case, mesh, facets)
+        if eq.neumann is not None:
+            form = form + flux * z * _ds(case, mesh, facets, eq.neumann)
         return form
 
     bcs = []
@@ -155,9 +215,12 @@ def _ritz(
     return Ritz(field, a, ell, bcs=bcs), keep
 
 
-def _ds(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> ufl.Measure:
-    """The measure of the Dirichlet boundary (all exterior facets, or the tagged ones)."""
-    tags = case.equation.dirichlet
+def _ds(
+    case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, tags: Any = None
+) -> ufl.Measure:
+    """The measure of the Dirichlet boundary (all exterior facets, or the tagged ones), or of
+    the boundary of ``tags``."""
+    tags = case.equation.dirichlet if tags is None else tags
     if tags == "all":
         return ufl.ds(domain=mesh)
     return ufl.Measure("ds", domain=mesh, subdomain_data=facets, subdomain_id=tuple(tags))
@@ -184,6 +247,8 @@ def _reference(
     for i, b in enumerate(eq.velocity or []):
         a = a + coefficient(b, f"equation.velocity[{i}]") * u.dx(i) * v * ufl.dx
     ell = coefficient(eq.source, "equation.source") * v * ufl.dx
+    if eq.neumann is not None:
+        ell = ell + coefficient(eq.flux, "equation.flux") * v * _ds(case, mesh, facets, eq.neumann)
     g = _interpolated(space, eq.boundary_value, "equation.boundary_value", (), None)
     where = domain.boundary_facets(
         mesh, facets, case.equation.dirichlet, f"{case.source}: equation.dirichlet"
@@ -225,6 +290,7 @@ def _check_formulas(case: ForwardCase, check: Quadrature, boundary: Quadrature) 
         ("equation.reaction", eq.reaction, check),
         ("equation.source", eq.source, check),
         ("equation.boundary_value", eq.boundary_value, boundary),
+        ("equation.flux", eq.flux, boundary),
         *((f"equation.velocity[{i}]", b, check) for i, b in enumerate(eq.velocity or [])),
         *((("solution.exact", solution.exact, check),) if solution.exact else ()),
     ]
@@ -352,7 +418,12 @@ def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Forward
     mesh, facets = found.mesh, found.facets
     where = f"{case.source}: equation.dirichlet"
     tags = domain.resolve_tags(found, case.equation.dirichlet, where)
-    case = dataclasses.replace(case, equation=dataclasses.replace(case.equation, dirichlet=tags))
+    neumann = case.equation.neumann
+    if neumann is not None:
+        neumann = domain.resolve_tags(found, neumann, f"{case.source}: equation.neumann")
+    case = dataclasses.replace(
+        case, equation=dataclasses.replace(case.equation, dirichlet=tags, neumann=neumann)
+    )
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", settings.degree))
     network = mlp(settings.network, settings.activation, seed=case.seed)
     mus: list[float | None] = [None]
@@ -366,7 +437,7 @@ def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Forward
     keep: list[Any] = []
     objective: PINN | Ritz
     if case.problem == "pinn":
-        objective = _pinn(case, field, mesh)
+        objective = _pinn(case, field, mesh, facets)
     else:
         objective, keep = _ritz(case, field, mesh, facets)
     references, functions = [], []
