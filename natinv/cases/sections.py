@@ -273,11 +273,20 @@ def _forward(
     names = ("mu",) if parametric else ()
 
     t = root.table("equation")
+    time = t.get("time", False)
+    if not isinstance(time, bool):
+        raise t.fail("time", f"expected true or false, got {time!r}")
+    if time and problem != "pinn":
+        raise t.fail("time", 'a space–time problem needs problem = "pinn" (no energy in time)')
+    if time and mesh.gdim < 2:
+        raise t.fail("time", "needs a mesh of space and time: (x, t) or (x, y, t)")
+    spatial = mesh.gdim - (1 if time else 0)
     velocity = t.get("velocity", None)
     if velocity is not None:
-        if not (isinstance(velocity, list) and len(velocity) == mesh.gdim):
+        if not (isinstance(velocity, list) and len(velocity) == spatial):
             raise t.fail(
-                "velocity", f"expected {mesh.gdim} formula(s), one per coordinate, got {velocity!r}"
+                "velocity",
+                f"expected {spatial} formula(s), one per space coordinate, got {velocity!r}",
             )
         velocity = [t.check_formula("velocity", v, names) for v in velocity]
     # exact: Ritz at the dofs (any mesh), PINN through a multiplier (built-in boxes only)
@@ -296,6 +305,7 @@ def _forward(
         boundary_value=t.formula("boundary_value", "0", names) or "0",
         neumann=neumann,  # type: ignore[arg-type]
         flux=t.formula("flux", "0", names) or "0",
+        time=time,
         boundary=t.string("boundary", default_boundary, ("exact", "penalty")),
         penalty=t.number("penalty", 1.0, low=0.0, low_open=True),
         quadrature=t.integer("quadrature", 2, low=1),
@@ -307,11 +317,17 @@ def _forward(
             '"exact" multiplies the network by a function that vanishes on the Dirichlet sides '
             'of a built-in box; on a mesh file use "penalty"',
         )
-    if problem == "pinn" and equation.dirichlet != "all" and neumann is None:
+    if problem == "pinn" and equation.dirichlet != "all" and neumann is None and not time:
         raise t.fail(
             "dirichlet",
             'a PINN case imposes u = g on every boundary facet ("all") unless the rest is in '
             "neumann (κ∇u·n = flux)",
+        )
+    if time and equation.dirichlet == "all":
+        raise t.fail(
+            "dirichlet",
+            "name the sides with a condition: the initial time and the space boundary (e.g. "
+            "[1, 2, 3] on a rectangle of (x, t)), none at the final time",
         )
     if "flux" in t.data and neumann is None:
         raise t.fail("flux", "a flux needs the neumann boundary tags it applies on")
@@ -339,6 +355,8 @@ def _forward(
         exact=t.formula("exact", None, names),
         reference_degree=t.integer("reference_degree", 4, low=1),
     )
+    if time and solution.exact is None:
+        raise t.fail("exact", "a space–time case needs its exact solution (no reference in time)")
     t.finish()
     return equation, solution, parametric
 

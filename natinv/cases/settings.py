@@ -115,6 +115,7 @@ class EquationSettings:
     boundary_value: str = "0"
     neumann: list[int | str] | None = None  # boundary tags with κ∇u·n = flux
     flux: str = "0"
+    time: bool = False  # the last coordinate is t: u_t + (the operator in the others) = f
     boundary: str = "exact"
     penalty: float = 1.0
     quadrature: int = 2

@@ -40,7 +40,7 @@ from natinv import domain, expressions, figures, output, parallel
 from natinv.cases import ForwardCase
 from natinv.expressions import compile_expression, expression_names, torch_expression
 from natinv.fields import NeuralField, mlp
-from natinv.objectives.pinn import PINN, Term, gradient, laplacian
+from natinv.objectives.pinn import PINN, Term, gradient, hessian, laplacian
 from natinv.objectives.ritz import Ritz
 from natinv.quadrature import Quadrature, boundary_quadrature, cell_quadrature
 
@@ -52,7 +52,9 @@ def _names(case: ForwardCase) -> tuple[str, ...]:
 
 
 def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
-    """``r(u, x[, μ]) = −∇·(κ∇u) + b·∇u + c u − f`` at one point, in torch."""
+    """``r(u, x[, μ]) = −∇·(κ∇u) + b·∇u + c u − f`` at one point, in torch; for a space–time
+    case (``equation.time``: the last coordinate is t) ``u_t`` plus that operator in the
+    space coordinates."""
     eq = case.equation
     names = _names(case)
     kappa = torch_expression(eq.diffusion, "equation.diffusion", names)
@@ -65,16 +67,22 @@ def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
         for i, b in enumerate(eq.velocity or [])
     ]
     constant = not (expression_names(eq.diffusion) & {"x", "y", "z"})
+    space = slice(None, -1) if eq.time else slice(None)  # the space coordinates
 
     def residual(u: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *mu: Any) -> Any:
         m = (mu[0][0],) if mu else ()
-        if constant:  # −κΔu
+        if constant and not eq.time:  # −κΔu
             r = -kappa(x, *m) * laplacian(u, x)
-        else:  # −∇·(κ∇u) by differentiating the flux
-            r = -torch.trace(jacfwd(lambda y: kappa(y, *m) * gradient(u, y))(x))
-        if velocity:
+        elif constant:  # −κ Δ_x u (space–time)
+            r = -kappa(x, *m) * torch.trace(hessian(u, x)[space, space])
+        else:  # −∇·(κ∇u) by differentiating the flux (its space part)
+            flux = jacfwd(lambda y: kappa(y, *m) * gradient(u, y)[space])(x)
+            r = -torch.trace(flux[:, space])
+        if velocity or eq.time:
             du = gradient(u, x)
             r = r + sum(b(x, *m) * du[i] for i, b in enumerate(velocity))
+            if eq.time:
+                r = r + du[-1]  # ∂u/∂t
         if reaction is not None:
             r = r + reaction(x, *m) * u(x)
         return r - source(x, *m)
@@ -124,7 +132,7 @@ def _covered(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> Any:
     eq = case.equation
     where = f"{case.source}: equation.dirichlet"
     dirichlet = domain.boundary_facets(mesh, facets, eq.dirichlet, where)
-    if eq.neumann is None:
+    if eq.neumann is None:  # (space–time: the final time has no condition)
         return dirichlet
     neumann = domain.boundary_facets(mesh, facets, eq.neumann, f"{case.source}: equation.neumann")
     fdim = mesh.topology.dim - 1
