@@ -506,3 +506,23 @@ def test_the_gpinn_reaction_case_identifies_k_below_the_published_error(comm, sh
     assert summary["relative_l2_error"] < 4e-3
     assert summary["sensors"] == 100
     assert (folder / "fields.png").is_file() and (folder / "misfit.png").is_file()
+
+
+def test_the_baseline_steps_back_from_a_field_the_model_refuses(comm, shared_tmp):
+    """On the gPINN reaction case TAO's default line search (Moré–Thuente) fails at the first
+    step, whose trial fields have k ≤ 0 (an infinite objective); the baseline goes on from its
+    last iterate with Armijo backtracking: five iterations are taken and the misfit falls."""
+    folder = shared_tmp / "reaction-tao"
+    case = ROOT / "cases" / "reaction_gpinn_1d.toml"
+    args = ["run", str(case), "--quiet", "--iterations", "5"]
+    for item in (
+        f"output.folder='{folder}'",
+        "optimizer.kind='tao-nls'",
+        "regularization.alpha=1e-4",
+    ):
+        args += ["--set", item]
+    assert main(args) == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["iterations"] == 5 and summary["stopped"] == "iterations", summary
+    misfits = history_column(folder, "misfit")
+    assert misfits[-1] < 0.5 * misfits[0], misfits

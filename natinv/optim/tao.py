@@ -9,7 +9,11 @@ way reduced-space inversions are done with hIPPYlib or dolfin-adjoint.
 Methods: ``lmvm`` (L-BFGS with TAO's default scaled-identity initial Hessian: the preconditioner
 matrix, of the regularisation's small scale, would make the first step enormous), ``nls``
 (Newton–CG with line search), ``ntr`` (Newton trust region). Every TAO/KSP option applies
-under ``-natinv_tao_``.
+under ``-natinv_tao_``. A field the model refuses (a coefficient ≤ 0) is an infinite objective;
+TAO's default (Moré–Thuente) line search fails on one, so a run whose line search failed at
+such a point goes on from its last iterate with backtracking (``armijo``), which steps back
+from it (measured on the gPINN reaction case: Moré–Thuente fails at the first step for every
+α, Armijo converges), unless a line search was chosen on the command line.
 """
 
 from __future__ import annotations
@@ -111,6 +115,9 @@ class FieldBaseline:
         self.inadmissible: str | None = None  # the last trial point the model refused
         self.history: list[dict[str, Any]] = []
         self._start = 0.0
+        self._accepted: npt.NDArray[np.float64] | None = None  # the last iterate
+        self._offset = 0  # iterations before a restart with another line search
+        self.line_search_fallback = False
 
     def _objective_gradient(self, tao: PETSc.TAO, x: PETSc.Vec, g: PETSc.Vec) -> float:
         try:
@@ -133,8 +140,11 @@ class FieldBaseline:
 
     def _monitor(self, tao: PETSc.TAO) -> None:
         its, value, gnorm, *_ = tao.getSolutionStatus()
+        self._accepted = np.array(tao.getSolution().array_r)
+        if self.history and self._offset and int(its) == 0:
+            return  # the restart's first point is the last iterate, already recorded
         record = {
-            "iteration": int(its),
+            "iteration": int(its) + self._offset,
             "loss": float(value),
             "gradient_norm": float(gnorm),
             "time": time.perf_counter() - self._start,
@@ -175,9 +185,32 @@ class FieldBaseline:
         self.tao.setTolerances(gatol=gatol, grtol=grtol, gttol=gttol)
         self.tao.setMonitor(self._monitor)
         self._start = time.perf_counter()
+        self._offset = 0
+        self.history = []  # this run's records
         self.tao.solve(self.x)
+        prefix = self.tao.getOptionsPrefix() or ""
+        chosen = PETSc.Options().hasName(f"{prefix}tao_ls_type")
+        done = int(self.history[-1]["iteration"]) if self.history else 0  # accepted iterations
+        if (
+            self.reason == "DIVERGED_LS_FAILURE"
+            and self.inadmissible is not None
+            and not chosen
+            and done < iterations
+            and self._accepted is not None
+        ):
+            self.line_search_fallback = True
+            self.x.array[:] = self._accepted
+            self._offset = done
+            self.tao.getLineSearch().setType("armijo")
+            self.tao.setMaximumIterations(int(iterations) - done)
+            self.tao.solve(self.x)
         self.tao.cancelMonitor()
         return np.array(self.x.array_r)
+
+    @property
+    def iterations(self) -> int:
+        """Accepted iterations of the last run (both parts of a run restarted with Armijo)."""
+        return int(self.history[-1]["iteration"]) if self.history else 0
 
     @property
     def reason(self) -> str:
