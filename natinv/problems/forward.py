@@ -90,9 +90,7 @@ def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
     return residual
 
 
-def _pinn(
-    case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any
-) -> PINN:
+def _pinn(case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any) -> PINN:
     eq = case.equation
     g = torch_expression(eq.boundary_value, "equation.boundary_value")
     zero_g = eq.boundary_value.strip() in ("0", "0.0")
@@ -223,9 +221,7 @@ def _ritz(
     return Ritz(field, a, ell, bcs=bcs), keep
 
 
-def _ds(
-    case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, tags: Any = None
-) -> ufl.Measure:
+def _ds(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, tags: Any = None) -> ufl.Measure:
     """The measure of the Dirichlet boundary (all exterior facets, or the tagged ones), or of
     the boundary of ``tags``."""
     tags = case.equation.dirichlet if tags is None else tags
