@@ -435,17 +435,29 @@ def test_zero_iterations_write_the_start(comm, shared_tmp):
     assert (folder / "history.csv").read_text().strip() == "optimizer"
 
 
-def test_an_inadmissible_trial_point_ends_a_tao_run_cleanly(comm, shared_tmp):
+@pytest.mark.parametrize("chosen", [False, True], ids=["default", "more-thuente-chosen"])
+def test_an_inadmissible_trial_point_ends_a_tao_run_cleanly(
+    comm, shared_tmp, chosen, petsc_options
+):
     """TAO L-BFGS on κ itself (no positivity) steps to κ ≤ 0 at once: the model refuses the
-    trial point (a SolveError, an infinite loss for the line search) and TAO stops with its
-    own reason instead of a PETSc error and a traceback."""
-    folder = shared_tmp / "lmvm"
+    trial point (a SolveError, an infinite loss for the line search). By default the run goes
+    on from its last iterate with Armijo backtracking and takes its three iterations; with the
+    Moré–Thuente line search chosen on the command line it stops with TAO's own reason — in
+    neither case a PETSc error and a traceback. (``petsc_options`` removes the options the
+    command line added.)"""
+    folder = shared_tmp / f"lmvm-{chosen}"
     args = ["run", str(LSHAPE), "--iterations", "3", "--quiet"]
     for item in ("optimizer.kind='tao-lmvm'", "optimizer.stop='none'", f"output.folder='{folder}'"):
         args += ["--set", item]
+    if chosen:
+        args += ["--", "-natinv_tao_tao_ls_type", "more-thuente"]
     assert main(args) == 0
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["stopped"] == "DIVERGED_LS_FAILURE"
+    if chosen:
+        assert summary["stopped"] == "DIVERGED_LS_FAILURE"
+    else:
+        assert summary["stopped"] == "iterations" and summary["iterations"] == 3, summary
+        assert np.isfinite(summary["misfit"])
 
 
 def test_only_solve_errors_read_as_an_infinite_loss(comm, monkeypatch):
