@@ -118,7 +118,14 @@ A forward case (``problem = "pinn"`` or ``"ritz"``: the network is the PDE's sol
     source = "1"                               # f
     dirichlet = "all"                          # or boundary tags (ritz: natural elsewhere)
     boundary_value = "0"                       # g, a formula of x, y
-    boundary = "exact"                         # exact | penalty (pinn: exact on built-in boxes)
+    # neumann = [3, 4]; flux = "2*y"           # κ∇u·n = flux on those tags (pinn: rows with
+                                               # the outward normals; dirichlet + neumann
+                                               # must cover the boundary)
+    # time = true                              # the last coordinate is t (pinn, space–time
+                                               # mesh): u_t + the operator in the others;
+                                               # dirichlet names the sides (none at final t)
+    boundary = "exact"                         # exact | penalty (pinn: exact on built-in
+                                               # boxes, on the dirichlet sides)
     penalty = 1.0; quadrature = 2; boundary_quadrature = 2
 
     [parametric]                               # one PDE parameter μ (pinn)
