@@ -243,3 +243,20 @@ def ensure_finite(
         )
 
     check_all(comm, finite, message, error)
+
+
+def stream_rows(
+    rng: np.random.Generator, count: int, width: int, rows: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """Rows ``rows`` of a ``(count, width)`` standard normal array drawn from ``rng`` row by
+    row: a row's values depend on its index alone, not on which rank asks for it (noise that
+    is the same on any partition). Every rank draws the whole stream, in chunks of about 8 MB:
+    memory independent of ``count``. Not collective."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((rows.size, width))
+    chunk = max(1, 2**20 // max(width, 1))
+    for start in range(0, count, chunk):
+        draws = rng.standard_normal((min(chunk, count - start), width))
+        mine = (rows >= start) & (rows < start + draws.shape[0])
+        out[mine] = draws[rows[mine] - start]
+    return out

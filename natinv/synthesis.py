@@ -160,15 +160,7 @@ def _node_noise(space: dolfinx.fem.FunctionSpace, seed: int) -> npt.NDArray[np.f
     inputs = np.empty(local, dtype=np.int64)
     # P1 dofs and first-order geometry nodes share the reference cell's vertex order
     inputs[space.dofmap.list] = mesh.geometry.input_global_indices[mesh.geometry.dofmaps[0]]
-    # the global stream, drawn in chunks: memory per rank independent of the mesh size
-    rng = np.random.default_rng(seed)
-    out = np.empty((local, bs))
-    chunk = max(1, 2**20 // bs)
-    for start in range(0, nodes, chunk):
-        draws = rng.standard_normal((min(chunk, nodes - start), bs))
-        mine = (inputs >= start) & (inputs < start + draws.shape[0])
-        out[mine] = draws[inputs[mine] - start]
-    return out.reshape(-1)
+    return parallel.stream_rows(np.random.default_rng(seed), nodes, bs, inputs).reshape(-1)
 
 
 def _synthesize_field(case: InverseCase, comm: MPI.Comm) -> SensorData:

@@ -276,8 +276,8 @@ class PriorNoise:
 
 def _cell_noise(space: Any, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     """Standard normal values for the local dofs of a quadrature space, each cell's drawn from
-    the global stream at its input index (the same values on any partition). Collective in
-    nothing: every rank draws the whole stream, in chunks."""
+    the global stream at its input index (:func:`natinv.parallel.stream_rows`: the same values
+    on any partition). Not collective."""
     mesh = space.mesh
     tdim = mesh.topology.dim
     cells = mesh.topology.index_map(tdim)
@@ -285,12 +285,7 @@ def _cell_noise(space: Any, rng: np.random.Generator) -> npt.NDArray[np.float64]
     per_cell = space.dofmap.list.shape[1] * space.dofmap.index_map_bs
     total = cells.size_global
     original = np.asarray(mesh.topology.original_cell_index, dtype=np.int64)[:local]
-    values = np.zeros((local, per_cell))
-    chunk = max(1, 2**20 // per_cell)
-    for start in range(0, total, chunk):
-        draws = rng.standard_normal((min(chunk, total - start), per_cell))
-        mine = (original >= start) & (original < start + draws.shape[0])
-        values[mine] = draws[original[mine] - start]
+    values = parallel.stream_rows(rng, total, per_cell, original)
     bs = space.dofmap.index_map_bs
     out = np.zeros(space.dofmap.index_map.size_local * bs + space.dofmap.index_map.num_ghosts * bs)
     dofs = space.dofmap.list[:local]

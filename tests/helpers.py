@@ -53,3 +53,14 @@ def read_checkpoint(folder):
         "state": decode(header["state"], arrays),
         "rng": decode(header["rng"], arrays),
     }
+
+
+def central_differences(values, theta, h=1e-6):
+    """The owned rows' central differences ``(values(θ + h e_j) − values(θ − h e_j)) / 2h``, a
+    column per parameter: the reference a Jacobian of rows is checked against."""
+    columns = []
+    for j in range(theta.size):
+        e = np.zeros_like(theta)
+        e[j] = h
+        columns.append((values(theta + e) - values(theta - e)) / (2 * h))
+    return np.stack(columns, axis=1)

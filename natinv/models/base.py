@@ -159,6 +159,12 @@ class Model:
         """Zero the owned entries of the Dirichlet dofs (homogeneous conditions)."""
         vector.array[: self._constrained.size][self._constrained] = 0.0
 
+    def _zero_bc_block(self, block: PETSc.Mat) -> None:
+        """Zero the owned Dirichlet rows of a dense block (state × k) and assemble it."""
+        if self._constrained.any():
+            block.getDenseArray()[self._constrained, :] = 0.0
+        block.assemble()
+
     def _assemble_operator(self) -> None:
         """``A = ∂F/∂u`` at the current ``u``, with the Dirichlet rows and columns replaced by
         the identity; the KSP refactorises on its next solve."""
@@ -383,9 +389,7 @@ class Model:
         self._require_solution()
         rhs = self._sensitivity().matMult(directions)
         rhs.scale(-1.0)
-        if self._constrained.any():
-            rhs.getDenseArray()[self._constrained, :] = 0.0
-        rhs.assemble()
+        self._zero_bc_block(rhs)
         solution = self._mat_solve(rhs, transpose=False)
         rhs.destroy()
         return solution
@@ -439,9 +443,7 @@ class Model:
         Its column layout is that of ``rows``. Collective."""
         self._require_solution()
         solution = self._mat_solve(rows, transpose=True)
-        if self._constrained.any():
-            solution.getDenseArray()[self._constrained, :] = 0.0
-        solution.assemble()
+        self._zero_bc_block(solution)
         gradients = self._sensitivity().transposeMatMult(solution)
         gradients.scale(-1.0)
         solution.destroy()

@@ -318,13 +318,9 @@ class TransientModel:
                 coupled.destroy()
                 coupled = None
             g.scale(-1.0)
-            if model._constrained.any():
-                g.getDenseArray()[model._constrained, :] = 0.0
-            g.assemble()
+            model._zero_bc_block(g)
             adjoint = model._mat_solve(g, transpose=True)
-            if model._constrained.any():
-                adjoint.getDenseArray()[model._constrained, :] = 0.0
-            adjoint.assemble()
+            model._zero_bc_block(adjoint)
             part = model._sensitivity().transposeMatMult(adjoint)
             if gradient is None:
                 gradient = part
@@ -356,13 +352,9 @@ class TransientModel:
         rhs = seeds.copy()
         rhs.scale(-1.0)
         for _ in range(self.steps):
-            if model._constrained.any():
-                rhs.getDenseArray()[model._constrained, :] = 0.0
-            rhs.assemble()
+            model._zero_bc_block(rhs)
             adjoint = model._mat_solve(rhs, transpose=True)
-            if model._constrained.any():
-                adjoint.getDenseArray()[model._constrained, :] = 0.0
-            adjoint.assemble()
+            model._zero_bc_block(adjoint)
             adjoints.append(adjoint)
             rhs.destroy()
             rhs = self._coupling_matrix().transposeMatMult(adjoint)
@@ -402,9 +394,7 @@ class TransientModel:
                 coupled.destroy()
                 current.destroy()
             rhs.scale(-1.0)
-            if model._constrained.any():
-                rhs.getDenseArray()[model._constrained, :] = 0.0
-            rhs.assemble()
+            model._zero_bc_block(rhs)
             current = model._mat_solve(rhs, transpose=False)
             rhs.destroy()
             observe(n + 1, current)
