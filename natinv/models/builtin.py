@@ -94,6 +94,23 @@ def _bcs(space: dolfinx.fem.FunctionSpace, bcs: Sequence[dolfinx.fem.DirichletBC
     return [dirichlet(space)] if bcs is None else list(bcs)
 
 
+def _diffusion_form(
+    mesh: dolfinx.mesh.Mesh, f: Data, flux: Data | None, coefficient: str
+) -> Callable[..., ufl.Form]:
+    """``(u, m, v[, t]) -> (κ∇u, ∇v) − (f, v) − (flux, v)_∂Ω`` with ``κ = m`` or ``exp(m)``:
+    the residual of :func:`diffusion` and of the heat equation's space part."""
+    if coefficient not in ("identity", "exp"):
+        raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
+    source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
+
+    def residual(u, m, v, t=None):  # type: ignore[no-untyped-def]
+        kappa = ufl.exp(m) if coefficient == "exp" else m
+        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
+        return form - g * v * ufl.ds if g is not None else form
+
+    return residual
+
+
 def diffusion(
     space: dolfinx.fem.FunctionSpace,
     parameter: dolfinx.fem.Function,
@@ -106,16 +123,7 @@ def diffusion(
     """``−∇·(κ ∇u) = f`` with ``κ = m > 0`` (checked), or ``κ = exp(m)`` for
     ``coefficient="exp"`` (the parameter is log κ); ``κ ∇u·n = flux`` where no condition is
     set."""
-    if coefficient not in ("identity", "exp"):
-        raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
-    mesh = space.mesh
-    source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
-
-    def residual(u, m, v):  # type: ignore[no-untyped-def]
-        kappa = ufl.exp(m) if coefficient == "exp" else m
-        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
-        return form - g * v * ufl.ds if g is not None else form
-
+    residual = _diffusion_form(space.mesh, f, flux, coefficient)
     if coefficient == "identity":
         options.setdefault("check", positive("the diffusion coefficient"))
     options.setdefault("name", "diffusion")

@@ -471,18 +471,9 @@ def heat(
     is set (default ``u = 0`` on the whole boundary). ``f`` and ``flux`` are numbers, UFL
     expressions or Functions; ``options`` go to :class:`TransientModel` (``scheme``,
     ``capacity``, ...)."""
-    from natinv.models.builtin import _bcs, _expr, positive
+    from natinv.models.builtin import _bcs, _diffusion_form, positive
 
-    if coefficient not in ("identity", "exp"):
-        raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
-    mesh = space.mesh
-    source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
-
-    def residual(u, m, v, t):  # type: ignore[no-untyped-def]
-        kappa = ufl.exp(m) if coefficient == "exp" else m
-        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
-        return form - g * v * ufl.ds if g is not None else form
-
+    residual = _diffusion_form(space.mesh, f, flux, coefficient)
     if coefficient == "identity":
         options.setdefault("check", positive("the conductivity"))
     options.setdefault("name", "heat")
