@@ -1,27 +1,39 @@
-"""ENGD's 2D Poisson problem: natural gradient with and without momentum, side by side.
+"""ENGD's 2D Poisson problem: the natural direction's solver, with and without momentum, side by
+side.
 
 −Δu = 2π² sin πx sin πy on the unit square, u = 0 on the boundary (exact u = sin πx sin πy),
-N an MLP [2, 64, 1] tanh (P = 257), residual loss at the midpoints of the 882 triangles of a
-21 × 21 mesh, Gauss–Newton (ENGD) metric, log-grid line search. Boundary conditions:
+N an MLP [2, 64, 1] tanh (P = 257), residual loss at the cell midpoints (882 triangles of the
+21 × 21 box, or the 946 of ``meshes/unit_square.msh`` with ``--mesh gmsh``), Gauss–Newton (ENGD)
+metric, log-grid line search. Boundary conditions:
 
 ``--boundary hard`` (default): u = x(1 − x)y(1 − y)·N(x, y), exact boundary values.
-``--boundary penalty``: u = N(x, y) and a penalty term ½·¼∫_∂Ω u² ds at 2 Gauss points on each of
-    the 84 boundary facets (168 points): ENGD's setting (Müller & Zeinhofer 2023: 900 interior and
+``--boundary penalty``: u = N(x, y) and a penalty term ½·¼∫_∂Ω u² ds at 2 Gauss points on each
+    boundary facet (168 on the box): ENGD's setting (Müller & Zeinhofer 2023: 900 interior and
     120 boundary points, the mean of each squared residual; the ¼ turns the perimeter-4 integral
     into that mean).
 
-Prints, per method, the iterations and wall time to a relative L2 error of 1e-6 and 1e-7, and the
-final error after ``--budget`` seconds.
+Directions (``--methods``, comma-separated):
+``cholesky``: Cholesky of ``G + λI`` (``--damping`` λ);
+``cutoff``: the pseudo-inverse of ``G`` above ``--cutoff`` × its largest eigenvalue (the
+    reference code's rule, 1e-13);
+``least-squares``: ``min ‖M^½(Jd − r)‖`` by QR and SVD of ``J`` itself, singular values above
+    ``--ls-cutoff`` × the largest (default 1e-10), no damping.
 
-Usage: ``python bench/poisson2d.py [--budget 300] [--damping 1e-10] [--method cutoff
-[--cutoff 1e-13]] [--boundary penalty]
-[--betas 0.3,0.5] [--spring-betas 0.9]`` (serial; one BLAS thread).
+Prints, per method, momentum and seed, the iterations and wall time to a relative L2 error of
+1e-6, 1e-7 and 1e-8 and the final error, then the median over the seeds. A run stops after
+``--budget`` seconds, at ``--target``, or when no step lowers the loss.
+
+Usage: ``python bench/poisson2d.py [--budget 300] [--methods cholesky,least-squares]
+[--boundary penalty] [--mesh gmsh] [--seeds 0,1,2,3,4] [--momenta none,natural-heavy-ball]
+[--beta 0.5]`` (serial; one BLAS thread).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from pathlib import Path
 
 import natinv  # first: the DOLFINx wheel's libraries
 
@@ -32,9 +44,14 @@ import dolfinx
 import numpy as np
 import torch
 
+from natinv.directions import LeastSquaresSolver
+from natinv.domain import read_msh
 from natinv.objectives.pinn import PINN, Term, laplacian
 from natinv.optim import NaturalGradientDescent
 from natinv.quadrature import boundary_quadrature, cell_quadrature
+
+LEVELS = (1e-6, 1e-7, 1e-8)
+MESH = Path(__file__).resolve().parents[1] / "meshes" / "unit_square.msh"
 
 
 def exact(x: np.ndarray) -> np.ndarray:
@@ -46,11 +63,14 @@ def residual(u, x):  # type: ignore[no-untyped-def]
     return -laplacian(u, x) - source
 
 
-def run(momentum: str, beta: float, args: argparse.Namespace) -> dict[str, float]:
+def run(method: str, momentum: str, seed: int, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     comm = MPI.COMM_WORLD
-    mesh = dolfinx.mesh.create_unit_square(comm, 21, 21)
+    if args.mesh == "box":
+        mesh = dolfinx.mesh.create_unit_square(comm, 21, 21)
+    else:
+        mesh = read_msh(comm, MESH, str(MESH)).mesh
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
-    field = natinv.NeuralField(space, natinv.mlp([2, 64, 1], seed=args.seed))
+    field = natinv.NeuralField(space, natinv.mlp([2, 64, 1], seed=seed))
     interior = Term(cell_quadrature(mesh, 1), residual, name="interior")
     if args.boundary == "hard":
         pinn = PINN(field, [interior], multiplier=lambda x: x[0] * (1 - x[0]) * x[1] * (1 - x[1]))
@@ -58,7 +78,11 @@ def run(momentum: str, beta: float, args: argparse.Namespace) -> dict[str, float
         boundary = Term(boundary_quadrature(mesh, 3), lambda u, x: u(x), 0.25, "boundary")
         pinn = PINN(field, [interior, boundary])
     check = cell_quadrature(mesh, 6)
-    solver = natinv.NaturalSolver(pinn.gram, args.method, damping=args.damping, cutoff=args.cutoff)
+    if method == "least-squares":
+        solver = LeastSquaresSolver(pinn.gram, 0.0, args.ls_cutoff)
+    else:
+        solver = natinv.NaturalSolver(pinn.gram, method, damping=args.damping, cutoff=args.cutoff)
+    beta = args.beta if momentum != "none" else 0.0
     optimizer = NaturalGradientDescent(pinn, solver, momentum=momentum, beta=beta)
     field.jacobian()  # torch.func's one-time tracing, outside the clock
     elapsed, error = 0.0, np.inf
@@ -68,50 +92,66 @@ def run(momentum: str, beta: float, args: argparse.Namespace) -> dict[str, float
         record = optimizer.step()
         elapsed += time.perf_counter() - t0
         error = pinn.l2_error(exact, check, optimizer.theta, relative=True)
-        for level in (1e-6, 1e-7):
+        for level in LEVELS:
             if error <= level and level not in reached:
                 reached[level] = (optimizer.iteration, elapsed)
-        if 1e-7 in reached or record["step"] == 0.0:
+        if error <= args.target or record["step"] == 0.0:
             break
     solver.destroy()
     pinn.destroy()
     return {"iterations": optimizer.iteration, "time": elapsed, "error": error, "reached": reached}
 
 
+def _reached(result: dict, level: float) -> str:  # type: ignore[type-arg]
+    if level not in result["reached"]:
+        return "-"
+    its, seconds = result["reached"][level]
+    return f"{its} / {seconds:.1f}"
+
+
+def _median(runs: list[dict], level: float) -> str:  # type: ignore[type-arg]
+    """Median iterations / seconds to ``level`` over the runs (one that never got there counts
+    as infinite), and how many got there."""
+    its = [r["reached"][level][0] if level in r["reached"] else np.inf for r in runs]
+    times = [r["reached"][level][1] if level in r["reached"] else np.inf for r in runs]
+    hit = sum(level in r["reached"] for r in runs)
+    return f"{statistics.median(its):g} / {statistics.median(times):.1f} ({hit}/{len(runs)})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds per method")
-    parser.add_argument("--damping", type=float, default=1e-10)
-    parser.add_argument("--method", default="cholesky", help="cholesky, cutoff, lm, cg")
-    parser.add_argument("--cutoff", type=float, default=1e-13, help="relative, for cutoff")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--betas", default="0.3,0.5")
-    parser.add_argument("--spring-betas", default="0.9")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--target", type=float, default=1e-10, help="stop at this error")
+    parser.add_argument("--methods", default="cholesky,least-squares")
+    parser.add_argument("--damping", type=float, default=1e-10, help="λ of cholesky")
+    parser.add_argument("--cutoff", type=float, default=1e-13, help="of G's eigenvalues")
+    parser.add_argument("--ls-cutoff", type=float, default=1e-10, help="of J's singular values")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--momenta", default="none")
+    parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--boundary", choices=("hard", "penalty"), default="hard")
+    parser.add_argument("--mesh", choices=("box", "gmsh"), default="box")
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cells = " ".join(f"{f'its/s to {level:.0e}':>17}" for level in LEVELS)
+    print(f"{args.mesh}, boundary {args.boundary}, budget {args.budget:g} s")
     print(
-        f"{'method':<28} {'its to 1e-6':>11} {'s to 1e-6':>9} {'its to 1e-7':>11} "
-        f"{'s to 1e-7':>9} {'final rel L2':>12} {'its':>5} {'s':>7}"
+        f"{'method':<16} {'momentum':<20} {'seed':>4} {cells} {'final L2':>9} {'its':>5} {'s':>6}"
     )
-    runs = [("none", 0.0)] + [
-        (m, float(b))
-        for m in ("natural-nesterov", "natural-heavy-ball")
-        for b in args.betas.split(",")
-        if b
-    ]
-    runs += [("spring", float(b)) for b in args.spring_betas.split(",") if b]
-    for momentum, beta in runs:
-        r = run(momentum, beta, args)
-        cells = []
-        for level in (1e-6, 1e-7):
-            its, t = r["reached"].get(level, (None, None))
-            cells.append(f"{its if its else '-':>11} {t if t else float('nan'):9.1f}")
-        name = "plain NGD" if momentum == "none" else f"{momentum} β={beta}"
-        print(
-            f"{name:<28} {' '.join(cells)} {r['error']:12.2e} {r['iterations']:5d} "
-            f"{r['time']:7.1f}",
-            flush=True,
-        )
+    for method in args.methods.split(","):
+        for momentum in args.momenta.split(","):
+            runs = [run(method, momentum, seed, args) for seed in seeds]
+            for seed, r in zip(seeds, runs, strict=True):
+                hits = " ".join(f"{_reached(r, level):>17}" for level in LEVELS)
+                print(
+                    f"{method:<16} {momentum:<20} {seed:>4} {hits} {r['error']:9.1e} "
+                    f"{r['iterations']:5d} {r['time']:6.1f}",
+                    flush=True,
+                )
+            if len(seeds) > 1:
+                medians = " ".join(f"{_median(runs, level):>17}" for level in LEVELS)
+                final = statistics.median(r["error"] for r in runs)
+                print(f"{method:<16} {momentum:<20} {'med':>4} {medians} {final:9.1e}")
 
 
 if __name__ == "__main__":

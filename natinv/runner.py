@@ -27,8 +27,10 @@ from natinv import checkpoint, metrics, output, parallel
 from natinv.cases import Case
 from natinv.directions import (
     GaussNewtonCG,
+    LeastSquaresSolver,
     LevenbergMarquardt,
     NaturalSolver,
+    RowSolver,
     SampleSpaceSolver,
 )
 from natinv.fields import NeuralField
@@ -79,15 +81,21 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
         owned += [gram, matrix]
     else:
         gram = objective.gram
-    solver: NaturalSolver | SampleSpaceSolver
+    solver: NaturalSolver | RowSolver
     relative = LevenbergMarquardt(settings.damping or 1e-3, relative=True)
     if settings.solver == "gn-cg":  # CG with Eisenstat–Walker forcing
         solver = NaturalSolver(gram, GaussNewtonCG(), relative, options_prefix="natinv_gram_")
+    elif settings.solver == "least-squares":  # from the rows, G never formed
+        solver = LeastSquaresSolver(gram, settings.damping, settings.cutoff)
     elif _sample_space(settings, objective, gram):  # the same direction, an n × n factorisation
         solver = SampleSpaceSolver(gram, relative)
     else:
         solver = NaturalSolver(
-            gram, settings.solver, damping=settings.damping, options_prefix="natinv_gram_"
+            gram,
+            settings.solver,
+            damping=settings.damping,
+            cutoff=settings.cutoff,
+            options_prefix="natinv_gram_",
         )
     optimizer = NaturalGradientDescent(
         objective, solver, settings.step, momentum=settings.momentum, beta=settings.beta

@@ -59,7 +59,10 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     kind = "ngd"                               # ngd | adam | lbfgs | tao-nls | tao-lmvm
     # (tao-*: the classical baseline, the parameter as a finite-element field, no network)
     metric = "gauss-newton"                    # gauss-newton | l2 | h1
-    solver = "lm"; damping = 1e-3              # or cholesky | cutoff | cg | gn-cg
+    solver = "lm"; damping = 1e-3              # or cholesky | cutoff | cg | least-squares
+                                               # | gn-cg (least-squares: damping = 0)
+    cutoff = 1e-10                             # cutoff: of G's eigenvalues, least-squares:
+                                               # of J's singular values (relative)
     momentum = "none"; beta = 0.0
     step = "armijo"                            # (forward cases: "log-grid")
     iterations = 100

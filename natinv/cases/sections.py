@@ -368,11 +368,14 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
     kinds = OPTIMIZERS if problem == "inverse" else ("ngd", "adam", "lbfgs")
     metrics = ("gauss-newton", "l2", "h1") if problem == "inverse" else ("gauss-newton",)
     stops = ("discrepancy", "none", "target") if problem == "inverse" else ("none", "target")
+    solver = t.string("solver", "lm", SOLVERS if problem == "inverse" else SOLVERS[:-1])
     optimizer = OptimizerSettings(
         kind=t.string("kind", "ngd", kinds),
         metric=t.string("metric", "gauss-newton", metrics),
-        solver=t.string("solver", "lm", SOLVERS if problem == "inverse" else SOLVERS[:-1]),
-        damping=t.number("damping", 1e-3, low=0.0),
+        solver=solver,
+        # (least-squares: the cut-off regularises; λ is absolute, as for cholesky)
+        damping=t.number("damping", 0.0 if solver == "least-squares" else 1e-3, low=0.0),
+        cutoff=t.number("cutoff", 1e-10, low=0.0, high=1.0, low_open=True, high_open=True),
         momentum=t.string("momentum", "none", MOMENTA),
         beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),
         step=t.string("step", "armijo" if problem == "inverse" else "log-grid", STEPS),
@@ -383,6 +386,15 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
     )
     if optimizer.solver == "gn-cg" and optimizer.metric != "gauss-newton":
         raise t.fail("solver", '"gn-cg" (matrix-free Gauss–Newton) needs metric = "gauss-newton"')
+    if optimizer.solver == "least-squares" and (
+        problem == "ritz" or optimizer.metric != "gauss-newton"
+    ):
+        raise t.fail(
+            "solver",
+            '"least-squares" solves from the residual rows: it needs a residual loss (a PINN, '
+            'or metric = "gauss-newton" for an inverse case), not '
+            + ("the Ritz loss's energy metric" if problem == "ritz" else f"{optimizer.metric!r}"),
+        )
     if optimizer.stop == "target":
         if optimizer.target is None:
             raise t.fail("target", 'stop = "target" needs the relative L2 error to reach')

@@ -147,6 +147,7 @@ class OptimizerSettings:
     metric: str = "gauss-newton"
     solver: str = "lm"
     damping: float = 1e-3
+    cutoff: float = 1e-10
     momentum: str = "none"
     beta: float = 0.0
     step: str = "log-grid"
@@ -208,7 +209,7 @@ MOMENTA = (
     "natural-nesterov",
     "spring",
 )
-SOLVERS = ("cholesky", "lm", "cutoff", "cg", "gn-cg")  # gn-cg: inverse problems only
+SOLVERS = ("cholesky", "lm", "cutoff", "cg", "least-squares", "gn-cg")  # gn-cg: inverse only
 OPTIMIZERS = ("ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm")
 MODELS = ("diffusion", "source", "nonlinear-diffusion", "elasticity", "heat", "reaction")
 TRANSIENT = ("heat",)

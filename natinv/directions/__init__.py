@@ -25,8 +25,12 @@ override Python arguments; the KSP options of the inner solve (``-<prefix>ksp_rt
 by the method's KSP under the same prefix. Without an ``options_prefix`` a solver gets a prefix
 of its own (:func:`natinv.options.unique_prefix`).
 
-:class:`SampleSpaceSolver` solves in sample space instead, for a diagonal metric with fewer rows
-than parameters (SPRING's form, Woodbury).
+*Row solvers* (:class:`RowSolver`), for a diagonal metric (a residual loss's weights), take the
+right-hand side as rows ``w`` (``∇L = Jᵀ M w``) and never form ``G``:
+:class:`LeastSquaresSolver` solves ``min ‖M^½(Jd − w)‖`` by a parallel QR and an SVD (the
+conditioning of ``J``, not of ``G = JᵀMJ``: what a PINN needs for its last digits), and
+:class:`SampleSpaceSolver` in sample space, for fewer rows than parameters (SPRING's form,
+Woodbury).
 
 This module builds on :mod:`natinv.gram`; it must not import objectives or optimizers.
 """
@@ -41,6 +45,7 @@ import numpy.typing as npt
 
 from natinv import options, parallel
 from natinv.directions.damping import Damping, FixedDamping, LevenbergMarquardt
+from natinv.directions.least_squares import LeastSquaresSolver
 from natinv.directions.methods import (
     Cholesky,
     ConjugateGradient,
@@ -49,6 +54,7 @@ from natinv.directions.methods import (
     SpectralCutoff,
     _hint,
 )
+from natinv.directions.rows import RowSolver
 from natinv.directions.sample_space import SampleSpaceSolver
 from natinv.gram import Gram
 
@@ -60,9 +66,11 @@ __all__ = [
     "Damping",
     "FixedDamping",
     "GaussNewtonCG",
+    "LeastSquaresSolver",
     "LevenbergMarquardt",
     "Method",
     "NaturalSolver",
+    "RowSolver",
     "SampleSpaceSolver",
     "SpectralCutoff",
     "settings_from_options",

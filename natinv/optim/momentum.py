@@ -153,6 +153,8 @@ class NaturalHeavyBall(Momentum):
 
     def term(self, theta: Vector, projector: Any, tangent: Callable[[Vector], None]) -> Vector:
         tangent(theta)
+        if hasattr(projector, "solve_rows"):  # a row solver: argmin ‖M^½(J_k m − φ)‖ directly
+            return projector.solve_rows(self.displacement(projector))
         # J_kᵀ M φ: one sparse mat-vec in the rows' layout, one dense product with J's rows.
         rhs = projector.gram.pull_back(self.displacement(projector))
         return projector.solve(rhs, assemble=False)

@@ -8,9 +8,9 @@ Momentum adds ``β m_k`` to the step ``−α d``; the rules (``none``, ``heavy-b
 ``natural-heavy-ball``, ``natural-heavy-ball-diff``, ``natural-nesterov``, ``spring``) are the
 small objects of :mod:`natinv.optim.momentum`, which say what ``m_k`` is. SPRING (Goldshlager et
 al. 2024) carries the momentum in the direction instead,
-``φ_k = (G_k + λI)⁻¹(∇L − β G_k φ_{k−1}) + β φ_{k−1}`` and ``θ_{k+1} = θ_k − α φ_k``; in sample
-space with a :class:`~natinv.directions.SampleSpaceSolver`,
-``φ_k = J̃ᵀ(J̃J̃ᵀ + λI)⁻¹(ρ̃ − β J̃ φ_{k−1}) + β φ_{k−1}``.
+``φ_k = (G_k + λI)⁻¹(∇L − β G_k φ_{k−1}) + β φ_{k−1}`` and ``θ_{k+1} = θ_k − α φ_k``; with a
+row solver (:class:`~natinv.directions.RowSolver`) from the rows,
+``φ_k = argmin ‖J̃φ − (ρ̃ − β J̃ φ_{k−1})‖² + λ‖φ‖² + β φ_{k−1}``.
 
 ``p_k = θ_{k+1} − θ_k = β m_k − α d`` with α from the step rule (fixed, or the ENGD log grid over
 α with the momentum part held). Restart (O'Donoghue & Candès 2015): the velocity is dropped when
@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
-from natinv.directions import NaturalSolver, SampleSpaceSolver
+from natinv.directions import NaturalSolver, RowSolver
 from natinv.fields import NeuralField
 from natinv.gram import Gram
 from natinv.optim.momentum import MOMENTA, Momentum, Spring, make_momentum
@@ -111,18 +111,11 @@ class NaturalGradientDescent:
             raise ValueError(
                 f"Momentum {momentum!r} re-projects with G: it needs direction='natural'"
             )
-        if isinstance(solver, SampleSpaceSolver):
-            if rule.natural and not isinstance(rule, Spring):
-                raise ValueError(
-                    "The sample-space solver serves the momenta that need no re-projection "
-                    "(none, heavy-ball, nesterov, spring: it solves for right-hand sides given "
-                    f"as rows); got momentum {momentum!r}"
-                )
-            if not hasattr(objective, "row_residual"):
-                raise ValueError(
-                    f"The sample-space solver needs an objective with row_residual(θ) "
-                    f"(∇L = Jᵀ M ρ); {type(objective).__name__} has none"
-                )
+        if isinstance(solver, RowSolver) and not hasattr(objective, "row_residual"):
+            raise ValueError(
+                f"The {solver.method} solver needs an objective with row_residual(θ) "
+                f"(∇L = Jᵀ M ρ); {type(objective).__name__} has none"
+            )
         if projection is not None:
             if not rule.natural or isinstance(rule, Spring):
                 raise ValueError(
@@ -187,7 +180,7 @@ class NaturalGradientDescent:
             value_at, gradient = self.objective.value_and_gradient(point)
             if not natural:
                 return value_at, gradient, gradient
-            if isinstance(self.solver, SampleSpaceSolver):  # ∇L = Jᵀ M ρ: solve in row space
+            if isinstance(self.solver, RowSolver):  # ∇L = Jᵀ M ρ: solve from the rows
                 rows = self.objective.row_residual(point)  # type: ignore[attr-defined]
                 return value_at, gradient, self.solver.solve_rows(rows)
             return value_at, gradient, self.solver.solve(gradient, assemble=False)
@@ -278,13 +271,13 @@ class NaturalGradientDescent:
     ) -> dict[str, Any]:
         """One SPRING step (the tangent space at θ is current). Collective."""
         value, gradient = self.objective.value_and_gradient(theta)
-        sample_space = isinstance(self.solver, SampleSpaceSolver)
-        rho = self.objective.row_residual(theta) if sample_space else None  # type: ignore[attr-defined]
+        from_rows = isinstance(self.solver, RowSolver)
+        rho = self.objective.row_residual(theta) if from_rows else None  # type: ignore[attr-defined]
 
         def direction(previous: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
             beta = self.beta if previous is not None else 0.0
-            if sample_space:
-                assert isinstance(self.solver, SampleSpaceSolver) and rho is not None
+            if from_rows:
+                assert isinstance(self.solver, RowSolver) and rho is not None
                 rows = rho if previous is None else rho - beta * self.gram.apply(previous)
                 phi = self.solver.solve_rows(rows)
             else:
