@@ -16,8 +16,9 @@ Directions (``--methods``, comma-separated):
 ``cholesky``: Cholesky of ``G + λI`` (``--damping`` λ);
 ``cutoff``: the pseudo-inverse of ``G`` above ``--cutoff`` × its largest eigenvalue (the
     reference code's rule, 1e-13);
-``least-squares``: ``min ‖M^½(Jd − r)‖`` by QR and SVD of ``J`` itself, singular values above
-    ``--ls-cutoff`` × the largest (default 1e-10), no damping.
+``least-squares``: ``min ‖M^½(Jd − r)‖² + λ‖d‖²`` by QR and SVD of ``J`` itself, singular
+    values above ``--ls-cutoff`` × the largest (default 1e-10), λ shrinking from
+    ``--ls-damping`` × max diag G (default 1e-10; 0: no damping).
 
 Prints, per method, momentum and seed, the iterations and wall time to a relative L2 error of
 1e-6, 1e-7 and 1e-8 and the final error, then the median over the seeds. A run stops after
@@ -44,7 +45,7 @@ import dolfinx
 import numpy as np
 import torch
 
-from natinv.directions import LeastSquaresSolver
+from natinv.directions import LeastSquaresSolver, ShrinkingDamping
 from natinv.domain import read_msh
 from natinv.objectives.pinn import PINN, Term, laplacian
 from natinv.optim import NaturalGradientDescent
@@ -79,7 +80,8 @@ def run(method: str, momentum: str, seed: int, args: argparse.Namespace) -> dict
         pinn = PINN(field, [interior, boundary])
     check = cell_quadrature(mesh, 6)
     if method == "least-squares":
-        solver = LeastSquaresSolver(pinn.gram, 0.0, args.ls_cutoff)
+        damping = ShrinkingDamping(args.ls_damping) if args.ls_damping > 0 else 0.0
+        solver = LeastSquaresSolver(pinn.gram, damping, args.ls_cutoff)
     else:
         solver = natinv.NaturalSolver(pinn.gram, method, damping=args.damping, cutoff=args.cutoff)
     beta = args.beta if momentum != "none" else 0.0
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--damping", type=float, default=1e-10, help="λ of cholesky")
     parser.add_argument("--cutoff", type=float, default=1e-13, help="of G's eigenvalues")
     parser.add_argument("--ls-cutoff", type=float, default=1e-10, help="of J's singular values")
+    parser.add_argument("--ls-damping", type=float, default=1e-10, help="λ₀ (relative), 0: none")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--momenta", default="none")
     parser.add_argument("--beta", type=float, default=0.5)

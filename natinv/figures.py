@@ -252,13 +252,14 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
     save_figure(fig, path)
 
 
-def shown(mus: list[float | None]) -> set[int]:
+def shown(mus: list[Any]) -> set[int]:
     """Up to three test μ to draw: the first, the middle and the last."""
     return {0, len(mus) // 2, len(mus) - 1}
 
 
-def _label(mu: float | None) -> str:
-    return "" if mu is None else f" (μ = {mu:g})"
+def _label(label: str) -> str:
+    """A panel's label (``"μ = 0.5"``, ``"a = 1, b = 2"``, or none) in parentheses."""
+    return f" ({label})" if label else ""
 
 
 def _p1(function: dolfinx.fem.Function) -> dolfinx.fem.Function:
@@ -345,13 +346,24 @@ def mu_errors(
 ) -> None:
     plt = pyplot()
 
-    assert case.parametric is not None  # (a parametric case draws this figure)
-    order = np.argsort(mus)
+    parametric = case.parametric
+    assert parametric is not None  # (a parametric case draws this figure)
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    ax.semilogy(np.array(mus)[order], np.array(errors)[order], "o-", label="test μ")
-    for i, mu in enumerate(case.parametric.samples):
-        ax.axvline(mu, color="k", lw=0.6, ls=":", label="training μ" if i == 0 else None)
-    ax.set_xlabel("μ")
+    if len(parametric.names) == 1:  # the error against μ, the training values marked
+        values = np.array([mu[0] for mu in mus])
+        order = np.argsort(values)
+        ax.semilogy(values[order], np.array(errors)[order], "o-", label="test μ")
+        for i, (mu,) in enumerate(parametric.samples):
+            ax.axvline(mu, color="k", lw=0.6, ls=":", label="training μ" if i == 0 else None)
+        ax.set_xlabel(parametric.label((0.0,)).split(" = ")[0])
+    else:  # several parameters: the error per test sample, trained ones filled
+        trained = np.array([tuple(mu) in set(parametric.samples) for mu in mus])
+        index = np.arange(len(mus))
+        ax.semilogy(index, errors, "-", color="0.7")
+        ax.semilogy(index[trained], np.array(errors)[trained], "o", label="trained")
+        ax.semilogy(index[~trained], np.array(errors)[~trained], "o", mfc="none", label="new")
+        ax.set_xticks(index, [parametric.label(tuple(mu)) for mu in mus], rotation=60, ha="right")
+        ax.tick_params(axis="x", labelsize=7)
     ax.set_ylabel("relative L2 error of u(·; μ)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

@@ -32,6 +32,7 @@ from natinv.directions import (
     NaturalSolver,
     RowSolver,
     SampleSpaceSolver,
+    ShrinkingDamping,
 )
 from natinv.fields import NeuralField
 from natinv.gram import Gram
@@ -86,7 +87,8 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
     if settings.solver == "gn-cg":  # CG with Eisenstat–Walker forcing
         solver = NaturalSolver(gram, GaussNewtonCG(), relative, options_prefix="natinv_gram_")
     elif settings.solver == "least-squares":  # from the rows, G never formed
-        solver = LeastSquaresSolver(gram, settings.damping, settings.cutoff)
+        damping = ShrinkingDamping(settings.damping) if settings.damping > 0 else 0.0
+        solver = LeastSquaresSolver(gram, damping, settings.cutoff)
     elif _sample_space(settings, objective, gram):  # the same direction, an n × n factorisation
         solver = SampleSpaceSolver(gram, relative)
     else:

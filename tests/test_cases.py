@@ -93,6 +93,11 @@ sigma = 0.01
             ["optimizer.solver='gn-cg'", "optimizer.metric='l2'"],
             r"optimizer\.solver: \"gn-cg\" \(matrix-free Gauss–Newton\) needs metric",
         ),
+        (
+            "",
+            ["optimizer.solver='least-squares'", "optimizer.metric='h1'"],
+            r"optimizer\.solver: \"least-squares\" solves from the residual rows: .* not 'h1'",
+        ),
         ("", ["model.dt=0.1"], r"model\.dt: only for a transient model \(kind = 'heat'\)"),
         ("", ["model.memory=100"], r"model\.memory: only for a transient model"),
         ("", ["model.diffusion=0.1"], r"model\.diffusion: only for kind = 'reaction'"),
@@ -163,11 +168,16 @@ def test_headline_case_runs_in_reduced_form(comm, shared_tmp):
     # sample space, where the 80 × 80 kernel replaces the P × P Gram)
 
 
-@pytest.mark.parametrize("case", [HOLE, TALK], ids=["inverse", "pinn"])
-def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp, case):
+@pytest.mark.parametrize(
+    "case, solver",
+    [(HOLE, None), (TALK, None), (TALK, "least-squares")],
+    ids=["inverse", "pinn", "pinn-least-squares"],
+)
+def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp, case, solver):
     """4 iterations straight (checkpoints every 2) == 2 iterations, then --resume to 4: the
     same θ (bitwise on one rank; relative 1e-8 on two, where MUMPS's parallel reductions may
-    round differently from run to run), for an inverse and a forward (PINN) case."""
+    round differently from run to run), for an inverse and a forward (PINN) case, and with the
+    least-squares solver (its shrinking damping is part of the checkpoint)."""
     thetas = []
     for label, steps in (("straight", [4]), ("resumed", [2, 4])):
         folder = shared_tmp / label
@@ -185,6 +195,7 @@ def test_an_interrupted_run_resumes_to_the_same_iterates(comm, shared_tmp, case)
                 "--set",
                 "optimizer.stop='none'",
             ]
+            args += ["--set", f"optimizer.solver='{solver}'"] if solver else []
             assert main(args + (["--resume"] if i else [])) == 0
         saved = read_checkpoint(folder)
         assert len(saved["history"]) == 4 and saved["rng"].dtype == np.uint8

@@ -60,7 +60,7 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # (tao-*: the classical baseline, the parameter as a finite-element field, no network)
     metric = "gauss-newton"                    # gauss-newton | l2 | h1
     solver = "lm"; damping = 1e-3              # or cholesky | cutoff | cg | least-squares
-                                               # | gn-cg (least-squares: damping = 0)
+                                               # | gn-cg (least-squares: damping = 1e-10)
     cutoff = 1e-10                             # cutoff: of G's eigenvalues, least-squares:
                                                # of J's singular values (relative)
     momentum = "none"; beta = 0.0
@@ -115,12 +115,12 @@ A forward case (``problem = "pinn"`` or ``"ritz"``: the network is the PDE's sol
     problem = "pinn"                           # residual loss (ENGD); "ritz": energy loss
 
     [equation]                                 # −∇·(κ∇u) + b·∇u + c u = f, u = g on the boundary
-    diffusion = "0.1"                          # κ; formulas may name mu in a parametric case
+    diffusion = "0.1"                          # κ; formulas may name the parameters μ
     velocity = ["1"]                           # b, one formula per coordinate (not for ritz)
     reaction = "0"                             # c
     source = "1"                               # f
     dirichlet = "all"                          # or boundary tags (ritz: natural elsewhere)
-    boundary_value = "0"                       # g, a formula of x, y
+    boundary_value = "0"                       # g, a formula of x, y (and μ)
     # neumann = [3, 4]; flux = "2*y"           # κ∇u·n = flux on those tags (pinn: rows with
                                                # the outward normals; dirichlet + neumann
                                                # must cover the boundary)
@@ -131,11 +131,13 @@ A forward case (``problem = "pinn"`` or ``"ritz"``: the network is the PDE's sol
                                                # boxes, on the dirichlet sides)
     penalty = 1.0; quadrature = 2; boundary_quadrature = 2
 
-    [parametric]                               # one PDE parameter μ (pinn)
-    samples = [-2.0, 0.0, 2.0]; test = [-1.0, 1.0]
+    [parametric]                               # PDE parameters μ ∈ R^q (pinn)
+    samples = [-2.0, 0.0, 2.0]; test = [-1.0, 1.0]     # one parameter, named mu
+    # names = ["a", "b"]: several, each sample a row, samples = [[1, 0.5], [2, 0.5]], or a
+    # grid of every combination, samples = { a = [1, 2, 3], b = [0.5, 1] }
 
     [solution]
-    network = [1, 20, 20, 1]                   # inputs: the coordinates (and μ)
+    network = [1, 20, 20, 1]                   # inputs: the coordinates (and the q μ)
     activation = "tanh"; degree = 1            # the Lagrange space of outputs (and of Ritz)
     exact = "x - (exp(x/0.1) - 1)/(exp(1/0.1) - 1)"   # optional: else a P4 reference
     reference_degree = 4

@@ -6,6 +6,7 @@ This module imports nothing from natinv's compute layer (formulas are compiled b
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from natinv.cases.settings import (
     SolutionSettings,
 )
 from natinv.cases.table import _Table
+from natinv.expressions import CONSTANTS, FUNCTIONS, VARIABLES
 
 
 def _numbers(value: Any, count: int | None = None, positive: bool = False) -> bool:
@@ -248,6 +250,47 @@ def _inverse(
     return model, parameter, data_settings
 
 
+def _parameter_names(t: _Table) -> tuple[str, ...]:
+    """``[parametric] names``: the parameters' names in formulas (default ``["mu"]``)."""
+    names = t.get("names", ["mu"])
+    taken = {*VARIABLES, "t", *CONSTANTS, *FUNCTIONS}
+    if not (
+        isinstance(names, list)
+        and names
+        and all(isinstance(n, str) and n.isidentifier() and n not in taken for n in names)
+        and len(set(names)) == len(names)
+    ):
+        raise t.fail(
+            "names",
+            "expected a list of distinct parameter names (identifiers other than x, y, z, t, "
+            f"the constants and the functions of formulas), got {names!r}",
+        )
+    return tuple(names)
+
+
+def _parameter_values(
+    t: _Table, key: str, names: tuple[str, ...], default: list[tuple[float, ...]] | None
+) -> list[tuple[float, ...]]:
+    """``samples`` or ``test``: a list of values (one parameter), a list of rows of ``q`` values,
+    or a table ``{name = [values], ...}`` of every name, whose product is taken (a grid)."""
+    if key not in t.data and default is not None:
+        return list(default)
+    value = t.get(key)
+    q = len(names)
+    if isinstance(value, dict):
+        if set(value) != set(names) or not all(_numbers(value[n]) for n in names):
+            raise t.fail(
+                key, f"a grid needs a list of numbers for each of {list(names)}, got {value!r}"
+            )
+        return [tuple(map(float, row)) for row in itertools.product(*(value[n] for n in names))]
+    if q == 1 and _numbers(value):
+        return [(float(v),) for v in value]
+    if isinstance(value, list) and value and all(_numbers(row, q) for row in value):
+        return [tuple(map(float, row)) for row in value]
+    expected = "values of μ (numbers)" if q == 1 else f"rows of {q} numbers ({', '.join(names)})"
+    raise t.fail(key, f"expected a list of {expected} or a grid {{name = [...]}}, got {value!r}")
+
+
 def _forward(
     root: _Table, mesh: MeshSettings, problem: str
 ) -> tuple[EquationSettings, SolutionSettings, ParametricSettings | None] | None:
@@ -260,17 +303,14 @@ def _forward(
     parametric = None
     if "parametric" in root.data:
         t = root.table("parametric")
-        samples = t.get("samples")
-        if not _numbers(samples):
-            raise t.fail("samples", f"expected a list of values of μ (numbers), got {samples!r}")
-        test = t.get("test", samples)
-        if not _numbers(test):
-            raise t.fail("test", f"expected a list of values of μ (numbers), got {test!r}")
+        names = _parameter_names(t)
+        samples = _parameter_values(t, "samples", names, None)
+        test = _parameter_values(t, "test", names, samples)
         t.finish()
         if problem == "ritz":
             raise t.fail("samples", 'a parametric surrogate needs problem = "pinn"')
-        parametric = ParametricSettings([float(v) for v in samples], [float(v) for v in test])
-    names = ("mu",) if parametric else ()
+        parametric = ParametricSettings(names, samples, test)
+    names = parametric.names if parametric else ()
 
     t = root.table("equation")
     time = t.get("time", False)
@@ -346,8 +386,8 @@ def _forward(
     t.finish()
 
     t = root.table("solution")
-    inputs = mesh.gdim + (1 if parametric else 0)
-    what = ", ".join(("x", "y")[: mesh.gdim]) + (", μ" if parametric else "")
+    inputs = mesh.gdim + len(names)
+    what = ", ".join([*("x", "y", "z")[: mesh.gdim], *names])
     solution = SolutionSettings(
         network=_network(t, [inputs, 32, 1], inputs, what),
         activation=t.string("activation", "tanh", tuple(ACTIVATIONS)),
@@ -373,8 +413,8 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
         kind=t.string("kind", "ngd", kinds),
         metric=t.string("metric", "gauss-newton", metrics),
         solver=solver,
-        # (least-squares: the cut-off regularises; λ is absolute, as for cholesky)
-        damping=t.number("damping", 0.0 if solver == "least-squares" else 1e-3, low=0.0),
+        # (least-squares: λ₀ relative to max diag G, shrinking once full steps are taken)
+        damping=t.number("damping", 1e-10 if solver == "least-squares" else 1e-3, low=0.0),
         cutoff=t.number("cutoff", 1e-10, low=0.0, high=1.0, low_open=True, high_open=True),
         momentum=t.string("momentum", "none", MOMENTA),
         beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),

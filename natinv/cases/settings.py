@@ -135,10 +135,21 @@ class SolutionSettings:
 
 @dataclass
 class ParametricSettings:
-    """One PDE parameter μ: the training samples and the values the surrogate is tested at."""
+    """The PDE parameters μ ∈ R^q by name: the training samples and the values the surrogate is
+    tested at, each a tuple of q values in the order of ``names``."""
 
-    samples: list[float]
-    test: list[float]
+    names: tuple[str, ...]
+    samples: list[tuple[float, ...]]
+    test: list[tuple[float, ...]]
+
+    def label(self, mu: tuple[float, ...]) -> str:
+        """``μ = 0.5`` for the one parameter ``mu``, else ``a = 1, b = 0.5``."""
+        shown = ["μ" if n == "mu" else n for n in self.names]
+        return ", ".join(f"{n} = {v:g}" for n, v in zip(shown, mu, strict=True))
+
+    def suffix(self, mu: tuple[float, ...]) -> str:
+        """A file-name suffix: ``_mu+0.5``, ``_a+1_b+0.5``."""
+        return "".join(f"_{n}{v:+g}" for n, v in zip(self.names, mu, strict=True))
 
 
 @dataclass

@@ -14,8 +14,9 @@ Three parts compose (after optax's chain of transforms):
 :class:`SpectralCutoff`
     the pseudo-inverse on the eigenpairs of ``G`` above ``cutoff × λ_max`` (ANaGRAM-style).
 
-*Damping policies* say what λ is: :class:`FixedDamping`, or :class:`LevenbergMarquardt`,
-adapted from the gain ratio of each step.
+*Damping policies* say what λ is: :class:`FixedDamping`, :class:`LevenbergMarquardt`, adapted
+from the gain ratio of each step, or :class:`ShrinkingDamping`, vanishing once full steps are
+taken.
 
 :class:`NaturalSolver` pairs one of each, checks shapes and finiteness, and keeps the timings;
 ``NaturalSolver(gram, "lm", damping=1e-3)`` is Cholesky with Levenberg–Marquardt damping. Its
@@ -44,7 +45,12 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import options, parallel
-from natinv.directions.damping import Damping, FixedDamping, LevenbergMarquardt
+from natinv.directions.damping import (
+    Damping,
+    FixedDamping,
+    LevenbergMarquardt,
+    ShrinkingDamping,
+)
 from natinv.directions.least_squares import LeastSquaresSolver
 from natinv.directions.methods import (
     Cholesky,
@@ -72,6 +78,7 @@ __all__ = [
     "NaturalSolver",
     "RowSolver",
     "SampleSpaceSolver",
+    "ShrinkingDamping",
     "SpectralCutoff",
     "settings_from_options",
 ]

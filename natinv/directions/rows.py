@@ -57,6 +57,7 @@ class RowSolver:
         self._sqrt_weights = np.sqrt(weights)
         self.factorizations = 0
         self.info: dict[str, Any] = {}
+        self.timings = {"solve": 0.0}  # seconds in the solves (factorisations included)
 
     @property
     def damping(self) -> float:

@@ -6,6 +6,8 @@ This module builds on :mod:`natinv.gram`; it must not import objectives or optim
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -78,12 +80,14 @@ class SampleSpaceSolver(RowSolver):
     def solve_rows(self, rows: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """``(G + λI)⁻¹ Jᵀ M w`` for ``w`` on the owned rows (replicated result). Collective."""
         scaled = self._scaled_rows(rows)
+        start = time.perf_counter()
         self._factorise()
         assert self._rows is not None and self._factor is not None
         scaled = np.concatenate(self.comm.allgather(scaled))
         z = torch.cholesky_solve(torch.from_numpy(scaled)[:, None], self._factor)[:, 0]
         x = (self._rows.T @ z).numpy()
         self.info = {"method": self.method, "damping": self.damping, "rows": z.numel()}
+        self.timings["solve"] += time.perf_counter() - start
         parallel.check_all(
             self.comm, bool(np.all(np.isfinite(x))), "the sample-space direction is not finite"
         )

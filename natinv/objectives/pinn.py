@@ -103,7 +103,8 @@ class PINN:
         terms: the residual terms.
         multiplier: ``x -> m(x)`` (one point, torch): ``u = lift + m · N`` imposes the boundary
             values exactly where ``m = 0``.
-        lift: ``x -> g(x)`` (one point, torch), the boundary data for a multiplier.
+        lift: ``x -> g(x)`` (one point, torch), the boundary data for a multiplier; for a
+            parametric field ``(x, μ) -> g(x; μ)`` (``μ`` of shape ``(q,)``).
         samples: for a parametric field, the μ samples ``(S, q)`` the loss averages over.
 
     Also a row provider (:class:`~natinv.gram.Rows`): the rows are the residuals at the owned
@@ -195,7 +196,7 @@ class PINN:
         if self.multiplier is not None:
             value = self.multiplier(x) * value
         if self.lift is not None:
-            value = self.lift(x) + value
+            value = (self.lift(x, mu) if self.parametric else self.lift(x)) + value
         return value[0] if value.shape == (1,) else value
 
     def _point_residual(

@@ -1,8 +1,8 @@
 """Forward problems from a case: the neural network is the solution of a PDE.
 
 The equation of a forward case is ``−∇·(κ∇u) + b·∇u + c u = f`` on the mesh, ``u = g`` on the
-Dirichlet boundary, with κ, b, c, f, g formulas of the coordinates (and of μ for a parametric
-surrogate ``u(x; μ)``). Two losses:
+Dirichlet boundary, with κ, b, c, f, g formulas of the coordinates (and of the parameters
+μ ∈ R^q, by their names, for a parametric surrogate ``u(x; μ)``). Two losses:
 
 ``problem = "pinn"``: ``½ Σ w_i |r(u, x_i)|²`` of the strong residual at the cells' quadrature
     points (derivatives by torch autograd), the ENGD Gauss–Newton metric; the boundary values
@@ -48,7 +48,17 @@ __all__ = ["ForwardSetup", "build_forward", "write_results"]
 
 
 def _names(case: ForwardCase) -> tuple[str, ...]:
-    return ("mu",) if case.parametric is not None else ()
+    return case.parametric.names if case.parametric is not None else ()
+
+
+def _unpack(mu: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The values of μ for a compiled formula: a term's ``*mu`` holds one tensor ``(q,)``."""
+    return tuple(mu[0][i] for i in range(mu[0].shape[0])) if mu else ()
+
+
+def _assign(case: ForwardCase, mu: tuple[float, ...] | None) -> dict[str, float]:
+    """Formula keyword values for μ (none for a plain problem)."""
+    return {} if mu is None else dict(zip(_names(case), mu, strict=True))
 
 
 def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
@@ -70,7 +80,7 @@ def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
     space = slice(None, -1) if eq.time else slice(None)  # the space coordinates
 
     def residual(u: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *mu: Any) -> Any:
-        m = (mu[0][0],) if mu else ()
+        m = _unpack(mu)
         if constant and not eq.time:  # −κΔu
             r = -kappa(x, *m) * laplacian(u, x)
         elif constant:  # −κ Δ_x u (space–time)
@@ -92,7 +102,7 @@ def _residual(case: ForwardCase) -> Callable[..., torch.Tensor]:
 
 def _pinn(case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets: Any) -> PINN:
     eq = case.equation
-    g = torch_expression(eq.boundary_value, "equation.boundary_value")
+    g = torch_expression(eq.boundary_value, "equation.boundary_value", _names(case))
     zero_g = eq.boundary_value.strip() in ("0", "0.0")
     terms = [Term(cell_quadrature(mesh, eq.quadrature), _residual(case), name="interior")]
     dirichlet = _covered(case, mesh, facets)
@@ -110,17 +120,23 @@ def _pinn(case: ForwardCase, field: NeuralField, mesh: dolfinx.mesh.Mesh, facets
                 out = out * ((upper[axis] - x[axis]) if high else (x[axis] - lower[axis]))
             return out
 
-        lift = None if zero_g else g
+        if not zero_g:  # (a parametric field's lift gets μ, shape (q,))
+            lift = (lambda x, mu: g(x, *_unpack((mu,)))) if case.parametric else g
     else:
         points = boundary_quadrature(mesh, eq.boundary_quadrature, facets=dirichlet)
         terms.append(
-            Term(points, lambda u, x, *mu: u(x) - g(x), weight=eq.penalty, name="boundary")
+            Term(
+                points,
+                lambda u, x, *mu: u(x) - g(x, *_unpack(mu)),
+                weight=eq.penalty,
+                name="boundary",
+            )
         )
     if eq.neumann is not None:
         terms.append(_neumann(case, mesh, facets))
     samples = None
     if case.parametric is not None:
-        samples = np.array(case.parametric.samples)[:, None]
+        samples = np.array(case.parametric.samples)
     return PINN(field, terms, multiplier=multiplier, lift=lift, samples=samples)
 
 
@@ -162,7 +178,7 @@ def _neumann(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> Term:
 
     def residual(u: Callable[[torch.Tensor], torch.Tensor], xn: torch.Tensor, *mu: Any) -> Any:
         x, n = xn[:gdim], xn[gdim:]
-        m = (mu[0][0],) if mu else ()
+        m = _unpack(mu)
         return kappa(x, *m) * torch.dot(gradient(u, x), n) - flux(x, *m)
 
     carried = dataclasses.replace(
@@ -172,10 +188,14 @@ def _neumann(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> Term:
 
 
 def _interpolated(
-    space: dolfinx.fem.FunctionSpace, text: str, key: str, names: tuple[str, ...], mu: float | None
+    space: dolfinx.fem.FunctionSpace,
+    text: str,
+    key: str,
+    names: tuple[str, ...],
+    mu: tuple[float, ...] | None,
 ) -> dolfinx.fem.Function:
     function = dolfinx.fem.Function(space)
-    values = {"mu": mu} if mu is not None else {}
+    values = {} if mu is None else dict(zip(names, mu, strict=True))
     expressions.interpolate(function, text, key, parameters=names, values=values)
     return function
 
@@ -231,7 +251,11 @@ def _ds(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, tags: Any = Non
 
 
 def _reference(
-    case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, mu: float | None, index: int
+    case: ForwardCase,
+    mesh: dolfinx.mesh.Mesh,
+    facets: Any,
+    mu: tuple[float, ...] | None,
+    index: int,
 ) -> dolfinx.fem.Function:
     """The finite-element solution of the case's equation (degree ``reference_degree``) at μ,
     by a direct solve. Collective."""
@@ -253,7 +277,7 @@ def _reference(
     ell = coefficient(eq.source, "equation.source") * v * ufl.dx
     if eq.neumann is not None:
         ell = ell + coefficient(eq.flux, "equation.flux") * v * _ds(case, mesh, facets, eq.neumann)
-    g = _interpolated(space, eq.boundary_value, "equation.boundary_value", (), None)
+    g = _interpolated(space, eq.boundary_value, "equation.boundary_value", names, mu)
     where = domain.boundary_facets(
         mesh, facets, case.equation.dirichlet, f"{case.source}: equation.dirichlet"
     )
@@ -298,15 +322,15 @@ def _check_formulas(case: ForwardCase, check: Quadrature, boundary: Quadrature) 
         *((f"equation.velocity[{i}]", b, check) for i, b in enumerate(eq.velocity or [])),
         *((("solution.exact", solution.exact, check),) if solution.exact else ()),
     ]
-    mus: list[float | None] = [None]
+    mus: list[tuple[float, ...] | None] = [None]
     if case.parametric is not None:
         mus = sorted(set(case.parametric.samples) | set(case.parametric.test))
     for key, text, where in formulas:
-        formula = compile_expression(text, key, names if key != "equation.boundary_value" else ())
+        formula = compile_expression(text, key, names)
         points = np.zeros((3, where.points.shape[0]))
         points[: where.points.shape[1]] = where.points.T
         for mu in mus:
-            values = formula(points, **({"mu": mu} if mu is not None else {}))
+            values = formula(points, **_assign(case, mu))
             bad = np.nonzero(~np.isfinite(values))[0]
             first = where.points[bad[0]].tolist() if bad.size else None
             parallel.check_all(
@@ -315,7 +339,7 @@ def _check_formulas(case: ForwardCase, check: Quadrature, boundary: Quadrature) 
                 lambda key=key, text=text, mu=mu, first=first: (
                     f"{case.source}: {key}: {text!r} is not finite at some points of the mesh"
                     + (f", e.g. x = {first}" if first is not None else "")
-                    + (f" (μ = {mu:g})" if mu is not None else "")
+                    + (f" ({case.parametric.label(mu)})" if case.parametric and mu else "")
                 ),
             )
 
@@ -331,7 +355,7 @@ class ForwardSetup:
     field: NeuralField
     objective: PINN | Ritz
     check: Quadrature
-    mus: list[float | None]  # the test μ (one None for a plain problem)
+    mus: list[tuple[float, ...] | None]  # the test μ (one None for a plain problem)
     references: list[npt.NDArray[np.float64]]  # u* at the check points, per test μ
     reference_functions: list[dolfinx.fem.Function | None]
     keep: list[Any] = field(default_factory=list)
@@ -344,10 +368,10 @@ class ForwardSetup:
     def comm(self) -> MPI.Comm:
         return self.mesh.comm
 
-    def values(self, theta: npt.ArrayLike, mu: float | None) -> npt.NDArray[np.float64]:
+    def values(self, theta: npt.ArrayLike, mu: tuple[float, ...] | None) -> npt.NDArray[np.float64]:
         """``u_θ`` at the check points (at μ). Collective for a Ritz loss."""
         if isinstance(self.objective, PINN):
-            return self.objective.solution(self.check.points, theta, None if mu is None else [mu])
+            return self.objective.solution(self.check.points, theta, mu)
         return self.check.evaluate(self.objective.solution(theta))
 
     def errors(self, theta: npt.ArrayLike) -> list[float]:
@@ -380,7 +404,7 @@ class ForwardSetup:
         """The results of the run into ``case.output`` (see :func:`write_results`)."""
         return write_results(self, history, summary)
 
-    def solution(self, theta: npt.ArrayLike, mu: float | None) -> dolfinx.fem.Function:
+    def solution(self, theta: npt.ArrayLike, mu: tuple[float, ...] | None) -> dolfinx.fem.Function:
         """``u_θ`` (at μ) on the solution's Lagrange space. Collective."""
         if isinstance(self.objective, Ritz):
             return self.objective.solution(theta)
@@ -388,7 +412,7 @@ class ForwardSetup:
         gdim = self.mesh.geometry.dim
         out = dolfinx.fem.Function(space, name="u")
         coordinates = space.tabulate_dof_coordinates()[:, :gdim]
-        out.x.array[:] = self.objective.solution(coordinates, theta, None if mu is None else [mu])
+        out.x.array[:] = self.objective.solution(coordinates, theta, mu)
         return out
 
     def reference(self, index: int) -> dolfinx.fem.Function:
@@ -430,10 +454,10 @@ def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Forward
     )
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", settings.degree))
     network = mlp(settings.network, settings.activation, seed=case.seed)
-    mus: list[float | None] = [None]
+    mus: list[tuple[float, ...] | None] = [None]
     if case.parametric is not None:
         mus = list(case.parametric.test)
-        field = NeuralField(space, network, mu=[case.parametric.samples[0]])
+        field = NeuralField(space, network, mu=list(case.parametric.samples[0]))
     else:
         field = NeuralField(space, network)
     check = cell_quadrature(mesh, 2 * settings.reference_degree)
@@ -450,7 +474,7 @@ def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Forward
             formula = compile_expression(settings.exact, "solution.exact", _names(case))
             points = np.zeros((3, check.points.shape[0]))
             points[: check.points.shape[1]] = check.points.T
-            references.append(formula(points, **({"mu": mu} if mu is not None else {})))
+            references.append(formula(points, **_assign(case, mu)))
             functions.append(None)
         else:
             reference = _reference(case, mesh, facets, mu, index)
@@ -472,11 +496,17 @@ def write_results(
     theta = built.field.parameters
     errors = built.errors(theta)
     summary["relative_l2_error"] = max(errors)
-    if case.parametric is not None:
-        trained = set(case.parametric.samples)
+    parametric = case.parametric
+    if parametric is not None:
+        trained = set(parametric.samples)
         summary["errors_by_mu"] = [
-            {"mu": mu, "relative_l2_error": e, "trained": mu in trained}
+            {
+                "mu": mu[0] if parametric.names == ("mu",) else _assign(case, mu),
+                "relative_l2_error": e,
+                "trained": mu in trained,
+            }
             for mu, e in zip(built.mus, errors, strict=True)
+            if mu is not None
         ]
     summary["reference"] = (
         "exact"
@@ -487,7 +517,7 @@ def write_results(
     output.write_summary(comm, folder / "summary.json", summary)
     functions = []
     for index, mu in enumerate(built.mus):
-        suffix = "" if mu is None else f"_mu{mu:+g}"
+        suffix = "" if mu is None or parametric is None else parametric.suffix(mu)
         u, reference = built.solution(theta, mu), built.reference(index)
         u.name, reference.name = f"u{suffix}", f"reference{suffix}"
         functions += [u, reference]
@@ -502,7 +532,13 @@ def write_results(
         )
     shown = figures.shown(built.mus)
     panels = [
-        (mu, functions[2 * i], functions[2 * i + 1]) for i, mu in enumerate(built.mus) if i in shown
+        (
+            "" if mu is None or parametric is None else parametric.label(mu),
+            functions[2 * i],
+            functions[2 * i + 1],
+        )
+        for i, mu in enumerate(built.mus)
+        if i in shown
     ]
     if built.mesh.topology.dim == 1:
         figures.solution_lines(comm, folder / "fields.png", case.name, panels)
