@@ -3,6 +3,8 @@ projection of natural momentum."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from mpi4py import MPI
 
 import numpy as np
@@ -121,6 +123,32 @@ def test_projected_momentum_in_another_metric_is_parameter_momentum_when_linear(
     free(objective, gram, *matrices)
 
 
+def test_natural_momentum_in_sample_space_takes_the_parameter_space_steps(comm):
+    """Natural heavy-ball (β = 0.5, fixed step 0.5, no restart) with the sample-space solver,
+    which re-projects the velocity from the rows, gives the Cholesky solver's iterates over 5
+    steps (λ = 1e-3 both; relative 1e-8)."""
+    pinn = few_rows(comm)
+    runs = []
+    for solver in (
+        SampleSpaceSolver(pinn.gram, damping=1e-3),
+        natinv.NaturalSolver(pinn.gram, "cholesky", damping=1e-3),
+    ):
+        optimizer = NaturalGradientDescent(
+            pinn,
+            solver,
+            FixedStep(0.5),
+            momentum="natural-heavy-ball",
+            beta=0.5,
+            restart="none",
+            theta=pinn.field.parameters,
+        )
+        runs.append([optimizer.step() and optimizer.theta.copy() for _ in range(5)])
+        free(solver)
+    for x, y in zip(*runs, strict=True):
+        assert np.linalg.norm(x - y) <= 1e-8 * np.linalg.norm(y)
+    free(pinn)
+
+
 def test_bad_spring_and_projection_settings_are_clear_errors(comm):
     _field, objective, l2 = nonlinear_problem(comm)
     with pytest.raises(CollectiveError, match="needs a diagonal metric"):
@@ -129,8 +157,9 @@ def test_bad_spring_and_projection_settings_are_clear_errors(comm):
         SampleSpaceSolver(objective.gram, damping=0.0)
     pinn = few_rows(comm)
     sample = SampleSpaceSolver(pinn.gram)
-    with pytest.raises(ValueError, match="serves the momenta that need no re-projection"):
-        NaturalGradientDescent(pinn, sample, momentum="natural-heavy-ball", beta=0.5)
+    without_rows = SimpleNamespace(field=pinn.field, gram=pinn.gram)  # (no row_residual)
+    with pytest.raises(ValueError, match="needs an objective with row_residual"):
+        NaturalGradientDescent(without_rows, sample)
     projection = natinv.NaturalSolver(pinn.gram)
     with pytest.raises(ValueError, match="has none to project"):
         NaturalGradientDescent(pinn, momentum="spring", beta=0.5, projection=projection)

@@ -44,9 +44,10 @@ class SampleSpaceSolver(RowSolver):
     method = "sample-space"
 
     def __init__(self, gram: Gram, damping: float | Damping = 1e-10) -> None:
+        value = damping if isinstance(damping, int | float) else damping.value
+        if not (value > 0 and np.isfinite(value)):
+            raise ValueError(f"Invalid damping {value}: the sample-space solver needs λ > 0")
         super().__init__(gram, damping, "sample-space")
-        if not (self.damping > 0 and np.isfinite(self.damping)):
-            raise ValueError(f"Invalid damping {self.damping}: the sample-space solver needs λ > 0")
         self._key: tuple[int, float] | None = None
         self._version: int | None = None  # of the kept rows and kernel
         self._rows: torch.Tensor | None = None  # J̃, all rows

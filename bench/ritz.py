@@ -1,0 +1,160 @@
+"""Why the Ritz loss on the plate with a hole stays far from its Galerkin floor.
+
+Four measurements, one run (serial, one BLAS thread):
+
+1. ``cases/ritz_hole.toml`` as shipped (P2, energy metric, Levenberg–Marquardt): the relative L2
+   error against the P4 reference after 50, 100 and 200 steps, and the Galerkin floor (the P2
+   Galerkin solution's own error).
+2. The same network fitted *directly* to the Galerkin solution u_h, by least squares at the P2
+   dofs (``LeastSquaresSolver``, the most accurate direction natinv has): if this is as slow,
+   the Ritz loss and its metric are not the cause.
+3. The tangent-space model along the natural direction after 30 Ritz steps: the loss change
+   predicted by ``−η gᵀd + ½η² dᵀGd`` against the actual one, at the step's damping and at a
+   larger one (the network's nonlinearity is what shortens the steps).
+4. The Ritz loss on the unit square (P2, 24 × 24, the same network and solver, 100 steps) for a
+   smooth solution (f = 2π² sin πx sin πy) and for f = 1, whose solution has the weak corner
+   singularities (r² log r) of the plate's outer square.
+
+Usage: ``OMP_NUM_THREADS=1 python bench/ritz.py [--iterations 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import natinv  # first: the DOLFINx wheel's libraries
+
+# isort: split
+from petsc4py import PETSc
+
+from natinv.cases import load_case
+from natinv.directions import LeastSquaresSolver
+from natinv.objectives import FieldFit
+from natinv.optim import NaturalGradientDescent
+from natinv.problems.forward import build_forward
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUARE = """
+name = "ritz-square"
+problem = "ritz"
+[mesh]
+builtin = "unit-square"
+cells = 24
+[equation]
+source = "{source}"
+[solution]
+network = [2, 32, 32, 1]
+degree = 2
+{exact}
+[optimizer]
+iterations = 100
+[output]
+folder = "{folder}"
+"""
+
+
+def ritz_run(built, iterations: int, marks: tuple[int, ...]) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    solver = natinv.NaturalSolver(built.objective.gram, "lm", damping=1e-3)
+    optimizer = NaturalGradientDescent(built.objective, solver)
+    errors = {}
+    for k in range(1, iterations + 1):
+        optimizer.step()
+        if k in marks:
+            errors[k] = built.error(optimizer.theta)
+    solver.destroy()
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=200)
+    args = parser.parse_args()
+
+    # 1. the shipped case
+    case = load_case(ROOT / "cases" / "ritz_hole.toml")
+    built = build_forward(case)
+    ritz, field = built.objective, built.field
+    theta0 = field.parameters.copy()
+    galerkin = ritz.galerkin()
+    owned = galerkin.x.array[: field.num_owned].copy()
+    keep = ritz.coefficients
+    ritz.coefficients = lambda theta=None: owned  # (the floor: u_h's own error)
+    floor = built.error(theta0)
+    ritz.coefficients = keep
+    start = time.perf_counter()
+    marks = tuple(m for m in (50, 100, 200, args.iterations) if m <= args.iterations)
+    errors = ritz_run(built, args.iterations, marks)
+    seconds = time.perf_counter() - start
+    shown = ", ".join(f"{k}: {e:.2e}" for k, e in errors.items())
+    print(f"1. ritz_hole (lm): errors after steps {{{shown}}} ({seconds:.0f} s)")
+    print(f"   Galerkin floor {floor:.2e}; goal (10x the floor) {10 * floor:.2e}")
+
+    # 2. the same network fitted to u_h at the dofs, by least squares
+    n = field.num_owned
+    identity = PETSc.Mat().createAIJ(((n, None), (n, None)), nnz=(1, 0), comm=built.comm)
+    identity.setUp()
+    ones = identity.createVecLeft()
+    ones.set(1.0)
+    identity.setDiagonal(ones)
+    identity.assemble()
+    fit = FieldFit(field, galerkin, identity)
+    solver = LeastSquaresSolver(fit.gram)
+    optimizer = NaturalGradientDescent(fit, solver, theta=theta0)
+    fitted = {}
+    for k in range(1, 101):
+        optimizer.step()
+        if k in (50, 100):
+            fitted[k] = built.error(optimizer.theta)
+    print(
+        "2. the network fitted to u_h at the dofs (least squares): errors after steps "
+        + "{"
+        + ", ".join(f"{k}: {e:.2e}" for k, e in fitted.items())
+        + "}"
+    )
+    fit.destroy()
+    identity.destroy()
+    ones.destroy()
+
+    # 3. the tangent-space model after 30 Ritz steps
+    solver = natinv.NaturalSolver(ritz.gram, "lm", damping=1e-3)
+    optimizer = NaturalGradientDescent(ritz, solver, theta=theta0)
+    for _ in range(30):
+        optimizer.step()
+    theta = optimizer.theta
+    ritz.gram.update_jacobian(theta)
+    ritz.gram.assemble(jacobian=False)
+    value, gradient = ritz.value_and_gradient(theta)
+    for label, damping in (("the step's", solver.damping), ("50x", 50 * solver.damping)):
+        probe = natinv.NaturalSolver(ritz.gram, "cholesky", damping=damping)
+        d = probe.solve(gradient, assemble=False)
+        curvature = ritz.gram.quadratic(d)
+        cells = []
+        for eta in (0.5, 1.0):
+            actual = ritz.value(theta - eta * d) - value
+            predicted = -eta * float(gradient @ d) + 0.5 * eta**2 * curvature
+            cells.append(f"η = {eta}: actual {actual:.2e}, predicted {predicted:.2e}")
+        print(f"3. after 30 steps, damping {label} ({damping:.1e}): " + "; ".join(cells))
+        probe.destroy()
+    solver.destroy()
+    built.close()
+
+    # 4. smooth against singular solutions on the unit square
+    with tempfile.TemporaryDirectory() as folder:
+        for name, source, exact in (
+            ("smooth", "2*pi**2*sin(pi*x)*sin(pi*y)", 'exact = "sin(pi*x)*sin(pi*y)"'),
+            ("f = 1", "1", ""),
+        ):
+            path = Path(folder) / "square.toml"
+            path.write_text(SQUARE.format(source=source, exact=exact, folder=folder))
+            square = build_forward(load_case(path))
+            errors = ritz_run(square, 100, (50, 100))
+            shown = ", ".join(f"{k}: {e:.2e}" for k, e in errors.items())
+            print(f"4. unit square, {name}: errors after steps {{{shown}}}")
+            square.close()
+
+
+if __name__ == "__main__":
+    main()
