@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from natinv import parallel
 from natinv.directions.damping import Damping, ShrinkingDamping
@@ -73,17 +74,21 @@ class LeastSquaresSolver(RowSolver):
         local = self._weighted_jacobian()
         rows, p = local.shape
         if rows > p:  # reduce the owned rows to a P × P triangle first
-            self._q, r = np.linalg.qr(local, mode="reduced")
+            # (torch's LAPACK: numpy's threaded OpenBLAS oversubscribes the cores under MPI,
+            # measured 12× slower on 2 ranks of 2 cores)
+            q, r_ = torch.linalg.qr(torch.from_numpy(local), mode="reduced")
+            self._q, r = q.numpy(), r_.numpy()
         else:
             self._q, r = None, local
         stacked = np.vstack(self.comm.allgather(np.ascontiguousarray(r)))
         outcome: tuple[Vector, Vector, Vector] | str | None = None
         if self.comm.rank == 0:  # one SVD, its outcome broadcast (a failure too)
             try:
-                u, sigma, vt = np.linalg.svd(stacked, full_matrices=False)
+                factors = torch.linalg.svd(torch.from_numpy(stacked), full_matrices=False)
+                u, sigma, vt = (f.numpy() for f in factors)
                 keep = sigma > self.cutoff * sigma[0] if sigma.size else sigma > 0
                 outcome = (u[:, keep], sigma[keep], vt[keep].T)
-            except (np.linalg.LinAlgError, ValueError) as exc:
+            except (RuntimeError, ValueError) as exc:  # (torch's LinAlgError is a RuntimeError)
                 outcome = f"{exc}"
         outcome = self.comm.bcast(outcome, root=0)
         parallel.check_all(
