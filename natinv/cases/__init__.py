@@ -100,7 +100,11 @@ numbers in ``bench/RESULTS.md``):
   an n × n kernel instead of the P × P Gram. ``gn-cg`` (matrix-free Gauss–Newton, CG with
   Eisenstat–Walker forcing) pays off when the observations and the parameters are both many
   (a full field): on ``hippylib_poisson`` 60 iterations took 52 s against 156 s, and the
-  baseline's error was reached in 5.5 s against 37 s.
+  baseline's error was reached in 5.5 s against 37 s. ``least-squares`` (QR and SVD of the
+  rows, ``G`` never formed) is what a PINN needs for its last digits (ENGD's penalised Poisson
+  problem: 1e-7 in 14–21 s where Cholesky stalls near 1e-6), but from its small starting
+  damping it can stall at the start where ``lm`` does not (a two-parameter penalised
+  surrogate), so it is chosen per case (``poisson_pinn_2d``), not by default.
 - ``step = "armijo"``: backtracking from the full Gauss–Newton step costs one forward solve when
   the step is taken; the ENGD log-grid line search tries some 30 step sizes per iteration
   (plate: 495 state solves, 9.2 s, against 34 and 1.0 s, the same error).
