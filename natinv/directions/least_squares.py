@@ -73,13 +73,20 @@ class LeastSquaresSolver(RowSolver):
             return
         local = self._weighted_jacobian()
         rows, p = local.shape
-        if rows > p:  # reduce the owned rows to a P × P triangle first
-            # (torch's LAPACK: numpy's threaded OpenBLAS oversubscribes the cores under MPI,
-            # measured 12× slower on 2 ranks of 2 cores)
-            q, r_ = torch.linalg.qr(torch.from_numpy(local), mode="reduced")
-            self._q, r = q.numpy(), r_.numpy()
-        else:
-            self._q, r = None, local
+        self._q, r, failure = None, local, None
+        if rows > p:  # reduce the owned rows to a P × P triangle first (a local block: no
+            # collective inside; torch's LAPACK, as numpy's threaded OpenBLAS oversubscribes
+            # the cores under MPI: poisson_pinn_2d took 134 s instead of 10 s on 2 ranks)
+            try:
+                q, r_ = torch.linalg.qr(torch.from_numpy(local), mode="reduced")
+                self._q, r = q.numpy(), r_.numpy()
+            except RuntimeError as exc:
+                failure = f"{exc}"
+        parallel.check_all(
+            self.comm,
+            failure is None,
+            lambda: f"the QR of the weighted Jacobian failed ({failure}); is it finite?",
+        )
         stacked = np.vstack(self.comm.allgather(np.ascontiguousarray(r)))
         outcome: tuple[Vector, Vector, Vector] | str | None = None
         if self.comm.rank == 0:  # one SVD, its outcome broadcast (a failure too)
