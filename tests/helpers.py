@@ -28,6 +28,16 @@ def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray:
     return np.concatenate(comm.allgather(np.ascontiguousarray(local)), axis=0)
 
 
+def write_shared(path, text: str, comm: MPI.Comm):  # type: ignore[no-untyped-def]
+    """Write a file on rank 0 once every rank is done with the last one; every rank returns
+    when it is there. Returns ``path``."""
+    comm.Barrier()
+    if comm.rank == 0:
+        path.write_text(text)
+    comm.Barrier()
+    return path
+
+
 def unit_square(comm: MPI.Comm, n: int = 6) -> dolfinx.mesh.Mesh:
     return dolfinx.mesh.create_unit_square(comm, n, n)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import read_checkpoint
+from helpers import read_checkpoint, write_shared
 
 from natinv.cases import CaseError, load_case
 from natinv.cli import main
@@ -27,12 +27,7 @@ def history_column(folder: Path, name: str) -> list[float]:
 
 def write_case(folder: Path, text: str, comm) -> Path:
     """(Re)write the case file on rank 0 once every rank is done reading the previous one."""
-    path = folder / "case.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(text)
-    comm.Barrier()
-    return path
+    return write_shared(folder / "case.toml", text, comm)
 
 
 MINIMAL = """

@@ -12,6 +12,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 import torch
+from helpers import write_shared
 
 from natinv.cases import CaseError, load_case
 from natinv.cli import main
@@ -54,10 +55,7 @@ def manufactured(folder: Path, comm, problem: str = "pinn", degree: int = 1) -> 
         degree=degree,
     )
     path = folder / f"{problem}{degree}.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(text)
-    comm.Barrier()
+    write_shared(path, text, comm)
     return path
 
 
@@ -78,14 +76,13 @@ def test_the_residual_of_a_manufactured_solution_vanishes(comm, shared_tmp):
 def test_the_parametric_residual_takes_mu(comm, shared_tmp):
     """κ = e^{μx}, u = x(1 − x): −(κu′)′ = −κ(μu′ + u″) = f(x; μ) for each μ."""
     path = shared_tmp / "param.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(
-            'problem = "pinn"\n[mesh]\nbuiltin = "interval"\ncells = 4\n'
-            '[equation]\ndiffusion = "exp(mu*x)"\nsource = "-exp(mu*x)*(mu*(1 - 2*x) - 2)"\n'
-            "[parametric]\nsamples = [-1.0, 2.0]\n[solution]\nnetwork = [2, 4, 1]\n"
-        )
-    comm.Barrier()
+    write_shared(
+        path,
+        'problem = "pinn"\n[mesh]\nbuiltin = "interval"\ncells = 4\n'
+        '[equation]\ndiffusion = "exp(mu*x)"\nsource = "-exp(mu*x)*(mu*(1 - 2*x) - 2)"\n'
+        "[parametric]\nsamples = [-1.0, 2.0]\n[solution]\nnetwork = [2, 4, 1]\n",
+        comm,
+    )
     residual = _residual(load_case(path))
     for mu in (-1.0, 0.5, 2.0):
         m = torch.tensor([mu], dtype=torch.float64)
@@ -126,10 +123,7 @@ def several(
 ) -> Path:
     path = folder / f"several-{boundary}-{exact}.toml"
     text = SEVERAL.format(boundary=boundary, exact='exact = "b*x**2*y"' if exact else "", test=test)
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(text)
-    comm.Barrier()
+    write_shared(path, text, comm)
     return path
 
 
@@ -392,10 +386,7 @@ network = [2, 4, 1]
 )
 def test_bad_forward_cases_name_the_key(comm, shared_tmp, overrides, message):
     path = shared_tmp / "forward.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(FORWARD)
-    comm.Barrier()
+    write_shared(path, FORWARD, comm)
     with pytest.raises(CaseError, match=message):
         load_case(path, overrides)
 
@@ -405,11 +396,8 @@ def test_an_exact_boundary_needs_a_builtin_box_for_a_pinn(comm, shared_tmp):
     mesh file the case must say "penalty" (a Ritz case imposes them at dofs on any mesh)."""
     text = FORWARD.replace('builtin = "unit-square"\ncells = 4', 'file = "mesh.msh"')
     path = shared_tmp / "file.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(text)
-        (shared_tmp / "mesh.msh").write_text("")
-    comm.Barrier()
+    write_shared(path, text, comm)
+    write_shared(shared_tmp / "mesh.msh", "", comm)
     with pytest.raises(CaseError, match=r"equation\.boundary: \"exact\" multiplies the network"):
         load_case(path, ["equation.boundary='exact'"])
     assert load_case(path).equation.boundary == "penalty"
@@ -438,16 +426,15 @@ def test_a_pinn_with_penalised_boundary_runs_on_a_mesh_file(comm, shared_tmp):
     error against the P4 reference; in three steps the loss falls by 2x and the error by 2x
     (measured 0.044 and 0.18 on 1 and 2 ranks)."""
     path = shared_tmp / "plate_pinn.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(
-            'problem = "pinn"\n[mesh]\nfile = "'
-            + str(ROOT / "meshes" / "plate_with_hole.msh")
-            + '"\n[equation]\nsource = "1"\npenalty = 10.0\nquadrature = 1\n'
-            "[solution]\nnetwork = [2, 16, 1]\nreference_degree = 2\n"
-            "[optimizer]\nsolver = 'lm'\n"
-        )
-    comm.Barrier()
+    write_shared(
+        path,
+        'problem = "pinn"\n[mesh]\nfile = "'
+        + str(ROOT / "meshes" / "plate_with_hole.msh")
+        + '"\n[equation]\nsource = "1"\npenalty = 10.0\nquadrature = 1\n'
+        "[solution]\nnetwork = [2, 16, 1]\nreference_degree = 2\n"
+        "[optimizer]\nsolver = 'lm'\n",
+        comm,
+    )
     folder = shared_tmp / "plate_pinn"
     case = load_case(path)
     assert case.equation.boundary == "penalty"
@@ -512,10 +499,7 @@ def neumann_case(folder: Path, comm, problem: str, exact: bool = True) -> Path:
         folder=folder / f"neumann-{problem}",
     )
     path = folder / f"neumann-{problem}-{exact}.toml"
-    comm.Barrier()
-    if comm.rank == 0:
-        path.write_text(text)
-    comm.Barrier()
+    write_shared(path, text, comm)
     return path
 
 
