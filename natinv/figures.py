@@ -355,7 +355,7 @@ def mu_errors(
         ax.semilogy(values[order], np.array(errors)[order], "o-", label="test μ")
         for i, (mu,) in enumerate(parametric.samples):
             ax.axvline(mu, color="k", lw=0.6, ls=":", label="training μ" if i == 0 else None)
-        ax.set_xlabel(parametric.label((0.0,)).split(" = ")[0])
+        ax.set_xlabel(parametric.symbols[0])
     else:  # several parameters: the error per test sample, trained ones filled
         trained = np.array([tuple(mu) in set(parametric.samples) for mu in mus])
         index = np.arange(len(mus))

@@ -142,10 +142,14 @@ class ParametricSettings:
     samples: list[tuple[float, ...]]
     test: list[tuple[float, ...]]
 
+    @property
+    def symbols(self) -> list[str]:
+        """The names as figures show them (``mu`` as μ)."""
+        return ["μ" if n == "mu" else n for n in self.names]
+
     def label(self, mu: tuple[float, ...]) -> str:
         """``μ = 0.5`` for the one parameter ``mu``, else ``a = 1, b = 0.5``."""
-        shown = ["μ" if n == "mu" else n for n in self.names]
-        return ", ".join(f"{n} = {v:g}" for n, v in zip(shown, mu, strict=True))
+        return ", ".join(f"{n} = {v:g}" for n, v in zip(self.symbols, mu, strict=True))
 
     def suffix(self, mu: tuple[float, ...]) -> str:
         """A file-name suffix: ``_mu+0.5``, ``_a+1_b+0.5``."""
