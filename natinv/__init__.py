@@ -19,6 +19,7 @@ _API = {
     "Bounded": "natinv.fields",
     "Exp": "natinv.fields",
     "FourierFeatures": "natinv.fields",
+    "OutputScale": "natinv.fields",
     "Identity": "natinv.fields",
     "NeuralField": "natinv.fields",
     "Softplus": "natinv.fields",

@@ -9,7 +9,7 @@ import torch
 from helpers import gather_rows, unit_square
 
 import natinv
-from natinv.fields import ACTIVATIONS
+from natinv.fields import ACTIVATIONS, mlp
 from natinv.parallel import CollectiveError, allreduce_array
 
 
@@ -237,3 +237,15 @@ def test_networks_outside_the_layered_form_keep_the_torch_func_path(comm):
     assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)))
     assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
     assert layered.supports(natinv.mlp([2, 3, 1]))
+
+
+def test_an_output_unit_multiplies_the_network_and_is_not_trained():
+    """mlp(..., scale=σ) is σ times the same seed's network (its weights drawn alike); σ is a
+    buffer, not a parameter; a scale that is not a finite number > 0 is refused."""
+    x = torch.linspace(-1.0, 1.0, 14, dtype=torch.float64).reshape(7, 2)
+    plain, scaled = mlp([2, 5, 1], seed=3), mlp([2, 5, 1], seed=3, scale=0.02)
+    torch.testing.assert_close(scaled(x), 0.02 * plain(x), rtol=1e-15, atol=0)
+    assert sum(p.numel() for p in scaled.parameters()) == sum(p.numel() for p in plain.parameters())
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="Invalid output scale"):
+            mlp([2, 5, 1], scale=bad)

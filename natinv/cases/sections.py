@@ -136,6 +136,17 @@ def _features(t: _Table) -> tuple[int, float] | None:
     return features
 
 
+def _scale(t: _Table, default: float | str) -> float | str:
+    """``scale``: the unit of the network's output, a number > 0 or ``"auto"`` (max |u_h| / 100
+    from a P1 solve; the Ritz loss's default, bench/ritz.py part 6)."""
+    value = t.get("scale", default)
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise t.fail("scale", f'expected a number > 0 or "auto", got {value!r}')
+    return t.number("scale", default, low=0.0, low_open=True)
+
+
 def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]:
     network = t.get("network", default)
     if not (
@@ -394,9 +405,14 @@ def _forward(
         degree=t.integer("degree", 1, low=1),
         exact=t.formula("exact", None, names),
         reference_degree=t.integer("reference_degree", 4, low=1),
+        scale=_scale(t, "auto" if problem == "ritz" else 1.0),
     )
     if time and solution.exact is None:
         raise t.fail("exact", "a space–time case needs its exact solution (no reference in time)")
+    if time and solution.scale == "auto":
+        raise t.fail(
+            "scale", '"auto" solves the equation in space; a space–time case needs a number'
+        )
     t.finish()
     return equation, solution, parametric
 

@@ -131,6 +131,9 @@ class SolutionSettings:
     degree: int = 1
     exact: str | None = None
     reference_degree: int = 4
+    # the unit of the network's output (fields.OutputScale), or "auto": max |u_h| / 100 from a P1
+    # solve (the Ritz loss's default; 1 for PINNs: bench/ritz.py part 6)
+    scale: float | str = 1.0
 
 
 @dataclass

@@ -39,7 +39,7 @@ from torch.func import jacfwd
 from natinv import domain, expressions, figures, output, parallel
 from natinv.cases import ForwardCase
 from natinv.expressions import compile_expression, expression_names, torch_expression
-from natinv.fields import NeuralField, mlp
+from natinv.fields import NeuralField, OutputScale, mlp
 from natinv.objectives.pinn import PINN, Term, gradient, hessian, laplacian
 from natinv.objectives.ritz import Ritz
 from natinv.quadrature import Quadrature, boundary_quadrature, cell_quadrature
@@ -250,18 +250,34 @@ def _ds(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any, tags: Any = Non
     return ufl.Measure("ds", domain=mesh, subdomain_data=facets, subdomain_id=tuple(tags))
 
 
+def _output_scale(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> float:
+    """The unit of the network's output: the setting, or for ``"auto"`` max |u_h| / 100 of the
+    P1 solution at the first μ (bench/ritz.py part 6: on ``ritz_hole``, max u = 0.049, units
+    from max u / 5 to max u / 490 end within 10x the Galerkin floor, a unit of 1 does not).
+    Collective."""
+    scale = case.solution.scale
+    if scale != "auto":
+        return float(scale)
+    mu = case.parametric.samples[0] if case.parametric is not None else None
+    u = _reference(case, mesh, facets, mu, "scale", degree=1)
+    owned = u.function_space.dofmap.index_map.size_local
+    size = mesh.comm.allreduce(float(np.max(np.abs(u.x.array[:owned]), initial=0.0)), op=MPI.MAX)
+    return size / 100 if size > 0 else 1.0
+
+
 def _reference(
     case: ForwardCase,
     mesh: dolfinx.mesh.Mesh,
     facets: Any,
     mu: tuple[float, ...] | None,
-    index: int,
+    index: int | str,
+    degree: int | None = None,
 ) -> dolfinx.fem.Function:
-    """The finite-element solution of the case's equation (degree ``reference_degree``) at μ,
-    by a direct solve. Collective."""
+    """The finite-element solution of the case's equation (degree ``reference_degree``, or
+    ``degree``) at μ, by a direct solve. Collective."""
     eq, solution = case.equation, case.solution
     names = _names(case)
-    degree = solution.reference_degree
+    degree = solution.reference_degree if degree is None else degree
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
     coefficients = dolfinx.fem.functionspace(mesh, ("Lagrange", degree + 1))
 
@@ -300,7 +316,7 @@ def _reference(
         mesh.comm,
         problem.solver.getConvergedReason() > 0
         and bool(np.all(np.isfinite(reference.x.array[:owned]))),
-        f"{case.source}: the finite-element reference: the P{solution.reference_degree} solve "
+        f"{case.source}: the finite-element reference: the P{degree} solve "
         f"failed (reason {problem.solver.getConvergedReason()})",
     )
     reference.name = "reference"
@@ -390,9 +406,11 @@ class ForwardSetup:
 
     def describe(self) -> str:
         rows = getattr(self.objective, "num_global", self.field.num_global)
-        return (
+        text = (
             f"{self.case.problem}, {rows} {'residuals' if self.case.problem == 'pinn' else 'dofs'}"
         )
+        units = [m for m in self.field.network.modules() if isinstance(m, OutputScale)]
+        return text + "".join(f", output unit {float(m.scale):.3g}" for m in units)
 
     def misfit(self, theta: npt.NDArray[np.float64], loss: float) -> float:
         return float("nan")  # no data
@@ -452,16 +470,17 @@ def build_forward(case: ForwardCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Forward
     case = dataclasses.replace(
         case, equation=dataclasses.replace(case.equation, dirichlet=tags, neumann=neumann)
     )
+    check = cell_quadrature(mesh, 2 * settings.reference_degree)
+    _check_formulas(case, check, boundary_quadrature(mesh, case.equation.boundary_quadrature))
     space = dolfinx.fem.functionspace(mesh, ("Lagrange", settings.degree))
-    network = mlp(settings.network, settings.activation, seed=case.seed)
+    scale = _output_scale(case, mesh, facets)
+    network = mlp(settings.network, settings.activation, seed=case.seed, scale=scale)
     mus: list[tuple[float, ...] | None] = [None]
     if case.parametric is not None:
         mus = list(case.parametric.test)
         field = NeuralField(space, network, mu=list(case.parametric.samples[0]))
     else:
         field = NeuralField(space, network)
-    check = cell_quadrature(mesh, 2 * settings.reference_degree)
-    _check_formulas(case, check, boundary_quadrature(mesh, case.equation.boundary_quadrature))
     keep: list[Any] = []
     objective: PINN | Ritz
     if case.problem == "pinn":
