@@ -301,7 +301,7 @@ def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(several_ranks, 
             ["mesh.cells=6", "parametric.test=[-2.5, 0.0, 1.5]"],
             ["fields.png", "mu_errors.png"],
         ),
-        ("ritz_hole", 3, [], ["fields.png", "convergence.png"]),
+        ("ritz_hole", 7, [], ["fields.png", "convergence.png"]),
     ],
 )
 def test_shipped_forward_cases_run_in_reduced_form(
@@ -310,7 +310,8 @@ def test_shipped_forward_cases_run_in_reduced_form(
     """A few iterations of each shipped forward case: the result files are written, the loss
     falls by 10 % and the error against the exact or reference solution by 5 % from the first
     to the last iteration (measured, the same on 1 and 2 ranks and 1 and 2 BLAS threads: loss
-    ratios 0.53–0.79, error ratios 0.65–0.86)."""
+    ratios 0.53–0.79, error ratios 0.65–0.86; ritz_hole, whose first steps in its output unit
+    are short, over 7 steps: error ratio 0.81, its negative loss 24x lower)."""
     folder = shared_tmp / name
     args = ["run", str(CASES / f"{name}.toml"), "--iterations", str(iterations), "--quiet"]
     for item in [*overrides, f"output.folder='{folder}'"]:
