@@ -62,12 +62,23 @@ def activation_derivative(module: nn.Module) -> Callable[[torch.Tensor], torch.T
     return None
 
 
+def _layers(network: nn.Sequential) -> tuple[list[nn.Module], float]:
+    """The layers and the output unit: a trailing :class:`natinv.fields.OutputScale` is split
+    off (its factor scales the output)."""
+    modules = list(network)
+    if modules and type(modules[-1]).__name__ == "OutputScale":
+        return modules[:-1], float(modules[-1].scale)
+    return modules, 1.0
+
+
 def supports(network: nn.Module) -> bool:
     """Whether ``network`` is Linear layers and known activations, alternating (a Linear first
-    and last)."""
+    and last), optionally followed by an output unit (``OutputScale``)."""
     if not isinstance(network, nn.Sequential) or len(network) == 0:
         return False
-    modules = list(network)
+    modules, _ = _layers(network)
+    if not modules:
+        return False
     if not (isinstance(modules[0], nn.Linear) and isinstance(modules[-1], nn.Linear)):
         return False
     for i, module in enumerate(modules):
@@ -95,7 +106,7 @@ def layered_jacobian(
         inputs: ``(n, d)``, the network's inputs (after any input map).
         output_derivative: ``T'(z)`` of the elementwise output transform.
     """
-    modules = list(network)
+    modules, unit = _layers(network)
     weights, activations, zs = [], [], []
     a = inputs
     layer_inputs = []
@@ -113,7 +124,8 @@ def layered_jacobian(
             a = activation(z)
         else:
             output = z
-    delta = torch.diag_embed(output_derivative(output))  # (n, m, m): ∂T(z_K)/∂z_K
+    # (n, m, m): ∂T(σ z_K)/∂z_K for the output unit σ
+    delta = torch.diag_embed(unit * output_derivative(unit * output))
     blocks: dict[str, torch.Tensor] = {}
     for layer in range(len(weights) - 1, -1, -1):
         i = 2 * layer

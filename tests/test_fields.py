@@ -204,14 +204,19 @@ def test_the_callers_module_is_neither_converted_nor_overwritten(comm):
 def test_layered_jacobian_equals_the_torch_func_one(comm, activation, transform):
     """The explicit backward sweep of natinv.layered (Linear layers and built-in activations)
     gives the Jacobian torch.func gives, to 1e-12 relative: scalar and vector fields, a frozen
-    layer, a parametric field."""
+    layer, a parametric field, an output unit."""
     from natinv import layered
 
     mesh = unit_square(comm)
-    for element, mu in [(("Lagrange", 1), None), (("Lagrange", 1, (2,)), None), (("DG", 0), [0.3])]:
+    for element, mu, unit in [
+        (("Lagrange", 1), None, 1.0),
+        (("Lagrange", 1, (2,)), None, 1.0),
+        (("DG", 0), [0.3], 1.0),
+        (("Lagrange", 1), None, 0.3),
+    ]:
         space = dolfinx.fem.functionspace(mesh, element)
         bs = space.dofmap.index_map_bs
-        network = natinv.mlp([2 + (mu is not None), 7, 5, bs], activation, seed=4)
+        network = natinv.mlp([2 + (mu is not None), 7, 5, bs], activation, seed=4, scale=unit)
         network[0].bias.requires_grad_(False)
         field = natinv.NeuralField(space, network, transform, mu=mu)
         assert layered.supports(field.network)
@@ -237,6 +242,8 @@ def test_networks_outside_the_layered_form_keep_the_torch_func_path(comm):
     assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)))
     assert not layered.supports(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))
     assert layered.supports(natinv.mlp([2, 3, 1]))
+    assert layered.supports(natinv.mlp([2, 3, 1], scale=0.1))
+    assert not layered.supports(nn.Sequential(natinv.OutputScale(0.1)))
 
 
 def test_an_output_unit_multiplies_the_network_and_is_not_trained():
