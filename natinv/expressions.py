@@ -6,8 +6,9 @@ the constants ``pi`` and ``e``, arithmetic (``+ - * / ** %``), comparisons (givi
 ``&`` and ``|`` between comparisons, and the functions below — so a formula can compute but not
 reach anything else. Evaluation is vectorised with numpy (:func:`compile_expression`), or done
 in torch on one point (:func:`torch_expression`, differentiable: PDE coefficients inside residual
-losses). A formula may also name *parameters* (e.g. ``mu`` of a parametric PDE), given as keyword
-values when it is evaluated.
+losses), or built as a UFL expression of the mesh's coordinates (:func:`ufl_expression`: a
+coefficient that depends on the time of a transient form). A formula may also name *parameters*
+(e.g. ``mu`` of a parametric PDE, ``t``), given as keyword values when it is evaluated.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ if TYPE_CHECKING:  # torch loads with the first torch formula
 
 __all__ = [
     "FUNCTIONS",
+    "check_ufl",
     "compile_expression",
     "expression_names",
     "interpolate",
     "torch_expression",
+    "ufl_expression",
 ]
 
 FUNCTIONS: dict[str, Callable[..., npt.NDArray[np.float64]]] = {
@@ -288,3 +291,121 @@ def torch_expression(
 
     evaluate.__doc__ = text
     return evaluate
+
+
+def _indicator(comparison: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``(a, b) -> 1 if comparison(a, b) else 0`` as a UFL conditional."""
+    import ufl
+
+    def indicator(a: Any, b: Any) -> Any:
+        return ufl.conditional(comparison(a, b), 1.0, 0.0)
+
+    return indicator
+
+
+def _ufl_functions() -> dict[str, Callable[..., Any]]:
+    """The UFL counterparts of :data:`FUNCTIONS` and of the comparison and logic operators."""
+    import ufl
+
+    def where(condition: Any, a: Any, b: Any) -> Any:
+        return ufl.conditional(ufl.ne(condition, 0.0), a, b)
+
+    comparisons = {"_lt": ufl.lt, "_le": ufl.le, "_gt": ufl.gt, "_ge": ufl.ge}
+    return {
+        "exp": ufl.exp,
+        "log": ufl.ln,
+        "sqrt": ufl.sqrt,
+        "abs": abs,
+        "sin": ufl.sin,
+        "cos": ufl.cos,
+        "tan": ufl.tan,
+        "tanh": ufl.tanh,
+        "sinh": ufl.sinh,
+        "cosh": ufl.cosh,
+        "arctan": ufl.atan,
+        "arcsin": ufl.asin,
+        "arccos": ufl.acos,
+        "minimum": ufl.min_value,
+        "maximum": ufl.max_value,
+        "where": where,
+        # a comparison is 0 or 1; & and | of such values are their product and maximum
+        **{k: _indicator(op) for k, op in comparisons.items()},
+        "_and": lambda a, b: a * b,
+        "_or": ufl.max_value,
+    }
+
+
+_COMPARISONS = {ast.Lt: "_lt", ast.LtE: "_le", ast.Gt: "_gt", ast.GtE: "_ge"}
+
+
+class _ToUfl(ast.NodeTransformer):
+    """Comparisons, ``&`` and ``|`` as calls of the UFL functions above; ``%`` refused."""
+
+    def __init__(self, name: str, shown: str) -> None:
+        self.name, self.shown = name, shown
+
+    @staticmethod
+    def _call(function: str, *args: ast.AST) -> ast.Call:
+        return ast.Call(func=ast.Name(id=function, ctx=ast.Load()), args=list(args), keywords=[])
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        left, result = node.left, None
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            term = self._call(_COMPARISONS[type(op)], left, right)
+            result = term if result is None else self._call("_and", result, term)
+            left = right
+        assert result is not None
+        return ast.copy_location(result, node)
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Mod):
+            raise ValueError(f"{self.name}: % has no UFL form; rewrite {self.shown!r} without it")
+        if isinstance(node.op, ast.BitAnd | ast.BitOr):
+            function = "_and" if isinstance(node.op, ast.BitAnd) else "_or"
+            return ast.copy_location(self._call(function, node.left, node.right), node)
+        return node
+
+
+def check_ufl(text: str, name: str, parameters: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` naming ``name`` unless :func:`ufl_expression` can build ``text``."""
+    shown = text if len(text) <= 80 else text[:60] + " ..."
+    _ToUfl(name, shown).visit(_parse(text, name, parameters))
+
+
+def ufl_expression(
+    text: str, name: str, mesh: Any, parameters: tuple[str, ...] = ()
+) -> Callable[..., Any]:
+    """A function ``(**values) -> UFL expression`` of the formula on ``mesh``: the coordinates
+    are the mesh's ``SpatialCoordinate`` (``z = 0`` in 2D), the ``parameters`` keyword values
+    (numbers or UFL expressions, e.g. a ``dolfinx.fem.Constant`` holding the time). Comparisons
+    become 0/1 conditionals as in :func:`compile_expression`; ``%`` is refused.
+
+    Raises:
+        ValueError: as :func:`compile_expression`, or the formula uses ``%``.
+    """
+    import ufl
+
+    shown = text if len(text) <= 80 else text[:60] + " ..."
+    tree = _ToUfl(name, shown).visit(_parse(text, name, parameters))
+    code = compile(ast.fix_missing_locations(tree), f"<{name}>", "eval")
+    x = ufl.SpatialCoordinate(mesh)
+    coordinates = {v: x[i] if i < mesh.geometry.dim else 0.0 for i, v in enumerate(VARIABLES)}
+    functions = _ufl_functions()
+
+    def build(**values: Any) -> Any:
+        missing = [p for p in parameters if p not in values]
+        if missing:
+            raise ValueError(f"{name}: no value for {missing} in {shown!r}")
+        namespace = {
+            "__builtins__": {},
+            **functions,
+            **{k: float(v) for k, v in CONSTANTS.items()},
+            **coordinates,
+            **{p: values[p] for p in parameters},
+        }
+        return eval(code, namespace)
+
+    build.__doc__ = text
+    return build

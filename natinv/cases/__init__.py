@@ -30,7 +30,9 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # traction = { boundary = 2, value = [0.0, -0.1] }, poisson_ratio = 0.3
     # heat (∂u/∂t − ∇·(κ∇u) = source, data with a t column): dt = 0.01, steps = 20 (both
     # required), scheme = "crank-nicolson" (or "euler"), initial = "0" (u at t = 0, a
-    # formula), memory = 1024 (MiB per rank for the stored states; beyond it checkpoints)
+    # formula), memory = 1024 (MiB per rank for the stored states; beyond it checkpoints);
+    # its source may name t: source = "50*exp(-((x - 0.2 - 3*t)**2 + (y - 0.5)**2)/0.02)"
+    # (a moving hot spot; evaluated in the forms at each step's times, no %)
 
     [parameter]
     degree = 1

@@ -30,8 +30,8 @@ from natinv.cases.settings import (
     ParametricSettings,
     SolutionSettings,
 )
-from natinv.cases.table import _Table
-from natinv.expressions import CONSTANTS, FUNCTIONS, VARIABLES
+from natinv.cases.table import CaseError, _Table
+from natinv.expressions import CONSTANTS, FUNCTIONS, VARIABLES, check_ufl, expression_names
 
 
 def _numbers(value: Any, count: int | None = None, positive: bool = False) -> bool:
@@ -210,10 +210,16 @@ def _inverse(
         timing["diffusion"] = t.number("diffusion", 1.0, low=0.0, low_open=True)
     elif "diffusion" in t.data:
         raise t.fail("diffusion", "only for kind = 'reaction' (λ in λΔu − k u = f)")
+    source = t.formula("source", "1", ("t",) if kind in TRANSIENT else ()) or "1"
+    if "t" in expression_names(source):
+        try:
+            check_ufl(source, t.key("source"), ("t",))
+        except ValueError as exc:
+            raise CaseError(f"{t.source}: {exc}") from None
     model = ModelSettings(
         kind=kind,
         degree=t.integer("degree", 2, low=1),
-        source=t.formula("source", "1") or "1",
+        source=source,
         dirichlet=dirichlet,
         load=[float(v) for v in load],
         traction=traction,

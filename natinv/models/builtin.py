@@ -98,14 +98,19 @@ def _diffusion_form(
     mesh: dolfinx.mesh.Mesh, f: Data, flux: Data | None, coefficient: str
 ) -> Callable[..., ufl.Form]:
     """``(u, m, v[, t]) -> (κ∇u, ∇v) − (f, v) − (flux, v)_∂Ω`` with ``κ = m`` or ``exp(m)``:
-    the residual of :func:`diffusion` and of the heat equation's space part."""
+    the residual of :func:`diffusion` and of the heat equation's space part. ``f`` may be a
+    function ``t -> UFL expression`` of the time (a Constant the transient model sets)."""
     if coefficient not in ("identity", "exp"):
         raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
-    source_term, g = _expr(mesh, f), None if flux is None else _expr(mesh, flux)
+    timed = callable(f) and not isinstance(f, ufl.core.expr.Expr)
+    source_term, g = None if timed else _expr(mesh, f), None if flux is None else _expr(mesh, flux)
 
     def residual(u, m, v, t=None):  # type: ignore[no-untyped-def]
         kappa = ufl.exp(m) if coefficient == "exp" else m
-        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source_term * v * ufl.dx
+        if timed and t is None:
+            raise ValueError("a source that depends on the time needs a transient model (heat)")
+        source = f(t) if timed else source_term
+        form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source * v * ufl.dx
         return form - g * v * ufl.ds if g is not None else form
 
     return residual

@@ -469,8 +469,9 @@ def heat(
     """The heat equation ``∂u/∂t − ∇·(κ ∇u) = f``, ``u(0) = initial``, with ``κ = m > 0``
     (checked) or ``κ = exp(m)`` (``coefficient="exp"``), ``κ ∇u·n = flux`` where no condition
     is set (default ``u = 0`` on the whole boundary). ``f`` and ``flux`` are numbers, UFL
-    expressions or Functions; ``options`` go to :class:`TransientModel` (``scheme``,
-    ``capacity``, ...)."""
+    expressions or Functions, ``f`` also a function ``t -> UFL expression`` of the time (e.g.
+    ``lambda t: ufl.sin(t) * x[0]``: the θ-scheme evaluates it at ``t_n`` and ``t_{n+1}``);
+    ``options`` go to :class:`TransientModel` (``scheme``, ``capacity``, ...)."""
     from natinv.models.builtin import _bcs, _diffusion_form, positive
 
     residual = _diffusion_form(space.mesh, f, flux, coefficient)

@@ -12,6 +12,7 @@ synthesis too. This module imports no application module above it (runner, compa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,31 @@ def interpolate(
     expressions.interpolate(function, text, key, where=str(case.source) if case else "")
 
 
+def _heat_source(
+    case: InverseCase, state: dolfinx.fem.FunctionSpace, dt: float, steps: int
+) -> dolfinx.fem.Function | Callable[[Any], Any]:
+    """The heat equation's source: a Function of x, or for a formula naming ``t`` the map from
+    the model's time Constant to the formula's UFL expression (checked finite at every dof at
+    each of the times ``0, dt, …, steps·dt`` the θ-scheme evaluates it at). Collective."""
+    text = case.model.source
+    if "t" not in expressions.expression_names(text):
+        source = dolfinx.fem.Function(state, name="source")
+        interpolate(source, text, "model.source", case)
+        return source
+    probe = dolfinx.fem.Function(state)
+    for n in range(steps + 1):
+        expressions.interpolate(
+            probe,
+            text,
+            f"model.source (t = {n * dt:g})",
+            parameters=("t",),
+            values={"t": n * dt},
+            where=str(case.source),
+        )
+    build = expressions.ufl_expression(text, "model.source", state.mesh, ("t",))
+    return lambda t: build(t=t)
+
+
 def model_of(
     case: InverseCase,
     state: dolfinx.fem.FunctionSpace,
@@ -110,26 +136,27 @@ def model_of(
             poisson_ratio=case.model.poisson_ratio,
             options_prefix=prefix,
         )
-    source = dolfinx.fem.Function(state, name="source")
-    interpolate(source, case.model.source, "model.source", case)
-    if case.model.kind == "source":
-        return models.source(state, parameter, kappa=source, bcs=bcs, options_prefix=prefix)
     if case.model.kind == "heat":
         initial = dolfinx.fem.Function(state, name="initial")
         interpolate(initial, case.model.initial, "model.initial", case)
+        dt, steps = case.model.dt / time_refine, case.model.steps * time_refine
         return models.heat(
             state,
             parameter,
             initial,
-            case.model.dt / time_refine,
-            case.model.steps * time_refine,
-            f=source,
+            dt,
+            steps,
+            f=_heat_source(case, state, dt, steps),
             bcs=bcs,
             coefficient=case.model.coefficient,
             scheme=case.model.scheme,
             memory=int(case.model.memory * 2**20),
             options_prefix=prefix,
         )
+    source = dolfinx.fem.Function(state, name="source")
+    interpolate(source, case.model.source, "model.source", case)
+    if case.model.kind == "source":
+        return models.source(state, parameter, kappa=source, bcs=bcs, options_prefix=prefix)
     if case.model.kind == "reaction":
         return models.reaction(
             state,
