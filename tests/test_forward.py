@@ -253,10 +253,10 @@ scale = {scale}
 
 
 def test_a_ritz_network_in_units_of_the_solution_learns_faster(comm, shared_tmp):
-    """−Δu = 1 on the unit square (max u = 0.074), P2, Levenberg–Marquardt, 120 steps: in units
+    """−Δu = 1 on the unit square (max u = 0.074), P2, Levenberg–Marquardt, 80 steps: in units
     of 1 the network starts larger than u and fits it by barely moving its hidden layers; in
-    the automatic units (max |u_h| / 100) its error ends at least 3x lower (measured 5.8–9.0
-    over seeds 0–3, 1 and 2 ranks, 1 and 2 BLAS threads; seed 0, tested: 9.0)."""
+    the automatic units (max |u_h| / 100) its error ends at least 1.8x lower (seed 0, tested:
+    18.9 on 1 and 2 ranks and 1 and 2 BLAS threads; seeds 1–3: 4.4–8.1)."""
     errors = []
     for scale in ("1.0", "'auto'"):
         path = shared_tmp / "square_one.toml"
@@ -264,12 +264,12 @@ def test_a_ritz_network_in_units_of_the_solution_learns_faster(comm, shared_tmp)
         built = build_forward(load_case(path), comm)
         solver = NaturalSolver(built.objective.gram, "lm", damping=1e-3)
         optimizer = NaturalGradientDescent(built.objective, solver)
-        for _ in range(120):
+        for _ in range(80):
             optimizer.step()
         errors.append(built.error(optimizer.theta))
         solver.destroy()
         built.close()
-    assert errors[1] <= errors[0] / 3, errors
+    assert errors[1] <= errors[0] / 1.8, errors
 
 
 def test_one_and_two_ranks_give_the_same_loss_gradient_and_error(several_ranks, comm, shared_tmp):

@@ -259,7 +259,7 @@ def _output_scale(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> fl
     if scale != "auto":
         return float(scale)
     mu = case.parametric.samples[0] if case.parametric is not None else None
-    u = _reference(case, mesh, facets, mu, "scale", degree=1)
+    u = _reference(case, mesh, facets, mu, "scale", degree=1, purpose='solve of scale = "auto"')
     owned = u.function_space.dofmap.index_map.size_local
     size = mesh.comm.allreduce(float(np.max(np.abs(u.x.array[:owned]), initial=0.0)), op=MPI.MAX)
     return size / 100 if size > 0 else 1.0
@@ -272,9 +272,10 @@ def _reference(
     mu: tuple[float, ...] | None,
     index: int | str,
     degree: int | None = None,
+    purpose: str = "reference",
 ) -> dolfinx.fem.Function:
     """The finite-element solution of the case's equation (degree ``reference_degree``, or
-    ``degree``) at μ, by a direct solve. Collective."""
+    ``degree``) at μ, by a direct solve; ``purpose`` names it when it fails. Collective."""
     eq, solution = case.equation, case.solution
     names = _names(case)
     degree = solution.reference_degree if degree is None else degree
@@ -316,7 +317,7 @@ def _reference(
         mesh.comm,
         problem.solver.getConvergedReason() > 0
         and bool(np.all(np.isfinite(reference.x.array[:owned]))),
-        f"{case.source}: the finite-element reference: the P{degree} solve "
+        f"{case.source}: the finite-element {purpose}: the P{degree} solve "
         f"failed (reason {problem.solver.getConvergedReason()})",
     )
     reference.name = "reference"
