@@ -261,7 +261,7 @@ def _output_scale(case: ForwardCase, mesh: dolfinx.mesh.Mesh, facets: Any) -> fl
     mu = case.parametric.samples[0] if case.parametric is not None else None
     u = _reference(case, mesh, facets, mu, "scale", degree=1, purpose='solve of scale = "auto"')
     owned = u.function_space.dofmap.index_map.size_local
-    size = mesh.comm.allreduce(float(np.max(np.abs(u.x.array[:owned]), initial=0.0)), op=MPI.MAX)
+    size = parallel.allreduce_max(mesh.comm, float(np.max(np.abs(u.x.array[:owned]), initial=0.0)))
     return size / 100 if size > 0 else 1.0
 
 
