@@ -126,6 +126,7 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
             f"  data       {', '.join(kinds)}: {built.num_sensors} rows, every sensor inside "
             "the mesh" + (f"; noise level: misfit {built.discrepancy:g}" if built.measured else ""),
         ]
+    lines += _estimates(case, built, comm)
     detail = (
         f" ({settings.metric}, {settings.solver} λ={settings.damping:g}, {settings.momentum}"
         + (f" β={settings.beta:g}" if settings.momentum != "none" else "")
@@ -141,3 +142,44 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
         + ("; holds a checkpoint" if checkpointed else ""),
     ]
     return lines
+
+
+def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
+    """What a run will need: memory per rank (the Gram's parts, the stored states of a
+    transient model) and, for a transient model, one timed step times the steps of a
+    trajectory. Collective."""
+    from natinv import models, parallel, resources
+
+    fmt = resources.format_bytes
+    budget = resources.available_memory(resources.ranks_per_node(comm))
+    parts = []
+    gram = getattr(built.objective, "gram", None)
+    if gram is not None:
+        jacobian, formed = gram.estimates
+        parts += [f"{fmt(jacobian.bytes)} for J and M·J", f"{fmt(formed.bytes)} for G if formed"]
+    model = getattr(built, "model", None)
+    lines = []
+    if isinstance(model, models.TransientModel):
+        state = parallel.allreduce_max(comm, float(model.u.x.array.nbytes))
+        kept = (model.steps + model.stride - 1) // model.stride + model.stride
+        parts.append(f"{fmt(kept * state)} for the stored states (1 in {model.stride} kept)")
+        built.problem.set_parameter(built.field.values())
+        seconds = model.timed_step()
+        lines.append(
+            f"  time       about {seconds:.2g} s per step (one step timed): "
+            f"{_duration(seconds * model.steps)} per trajectory of {model.steps} steps; an "
+            "iteration solves one forward and one backward trajectory, or more"
+        )
+    if parts:
+        lines.insert(
+            0, f"  memory     per rank: {', '.join(parts)}; {fmt(budget)} available per rank"
+        )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    """``93784`` → ``"26 h"``; ``75`` → ``"75 s"``."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"

@@ -145,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a case value"
     )
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    run.add_argument(
+        "--force", action="store_true", help="replace the results of an earlier run in the folder"
+    )
     run.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     chk = sub.add_parser(
@@ -164,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--iterations", type=_count(0), help="override optimizer.iterations")
+    cmp.add_argument(
+        "--force", action="store_true", help="replace an earlier comparison in the folder"
+    )
     cmp.add_argument(
         "--alphas",
         type=_alphas,
@@ -240,7 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from natinv.runner import run
 
             summary = run(
-                case, comm, resume=args.resume, quiet=args.quiet, iterations=args.iterations
+                case,
+                comm,
+                resume=args.resume,
+                force=args.force,
+                quiet=args.quiet,
+                iterations=args.iterations,
             )
             error = summary["relative_l2_error"]
             level = summary.get("discrepancy_level")
@@ -276,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.set,
                 comm,
                 iterations=args.iterations,
+                force=args.force,
                 **({"alphas": args.alphas} if args.alphas else {}),
             )
             fit = "misfit" if "misfit" in summaries[0] else "loss"  # inverse, forward

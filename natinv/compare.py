@@ -62,6 +62,8 @@ PRESETS: dict[str, list[str]] = {
     "tao-lmvm": ["optimizer.kind='tao-lmvm'"],
 }
 BASELINES = ("tao-nls", "tao-lmvm")
+#: what a comparison writes into the case's output folder
+COMPARISON = ("comparison.csv", "comparison.png", "compare")
 #: beyond the grid's largest α when that one already fits the data (then the search goes up)
 UPWARD = (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 ALPHAS = (100.0, 30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4)
@@ -76,11 +78,14 @@ def compare(
     quiet: bool = True,
     iterations: int | None = None,
     alphas: Sequence[float] = ALPHAS,
+    force: bool = False,
 ) -> list[dict[str, Any]]:
     """Run one case with several optimizers (:data:`PRESETS`); each writes
     ``results/<case>/compare/<optimizer>/``, and the case folder gets ``comparison.csv`` and
     ``comparison.png``. Returns the summaries (a baseline's α search as one more, after it).
-    ``alphas``: the baselines' grid of Tikhonov weights, searched from the largest. Collective."""
+    ``alphas``: the baselines' grid of Tikhonov weights, searched from the largest. A folder
+    that holds an earlier comparison is refused unless ``force`` replaces it (all of it, so
+    that no optimizer's results of the earlier one remain). Collective."""
     from natinv.cases import load_case_on
 
     unknown = [o for o in optimizers if o not in PRESETS]
@@ -100,7 +105,7 @@ def compare(
         for name in optimizers
     ]
     summaries, histories = [], {}
-    with output.claim_folder(comm, base.output):
+    with output.claim_folder(comm, base.output, results=COMPARISON, force=force):
         for name, case in zip(optimizers, cases, strict=True):
             if name in BASELINES and _measured(base):
                 grid = sorted(alphas, reverse=True)

@@ -41,7 +41,7 @@ import dolfinx
 import numpy as np
 import numpy.typing as npt
 
-from natinv import parallel
+from natinv import parallel, resources
 from natinv.output import atomic_path, rank0_writer
 from natinv.parallel import Comm
 
@@ -227,12 +227,14 @@ def read_sensors(comm: Comm, path: str | Path, gdim: int, regions: bool = False)
     error: str | None = None
     if comm.rank == 0:
         try:
-            data = _parse(path.read_text(), str(path), gdim, regions)
+            data = _parse(resources.read_text(path, "sensor file"), str(path), gdim, regions)
         except FileNotFoundError:
             error = f"{path}: no such sensor file"
         except (OSError, UnicodeDecodeError) as exc:
             error = f"{path}: cannot be read ({exc})"
-        except ValueError as exc:
+        except MemoryError:
+            error = f"{path}: out of memory while reading the sensor file"
+        except ValueError as exc:  # (ResourceError too)
             error = str(exc)
     error = comm.bcast(error, root=0)
     if error is not None:

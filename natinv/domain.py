@@ -20,7 +20,7 @@ import dolfinx.io.gmsh
 import numpy as np
 import numpy.typing as npt
 
-from natinv import parallel
+from natinv import output, parallel
 from natinv.cases import CaseError, MeshSettings
 
 __all__ = [
@@ -541,12 +541,26 @@ def boundary_facets(
 
 
 def write_vtx(comm: MPI.Comm, path: Path, functions: list[dolfinx.fem.Function]) -> None:
-    """The functions (one space) at time 0 in a VTX folder (BP4) for ParaView. Collective."""
-    parallel.on_rank0(
-        comm, f"{path}: cannot write", lambda: path.parent.mkdir(parents=True, exist_ok=True)
-    )
-    with dolfinx.io.VTXWriter(comm, path, functions, engine="BP4") as writer:
-        writer.write(0.0)
+    """The functions (one space) at time 0 in a VTX folder (BP4) for ParaView, written aside
+    and renamed (:func:`natinv.output.written_aside`: a full disk is one error on every rank
+    before ADIOS2 starts, the previous folder stays until the new one is complete).
+    Collective."""
+    with output.written_aside(comm, path, vtx_bytes(functions)) as tmp:
+        with dolfinx.io.VTXWriter(comm, tmp, functions, engine="BP4") as writer:
+            writer.write(0.0)
+
+
+def vtx_bytes(functions: list[dolfinx.fem.Function], steps: int = 1) -> float:
+    """About how many bytes a VTX folder of ``functions`` (one space) over ``steps`` times
+    takes: the values at every step, the dof coordinates and the cells' dofs once. Collective."""
+    space = functions[0].function_space
+    index_map = space.dofmap.index_map
+    bs = space.dofmap.index_map_bs
+    tdim = space.mesh.topology.dim
+    cells = space.mesh.topology.index_map(tdim).size_global
+    per_cell = space.dofmap.dof_layout.num_dofs
+    values = index_map.size_global * bs * 8 * len(functions) * steps
+    return float(values + index_map.size_global * 3 * 8 + cells * (per_cell + 1) * 8)
 
 
 def triangles(

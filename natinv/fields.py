@@ -39,13 +39,16 @@ __all__ = [
     "Exp",
     "FourierFeatures",
     "Identity",
+    "InputChain",
     "NeuralField",
     "OutputScale",
+    "ReferenceBox",
     "Softplus",
     "Transform",
     "fill_jacobian",
     "make_transform",
     "mlp",
+    "reference_length",
 ]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -150,6 +153,74 @@ class FourierFeatures:
 
     def __repr__(self) -> str:
         return f"FourierFeatures(count={self.count}, scale={self.scale})"
+
+
+class ReferenceBox:
+    """An input map ``x ↦ (x − lower) / length``: coordinates in units of the domain's size,
+    so that a network (and its Fourier features' frequencies) sees the same inputs whether the
+    mesh is in metres, millimetres or microns. ``length`` is the largest side of the box (one
+    factor for every axis: shapes keep their aspect), so a mesh on ``[0, 1]^d`` is read as it
+    is. :meth:`of` takes a mesh's bounding box."""
+
+    def __init__(self, lower: npt.ArrayLike, length: float) -> None:
+        lower = np.asarray(lower, dtype=np.float64).reshape(-1)
+        if not (np.all(np.isfinite(lower)) and length > 0 and math.isfinite(length)):
+            raise ValueError(f"Invalid reference box: lower corner {lower}, length {length}")
+        self.lower = torch.as_tensor(lower, dtype=torch.float64)
+        self.length = float(length)
+
+    @classmethod
+    def of(cls, mesh: Any) -> ReferenceBox:
+        """The bounding box of a DOLFINx mesh over all ranks. Collective."""
+        gdim = mesh.geometry.dim
+        x = mesh.geometry.x[:, :gdim]
+        big = np.finfo(np.float64).max
+        lower = np.min(x, axis=0, initial=big)
+        upper = np.max(x, axis=0, initial=-big)
+        lower = -parallel.allreduce_max_array(mesh.comm, -lower)
+        upper = parallel.allreduce_max_array(mesh.comm, upper)
+        return cls(lower, float(np.max(upper - lower)))
+
+    @classmethod
+    def of_corners(cls, lower: npt.ArrayLike, upper: npt.ArrayLike) -> ReferenceBox:
+        """The box with these corners (its largest side the length)."""
+        lower, upper = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+        return cls(lower, float(np.max(upper - lower)))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.lower.shape[0]
+        if x.shape[-1] == d:
+            return (x - self.lower) / self.length
+        # a parametric field's inputs (x, μ): only the coordinates are mapped
+        return torch.cat([(x[..., :d] - self.lower) / self.length, x[..., d:]], dim=-1)
+
+    def __repr__(self) -> str:
+        return f"ReferenceBox(lower={self.lower.tolist()}, length={self.length:g})"
+
+
+class InputChain:
+    """Input maps applied in turn, e.g. a :class:`ReferenceBox`, then
+    :class:`FourierFeatures`."""
+
+    def __init__(self, *maps: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.maps = maps
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.maps:
+            x = step(x)
+        return x
+
+    def __repr__(self) -> str:
+        return " → ".join(repr(m) for m in self.maps)
+
+
+def reference_length(field: Any) -> float:
+    """The length unit of a field's inputs: its :class:`ReferenceBox`'s length (alone or
+    first in an :class:`InputChain`), else 1."""
+    step = getattr(field, "input_map", None)
+    if isinstance(step, InputChain) and step.maps:
+        step = step.maps[0]
+    return step.length if isinstance(step, ReferenceBox) else 1.0
 
 
 def fill_jacobian(

@@ -21,7 +21,7 @@ from petsc4py import PETSc
 import numpy as np
 import numpy.typing as npt
 
-from natinv import parallel
+from natinv import parallel, resources
 from natinv.parallel import Comm
 
 __all__ = ["Gram", "GramOperator", "Rows"]
@@ -75,6 +75,12 @@ class Gram:
             ),
         )
         n, p = rows.num_owned, rows.num_parameters
+        #: what J and M·J, and G with its factors once formed, take on the largest rank
+        #: (checked before each is allocated; row solvers never form G)
+        self.estimates = resources.gram_estimates(self.comm, n, p)
+        self._budget = resources.available_memory(resources.ranks_per_node(self.comm))
+        self._where = f"natural gradient with {p} parameters and {rows.num_global} rows"
+        resources.check_memory(self.estimates[:1], self._budget, self._where)  # (every rank)
         self.J = PETSc.Mat().createDense(((n, rows.num_global), (None, p)), comm=metric.comm)
         self.J.setUp()
         self.J.assemble()
@@ -117,6 +123,8 @@ class Gram:
         """
         if jacobian or self.version == 0:  # never form G from a J that was never computed
             self.update_jacobian(theta)
+        if self.G is None:
+            resources.check_memory(self.estimates, self._budget, self._where)
         start = time.perf_counter()
         self.MJ = self.metric.matMult(self.J, result=self.MJ)
         self.G = self.J.transposeMatMult(self.MJ, result=self.G)

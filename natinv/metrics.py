@@ -37,18 +37,32 @@ def _assemble(
     return matrix
 
 
-def l2(space: dolfinx.fem.FunctionSpace) -> PETSc.Mat:
-    """The L2 mass matrix ``∫ w·z dx`` on ``space``. Collective; caller must destroy()."""
+def _in_units(matrix: PETSc.Mat, space: dolfinx.fem.FunctionSpace, unit: float) -> PETSc.Mat:
+    """``matrix`` with ``dx`` measured in ``unit^d`` (d the mesh's dimension)."""
+    if not (unit > 0):
+        raise ValueError(f"Invalid length unit {unit}: must be > 0")
+    if unit != 1.0:
+        matrix.scale(float(unit) ** -space.mesh.topology.dim)
+    return matrix
+
+
+def l2(space: dolfinx.fem.FunctionSpace, unit: float = 1.0) -> PETSc.Mat:
+    """The L2 mass matrix ``∫ w·z dx`` on ``space``, the volume measured in ``unit^d`` (a
+    neural field's reference length: the same matrix whatever the mesh's unit). Collective;
+    caller must destroy()."""
     w, z = ufl.TrialFunction(space), ufl.TestFunction(space)
-    return _assemble(ufl.inner(w, z) * ufl.dx)
+    return _in_units(_assemble(ufl.inner(w, z) * ufl.dx), space, unit)
 
 
-def h1(space: dolfinx.fem.FunctionSpace, length: float = 1.0) -> PETSc.Mat:
-    """The H1 matrix ``∫ w·z + ℓ² ∇w:∇z dx``. Collective; caller must destroy().
+def h1(space: dolfinx.fem.FunctionSpace, length: float = 1.0, unit: float = 1.0) -> PETSc.Mat:
+    """The H1 matrix ``∫ w·z + ℓ² ∇w:∇z dx``, the volume measured in ``unit^d``. Collective;
+    caller must destroy().
 
     Args:
         space: a continuous space (the gradient of a DG field is not its weak gradient).
         length: the length scale ``ℓ > 0`` weighting the gradient term against the L2 term.
+        unit: the length unit of ``dx`` (with ``length = unit``, the matrix of a mesh in other
+            units is the same).
     """
     if not (length > 0):
         raise ValueError(f"Invalid H1 length scale {length}: must be > 0")
@@ -59,7 +73,8 @@ def h1(space: dolfinx.fem.FunctionSpace, length: float = 1.0) -> PETSc.Mat:
         )
     w, z = ufl.TrialFunction(space), ufl.TestFunction(space)
     ell2 = dolfinx.fem.Constant(space.mesh, float(length) ** 2)
-    return _assemble((ufl.inner(w, z) + ell2 * ufl.inner(ufl.grad(w), ufl.grad(z))) * ufl.dx)
+    form = (ufl.inner(w, z) + ell2 * ufl.inner(ufl.grad(w), ufl.grad(z))) * ufl.dx
+    return _in_units(_assemble(form), space, unit)
 
 
 def energy(

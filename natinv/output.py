@@ -5,15 +5,18 @@ whether the write succeeded before anyone goes on (an error on rank 0 is raised 
 no rank is left in a barrier). Files are written to a temporary name and renamed, so an
 interrupted run never leaves a half-written result; they get the permissions the umask allows,
 like any file the user creates. :func:`claim_folder` takes a run's output folder: it must be
-writable, and only one run writes to it at a time.
+writable, only one run writes to it at a time, and it never holds the results of two runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,19 +26,24 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from natinv import parallel
+from natinv import parallel, resources
 from natinv.parallel import Comm
 
 __all__ = [
+    "RESULTS",
     "atomic_path",
+    "check_space",
     "claim_folder",
     "plot_convergence",
     "plot_fields",
     "pyplot",
     "rank0_writer",
+    "remove_results",
+    "results_in",
     "save_figure",
     "write_history",
     "write_summary",
+    "written_aside",
 ]
 
 
@@ -81,8 +89,11 @@ class _Claim:
         self.comm, self.folder, self._stream = comm, folder, stream
 
     def release(self) -> None:
-        """Let another run write to the folder (rank 0 closes the lock). Local."""
+        """Let another run write to the folder: rank 0 removes the lock file, then closes it
+        (a run waiting for it sees the file gone and takes a new one). Local."""
         if self._stream is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.folder / LOCK)
             self._stream.close()
             self._stream = None
 
@@ -95,11 +106,55 @@ class _Claim:
 
 LOCK = ".natinv.lock"
 
+#: What a run writes into its output folder (files and VTX folders): a folder holding any of
+#: them holds another run's results.
+RESULTS = (
+    "summary.json",
+    "history.csv",
+    "checkpoint.npz",
+    "convergence.png",
+    "fields.png",
+    "misfit.png",
+    "uncertainty.png",
+    "mu_errors.png",
+    "parameter.bp",
+    "state.bp",
+    "solution.bp",
+    "std.bp",
+    "samples.bp",
+)
 
-def claim_folder(comm: Comm, folder: Path) -> _Claim:
+
+def results_in(folder: Path, names: Sequence[str] = RESULTS) -> list[str]:
+    """The result files of ``names`` present in ``folder`` (in that order). Local."""
+    return [name for name in names if (folder / name).exists()]
+
+
+def remove_results(folder: Path, names: Sequence[str] = RESULTS) -> None:
+    """Remove the result files (and VTX folders) of ``names`` from ``folder``. Local."""
+    for name in results_in(folder, names):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def claim_folder(
+    comm: Comm,
+    folder: Path,
+    *,
+    results: Sequence[str] = (),
+    resume: bool = False,
+    force: bool = False,
+) -> _Claim:
     """Create ``folder`` if needed and hold it for this run: it must be a writable folder, and a
     second run writing to it at the same time is refused (an advisory lock held by rank 0 until
-    :meth:`release`, dropped by the system if the process dies). Collective.
+    :meth:`~_Claim.release`, dropped by the system if the process dies; the lock file is removed
+    on release). ``results`` are the names of the files this run writes: when the folder holds
+    any of them from another run, the run is refused unless it continues that run (``resume``)
+    or replaces it (``force``: they are removed first), so that a folder never holds the
+    results of two runs. Collective.
 
     Raises:
         CollectiveError: on every rank, naming the folder and what is wrong.
@@ -111,30 +166,108 @@ def claim_folder(comm: Comm, folder: Path) -> _Claim:
         if folder.exists() and not folder.is_dir():
             raise ValueError("a file is in the place of the output folder")
         folder.mkdir(parents=True, exist_ok=True)
-        stream = open(folder / LOCK, "a+")
-        try:
-            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            stream.seek(0)
-            holder = stream.read().strip() or "?"
+        while True:
+            stream = open(folder / LOCK, "a+")
+            try:
+                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                stream.seek(0)
+                holder = stream.read().strip() or "?"
+                stream.close()
+                raise ValueError(
+                    f"another natinv run is writing to this folder (process {holder}); wait for "
+                    "it or choose another output.folder"
+                ) from None
+            except OSError:  # a file system without locks (some network mounts): unguarded
+                break
+            try:  # the lock file a finishing run removed meanwhile is no lock: take a new one
+                if os.stat(folder / LOCK).st_ino == os.fstat(stream.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             stream.close()
-            raise ValueError(
-                f"another natinv run is writing to this folder (process {holder}); wait for it "
-                "or choose another output.folder"
-            ) from None
-        except OSError:  # a file system without locks (some network mounts): unguarded
-            pass
         stream.seek(0)
         stream.truncate()
         stream.write(f"{os.getpid()}\n")
         stream.flush()
-        probe = folder / f".natinv-write-test-{os.getpid()}"
-        probe.write_text("")  # the lock file may be old: is the folder writable now?
-        probe.unlink()
+        try:
+            probe = folder / f".natinv-write-test-{os.getpid()}"
+            probe.write_text("")  # the folder may have changed: is it writable now?
+            probe.unlink()
+            found = results_in(folder, results)
+            if found and not resume:
+                if not force:
+                    raise ValueError(
+                        f"holds the results of another run ({', '.join(found)}): continue it "
+                        "with --resume, replace it with --force, or choose another "
+                        "output.folder"
+                    )
+                remove_results(folder, found)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(folder / LOCK)
+            stream.close()
+            raise
         return stream
 
     stream = parallel.on_rank0(comm, f"output folder {folder}", take)
     return _Claim(comm, folder, stream)
+
+
+def check_space(comm: Comm, path: Path, needed: float) -> None:
+    """Raise on every rank unless the file system of ``path`` has room for ``needed`` bytes
+    (with a margin of half as much again and 1 MB): a library that cannot report a full disk
+    (ADIOS2 aborts or hangs) is not started on one. Collective (rank 0 looks)."""
+
+    def look() -> None:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+        if free < 1.5 * needed + 1e6:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device ({resources.format_bytes(free)} free, about "
+                f"{resources.format_bytes(needed)} needed)",
+            )
+
+    parallel.on_rank0(comm, f"{path}: cannot write", look)
+
+
+@contextmanager
+def written_aside(comm: Comm, path: Path, needed: float) -> Iterator[Path]:
+    """A temporary path beside ``path`` (a file or a folder, e.g. a VTX folder) for a
+    collective writer; when the block succeeds rank 0 puts it in the place of ``path`` (an old
+    ``path`` is removed only then), so a failed or killed write leaves the previous result. The
+    disk is checked for ``needed`` bytes first (:func:`check_space`). Collective."""
+
+    def prepare() -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+
+    tmp = Path(parallel.on_rank0(comm, f"{path}: cannot write", prepare, share=True) or "")
+    check_space(comm, path.parent, needed)
+    try:
+        yield tmp
+    except BaseException:
+        if comm.rank == 0:
+            _remove(tmp)
+        raise
+
+    def swap() -> None:
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        if path.exists() or path.is_symlink():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+
+    comm.Barrier()  # every rank has closed its part of the writer
+    parallel.on_rank0(comm, f"{path}: cannot write", swap)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 @rank0_writer

@@ -45,6 +45,7 @@ __all__ = [
     "allgather_vec",
     "allreduce_array",
     "allreduce_max",
+    "allreduce_max_array",
     "allreduce_sum",
     "bcast_array",
     "check_all",
@@ -176,6 +177,14 @@ def allreduce_sum(comm: Comm, value: float) -> float:
 def allreduce_max(comm: Comm, value: float) -> float:
     """Maximum of a scalar over ranks. Collective."""
     return float(comm.allreduce(float(value), op=MPI.MAX))
+
+
+def allreduce_max_array(comm: Comm, array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Elementwise maximum of a float64 array over ranks; returns a new array. Collective."""
+    send = np.ascontiguousarray(array, dtype=DTYPE)
+    out = np.empty_like(send)
+    comm.Allreduce(send, out, op=MPI.MAX)
+    return out
 
 
 def allreduce_array(comm: Comm, array: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

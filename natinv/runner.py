@@ -23,7 +23,7 @@ from mpi4py import MPI
 import numpy as np
 import torch
 
-from natinv import checkpoint, metrics, output, parallel
+from natinv import checkpoint, metrics, output, parallel, progress
 from natinv.cases import Case
 from natinv.directions import (
     GaussNewtonCG,
@@ -34,7 +34,7 @@ from natinv.directions import (
     SampleSpaceSolver,
     ShrinkingDamping,
 )
-from natinv.fields import NeuralField
+from natinv.fields import NeuralField, reference_length
 from natinv.gram import Gram
 from natinv.objectives.inverse import InverseObjective
 from natinv.objectives.pinn import PINN
@@ -77,7 +77,8 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
         gram = objective.gauss_newton()
         owned += [gram, gram.metric, gram.rows]
     elif settings.metric == "h1":
-        matrix = metrics.h1(field.space)
+        unit = reference_length(field)  # (the same matrix whatever the mesh's unit)
+        matrix = metrics.h1(field.space, length=unit, unit=unit)
         gram = Gram(field, matrix)
         owned += [gram, matrix]
     else:
@@ -141,17 +142,23 @@ def run(
     comm: MPI.Comm = MPI.COMM_WORLD,
     *,
     resume: bool = False,
+    force: bool = False,
     quiet: bool = False,
     iterations: int | None = None,
 ) -> dict[str, Any]:
     """Run a case to its stopping rule and write its results; returns the summary.
 
     ``resume`` continues from ``results/<case>/checkpoint.npz`` to the same iterates as an
-    uninterrupted run. ``iterations`` overrides ``optimizer.iterations``. Collective."""
+    uninterrupted run. An output folder that holds another run's results is refused unless
+    the run resumes it or ``force`` replaces it (the old results are removed first).
+    ``iterations`` overrides ``optimizer.iterations``. Collective."""
     folder = case.output
     built = build_problem(case, comm)
     try:
-        with output.claim_folder(comm, folder):
+        with (
+            output.claim_folder(comm, folder, results=output.RESULTS, resume=resume, force=force),
+            progress.reporting(comm, enabled=not quiet),
+        ):
             return _run(case, built, comm, resume, quiet, iterations)
     finally:
         built.close()
@@ -219,6 +226,7 @@ def _iterate(
         assert isinstance(built, InverseSetup)
         stopped = _run_tao(case, built, optimizer, history, limit, say, start)
     while not isinstance(optimizer, FieldBaseline) and len(history) < limit:
+        progress.restart()
         record = optimizer.step()
         theta = optimizer.theta
         misfit, error = built.misfit(theta, record["loss"]), built.error(theta)
@@ -244,6 +252,13 @@ def _iterate(
             break
     if not isinstance(optimizer, FieldBaseline):
         built.field.set_parameters(optimizer.theta)
+    # the last iterate too (a finished run can be resumed with more iterations)
+    if case.checkpoint_every and history and not _checkpoint_due(case, len(history)):
+        if isinstance(optimizer, FieldBaseline):
+            values = np.array(built.field.parameters)
+            _save_checkpoint(comm, folder, case, history, field=comm.gather(values, root=0))
+        else:
+            _save_checkpoint(comm, folder, case, history, optimizer=optimizer.state_dict())
     timed = [o for o in owned if hasattr(o, "timings")]
     timed += [built.objective.gram] if built.objective is not None else []
     timings = {"total": float(sum(r.get("time", 0.0) for r in history))}
@@ -338,6 +353,7 @@ def _run_tao(
     clock = [0.0]  # TAO's time at the last record
 
     def monitor(record: dict[str, Any]) -> bool:
+        progress.restart()  # (TAO's next iteration begins after this)
         if record["iteration"] == 0:
             return False
         values = np.array(baseline.x.array_r)

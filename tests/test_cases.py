@@ -74,8 +74,21 @@ sigma = 0.01
         (
             "",
             ["parameter.network=[3, 4, 1]"],
+            r"parameter\.network: a dimension mismatch: the network takes 3 input\(s\), the "
+            r"case gives 2",
+        ),
+        (
+            "",
+            ["parameter.network=[2, 4, 2]"],
             r"parameter\.network: expected layer widths \[2, \.\.\., 1\]",
         ),
+        (
+            "",
+            ["mesh.builtin='box'", "mesh.cells=[2, 2, 2]"],
+            r"parameter\.network: a dimension mismatch: .* gives 3 \(x, y, z",
+        ),
+        ("", ["parameter.box=[[0, 0], [0, 0]]"], r"parameter\.box: expected \"mesh\" or"),
+        ("", ["name=[bad"], r"--set 'name=\[bad': the value is not valid TOML"),
         ("", ["optimizer"], r"--set 'optimizer': expected key.path=value"),
         (
             "",

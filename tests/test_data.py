@@ -157,3 +157,57 @@ def test_region_average_files_round_trip_and_are_validated(comm, shared_tmp):
         comm.Barrier()
         with pytest.raises(CollectiveError, match=message):
             read_sensors(comm, bad, 2, regions=True)
+
+
+def test_files_saved_with_a_byte_order_mark_read_as_without(comm, shared_tmp):
+    """A CSV saved by a spreadsheet as 'UTF-8 with BOM', and a case file with one, give the
+    same data and settings as the plain files."""
+    from pathlib import Path
+
+    from natinv.cases import load_case
+
+    root = Path(__file__).resolve().parents[1] / "cases"
+    plain = (root / "data" / "diffusion_hole.csv").read_text()
+    bom = shared_tmp / "bom.csv"
+    if comm.rank == 0:
+        bom.write_bytes("\ufeff".encode() + plain.encode())
+    comm.Barrier()
+    a = read_sensors(comm, root / "data" / "diffusion_hole.csv", 2)
+    b = read_sensors(comm, bom, 2)
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.values, b.values)
+    assert np.array_equal(a.sigma, b.sigma)
+    text = (root / "diffusion_hole.toml").read_text()
+    text = text.replace('"../meshes/', f'"{root.parent / "meshes"}/')
+    text = text.replace('"data/', f'"{root / "data"}/')
+    case = shared_tmp / "bom.toml"
+    if comm.rank == 0:
+        (shared_tmp / "plain.toml").write_text(text)
+        case.write_bytes("\ufeff".encode() + text.encode())
+    comm.Barrier()
+    assert load_case(case).parameter == load_case(shared_tmp / "plain.toml").parameter
+
+
+def test_sensor_files_are_checked_before_they_are_read(comm, shared_tmp, monkeypatch):
+    """A device (/dev/zero), a file above the size limit (NATINV_MAX_FILE_MB) and running out
+    of memory while reading (on rank 0 only) each end with one error on every rank, naming
+    the file and the limit — never a MemoryError on one rank and the others waiting."""
+    from natinv import resources
+
+    with pytest.raises(CollectiveError, match=r"/dev/zero: not a regular file"):
+        read_sensors(comm, "/dev/zero", 2)
+    path = shared_tmp / "big.csv"
+    if comm.rank == 0:
+        path.write_text("x,y,value\n" + "0.5,0.5,1.0\n" * 200)
+    comm.Barrier()
+    monkeypatch.setenv("NATINV_MAX_FILE_MB", "0.001")
+    with pytest.raises(CollectiveError, match=r"big\.csv: 2.41 kB, more than the 1 kB a sensor"):
+        read_sensors(comm, path, 2)
+    monkeypatch.delenv("NATINV_MAX_FILE_MB")
+    assert read_sensors(comm, path, 2).values.size == 200
+
+    def exhausted(path, what):
+        raise MemoryError
+
+    monkeypatch.setattr(resources, "read_text", exhausted)
+    with pytest.raises(CollectiveError, match=r"big\.csv: out of memory while reading"):
+        read_sensors(comm, path, 2)

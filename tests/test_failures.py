@@ -509,3 +509,181 @@ def test_a_case_error_seen_by_one_rank_stops_every_rank(comm, shared_tmp, monkey
         assert err.count("no such case file") == (1 if comm.rank == 0 else 0), err
     comm.Barrier()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("raised", [False, True], ids=["failed-reason", "petsc-error"])
+def test_a_model_is_usable_again_after_a_failed_factorisation(comm, petsc_options, raised):
+    """κ = 0 on part of the domain (no positivity check) makes the LU factorisation fail —
+    as a converged reason, or as a PETSc error inside the solve when the KSP is told to raise
+    (which leaves the right-hand side locked for reading). Either way the failure is one
+    SolveError on every rank, and the next solve with an admissible κ gives the same state as
+    a model that never failed (no stale factors, no locked vector)."""
+    import dolfinx
+
+    from natinv import models, parallel
+
+    mesh = dolfinx.mesh.create_unit_square(comm, 8, 8)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    W = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    owned = W.dofmap.index_map.size_local
+    x = W.tabulate_dof_coordinates()[:owned, 0]
+    prefix = f"fail_{int(raised)}_"
+    if raised:
+        petsc_options[f"{prefix}ksp_error_if_not_converged"] = 1
+
+    def model() -> models.Model:
+        m = dolfinx.fem.Function(W)
+        bcs = [models.dirichlet(V)]
+        return models.diffusion(V, m, f=1.0, bcs=bcs, check=None, options_prefix=prefix)
+
+    failing, fresh = model(), model()
+    good = 1.0 + x
+    fresh.set_parameter(good)
+    reference = np.array(fresh.solve().x.array)
+    failing.set_parameter(good)
+    failing.solve()
+    for _ in range(2):
+        failing.set_parameter(np.where(x > 0.3, 0.0, 1.0))
+        with pytest.raises(parallel.SolveError, match="solve failed"):
+            failing.solve()
+        failing.set_parameter(good)
+        state = failing.solve().x.array
+        assert np.max(np.abs(state - reference)) <= 1e-12 * np.max(np.abs(reference))
+    failing.destroy()
+    fresh.destroy()
+
+
+@pytest.mark.parametrize(
+    "step, momentum",
+    [
+        ("log-grid", "none"),
+        ("armijo", "none"),
+        ("log-grid", "natural-nesterov"),
+        ("armijo", "natural-heavy-ball"),
+        ("armijo", "nesterov"),
+    ],
+)
+def test_every_step_rule_reads_an_unsolvable_trial_as_an_infinite_loss(
+    comm, shared_tmp, step, momentum
+):
+    """On the L-shape, the model is told to refuse every field farther than half the first
+    full step from the start (a SolveError on every rank, as an inadmissible κ or a failed
+    factorisation gives). Each step rule, with and without (look-ahead) momentum, reads those
+    trials as an infinite loss: six steps run, every loss is finite and none rises, every
+    accepted field lies inside the allowed radius, and the loss goes down."""
+    from natinv import parallel, runner
+    from natinv.cases import load_case
+    from natinv.problems import build_problem
+
+    overrides = [
+        f"optimizer.step='{step}'",
+        f"optimizer.momentum='{momentum}'",
+        "optimizer.beta=0.5",
+        "optimizer.stop='none'",
+    ]
+    overrides += [f"output.folder='{shared_tmp / 'unused'}'"]
+    case = load_case(LSHAPE, overrides)
+    built = build_problem(case, comm)
+    objective = built.objective
+    theta0 = objective.field.parameters
+    start = np.array(objective.field.values(theta0))
+    optimizer, owned = runner._optimizer(case, built)
+    optimizer.step()  # the free first step, to size the radius
+    radius = 0.5 * parallel.allreduce_max(
+        comm, float(np.max(np.abs(objective.field.values(optimizer.theta) - start), initial=0.0))
+    )
+    for obj in owned:
+        obj.destroy()
+    assert radius > 0
+    refused = [0]
+
+    def near(m):  # the model's admissibility check (one verdict on every rank)
+        local = m.x.array[: start.size]
+        far = parallel.allreduce_max(comm, float(np.max(np.abs(local - start), initial=0.0)))
+        if far > radius:
+            refused[0] += 1
+            return f"κ moved {far:.3g} from the start (at most {radius:.3g})"
+        return None
+
+    built.model.check = near
+    objective.field.set_parameters(theta0)
+    optimizer, owned = runner._optimizer(case, built)
+    losses = [objective.value(theta0)]
+    for _ in range(6):
+        record = optimizer.step()
+        losses.append(record["loss"])
+        values = objective.field.values(optimizer.theta)
+        moved = parallel.allreduce_max(comm, float(np.max(np.abs(values - start), initial=0.0)))
+        assert moved <= radius
+    assert refused[0] > 0 and np.all(np.isfinite(losses))
+    assert all(b <= a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < losses[0], losses
+    for obj in owned:
+        obj.destroy()
+    built.close()
+
+
+def test_a_folder_holds_the_results_of_one_run(comm, shared_tmp, capsys):
+    """A run into a folder that holds a finished run's results is refused before it starts,
+    naming --resume and --force, and changes nothing; --resume continues from the finished
+    run's last iterate (a checkpoint is written at the end); --force removes the old results
+    before the new run starts. No lock file is left behind by any of them."""
+    from natinv.output import LOCK
+
+    folder = shared_tmp / "one-run"
+    base = ["run", str(HOLE), "--quiet", "--set", f"output.folder='{folder}'"]
+    base += ["--set", "optimizer.stop='none'"]
+    assert main([*base, "--iterations", "2"]) == 0
+    comm.Barrier()
+    before = (folder / "summary.json").read_bytes()
+    assert read_checkpoint(folder)["history"][-1]["iteration"] == 2
+    assert main([*base, "--iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    if comm.rank == 0:
+        assert "holds the results of another run (summary.json, history.csv, checkpoint.npz" in err
+        assert "--resume" in err and "--force" in err
+    assert (folder / "summary.json").read_bytes() == before
+    assert main([*base, "--iterations", "3", "--resume"]) == 0
+    comm.Barrier()
+    assert json.loads((folder / "summary.json").read_text())["iterations"] == 3
+    if comm.rank == 0:
+        (folder / "mu_errors.png").write_bytes(b"an older run's figure")
+    comm.Barrier()
+    assert main([*base, "--iterations", "1", "--force"]) == 0
+    comm.Barrier()
+    assert json.loads((folder / "summary.json").read_text())["iterations"] == 1
+    assert not (folder / "mu_errors.png").exists()
+    assert not (folder / LOCK).exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_is_one_error_and_keeps_the_previous_results(
+    comm, shared_tmp, capsys, monkeypatch
+):
+    """With the disk reported full, a resumed run that would write its VTX folders stops with
+    one 'no space left on device' line on every rank (ADIOS2 would abort or hang), and the
+    folder keeps the previous complete results: the same summary, the same parameter.bp, no
+    temporary files. (Files written by natinv itself report a full disk through the OS error
+    of the write, tested by the unwritable-folder cases.)"""
+    import shutil
+    from collections import namedtuple
+
+    from natinv import output
+
+    folder = shared_tmp / "full"
+    base = ["run", str(HOLE), "--quiet", "--set", f"output.folder='{folder}'"]
+    base += ["--set", "optimizer.stop='none'"]
+    assert main([*base, "--iterations", "1"]) == 0
+    comm.Barrier()
+    summary = (folder / "summary.json").read_bytes()
+    vtx = sorted(p.name for p in (folder / "parameter.bp").iterdir())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 4096))
+    assert main([*base, "--iterations", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert (err.count("no space left on device") == 1) == (comm.rank == 0), err
+    assert (folder / "summary.json").read_bytes() == summary
+    assert sorted(p.name for p in (folder / "parameter.bp").iterdir()) == vtx
+    comm.Barrier()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert output.results_in(folder)

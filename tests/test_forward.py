@@ -388,8 +388,12 @@ network = [2, 4, 1]
             r"equation\.dirichlet: \"exact\" boundary values need the Dirichlet sides",
         ),
         (
-            ["solution.network=[3, 4, 1]"],
+            ["solution.network=[2, 4, 3]"],
             r"solution\.network: expected layer widths \[2, \.\.\., 1\]",
+        ),
+        (
+            ["solution.network=[3, 4, 1]"],
+            r"solution\.network: a dimension mismatch: the network takes 3 input",
         ),
         (["equation.source='sin(mu*x)'"], r"equation\.source: unknown name 'mu'"),
         (["equation.velocity=['1']"], r"equation\.velocity: expected 2 formula\(s\)"),

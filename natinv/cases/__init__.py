@@ -85,7 +85,7 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
 
     [output]
     folder = "results/diffusion-hole"          # relative to the working directory
-    checkpoint_every = 10
+    checkpoint_every = 10                      # and at the end; 0: no checkpoints
 
 Why the defaults are what they are (``bench/inverse_suite.py``, ``bench/inverse_prior.py``,
 numbers in ``bench/RESULTS.md``):
@@ -166,10 +166,12 @@ the least-squares direction, and at 6.8e-6 instead of 1.7e-6 after 100 ``lm`` st
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from natinv import resources
 from natinv.cases.sections import _forward, _inverse, _mesh, _optimizer
 from natinv.cases.settings import (
     ACTIVATIONS,
@@ -199,16 +201,26 @@ __all__ = [
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optimizer.beta=0.3"`` → (["optimizer", "beta"], 0.3); the value is read as TOML
-    (a bare word is a string)."""
+    """``"optimizer.beta=0.3"`` → (["optimizer", "beta"], 0.3); the value is read as TOML,
+    and a bare word (letters, digits, ``_ - . + /``, e.g. ``optimizer.kind=ngd``) is a string.
+    Anything else that is not valid TOML (``[bad``, an unclosed quote) is an error."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise CaseError(f"--set {text!r}: expected key.path=value")
+    value = value.strip()
     try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value.strip()
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if not _BARE.fullmatch(value):
+            raise CaseError(
+                f"--set {text!r}: the value is not valid TOML ({exc}); quote a string "
+                f"(--set '{key.strip()}=\"...\"')"
+            ) from None
+        parsed = value
     return key.strip().split("."), parsed
+
+
+_BARE = re.compile(r"[A-Za-z0-9_.+/-]+")
 
 
 def _apply(data: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
@@ -234,9 +246,13 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
     if path.is_dir():
         raise CaseError(f"{source}: a folder, not a case file (a .toml file)")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(resources.read_text(path, "case file"))
     except FileNotFoundError:
         raise CaseError(f"{source}: no such case file") from None
+    except resources.ResourceError as exc:
+        raise CaseError(str(exc)) from None
+    except MemoryError:
+        raise CaseError(f"{source}: out of memory while reading the case file") from None
     except UnicodeDecodeError:
         raise CaseError(f"{source}: not a text file (a case is a TOML text file)") from None
     except OSError as exc:

@@ -156,6 +156,20 @@ def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]
         and network[0] == inputs
         and network[-1] == 1
     ):
+        if (
+            isinstance(network, list)
+            and len(network) >= 2
+            and isinstance(network[0], int)
+            and network[0] != inputs
+            and network[-1] == 1
+        ):
+            raise t.fail(
+                "network",
+                f"a dimension mismatch: the network takes {network[0]} input(s), the case gives "
+                f"{inputs} ({what}; the mesh's dimension from mesh.dim and its file, or the "
+                f"parametric names); set mesh.dim to the mesh's dimension or the first width "
+                f"to {inputs}",
+            )
         raise t.fail(
             "network",
             f"expected layer widths [{inputs}, ..., 1] (positive integers; {inputs} inputs: "
@@ -241,6 +255,7 @@ def _inverse(
         truth=t.formula("truth", None),
         initial=t.formula("initial", "1") or "1",
         features=_features(t),
+        box=_box(t, gdim),
     )
     t.finish()
 
@@ -265,6 +280,27 @@ def _inverse(
         raise t.fail("sigma", "a full field needs its noise level sigma")
     t.finish()
     return model, parameter, data_settings
+
+
+def _box(t: _Table, gdim: int) -> tuple[list[float], list[float]] | None:
+    """``box = "mesh"`` (the default: the mesh's bounding box) or ``[[lower...], [upper...]]``,
+    the box whose coordinates the network reads in units of its largest side."""
+    box = t.get("box", "mesh")
+    if box == "mesh":
+        return None
+    if (
+        isinstance(box, list)
+        and len(box) == 2
+        and all(_numbers(corner, gdim) for corner in box)
+        and max(float(b) - float(a) for a, b in zip(box[0], box[1], strict=True)) > 0
+        and all(float(b) >= float(a) for a, b in zip(box[0], box[1], strict=True))
+    ):
+        return [float(v) for v in box[0]], [float(v) for v in box[1]]
+    raise t.fail(
+        "box",
+        f'expected "mesh" or [[lower corner], [upper corner]] ({gdim} numbers each, upper >= '
+        f"lower, not all equal), got {box!r}",
+    )
 
 
 def _parameter_names(t: _Table) -> tuple[str, ...]:

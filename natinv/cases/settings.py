@@ -72,6 +72,9 @@ class ParameterSettings:
     truth: str | None = None
     initial: str = "1"
     features: tuple[int, float] | None = (16, 0.5)  # Fourier features (count, scale), or None
+    # the network reads (x − lower) / L (L the box's largest side): the mesh's bounding box
+    # (None), or the corners (lower, upper) the case names
+    box: tuple[list[float], list[float]] | None = None
 
 
 @dataclass

@@ -16,7 +16,8 @@ Dirichlet conditions are imposed on the state; adjoint and tangent solutions van
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from petsc4py import PETSc
@@ -218,16 +219,40 @@ class Model:
             failure = str(exc).strip().splitlines()[0]
         reason = ksp.getConvergedReason()
         self.linear_solves += 1
-        parallel.check_all(
-            self.comm,
-            failure is None and reason >= 0,
-            lambda: (
-                f"{self.name}: the {'adjoint' if transpose else 'linear'} solve failed "
-                f"({failure or _reason(PETSc.KSP.ConvergedReason, reason)}); the operator may be "
-                "singular or indefinite for this parameter field"
-            ),
-            parallel.SolveError,
-        )
+        with self._recovering(locked=rhs if failure is not None else None):
+            parallel.check_all(
+                self.comm,
+                failure is None and reason >= 0,
+                lambda: (
+                    f"{self.name}: the {'adjoint' if transpose else 'linear'} solve failed "
+                    f"({failure or _reason(PETSc.KSP.ConvergedReason, reason)}); the operator "
+                    "may be singular or indefinite for this parameter field"
+                ),
+                parallel.SolveError,
+            )
+
+    @contextlib.contextmanager
+    def _recovering(self, locked: PETSc.Vec | None = None) -> Iterator[None]:
+        """Leave the model usable after a failed solve: when the block raises (on every rank
+        alike), the factorisations are dropped so that the next solve factorises anew (MUMPS
+        skips the numeric factorisation of a matrix whose analysis once failed, so every later
+        solve would fail too), and the model's right-hand side is replaced if it is
+        ``locked``, the vector a solve that stopped with a PETSc error left locked for reading
+        (its next ghost update would fail). Collective."""
+        try:
+            yield
+        except parallel.SolveError:
+            for ksp in (self.ksp, self._transpose_ksp):
+                if ksp is not None:
+                    ksp.reset()
+            self._state_of_A = None
+            self._operator_parameter = None
+            self._transpose_state = None
+            self._block_shapes.clear()
+            if locked is not None and locked is self._b:
+                old, self._b = self._b, dolfinx.fem.petsc.create_vector(self.space)
+                old.destroy()
+            raise
 
     def _checked_parameter(self) -> None:
         owned = self.parameter_space.dofmap.index_map.size_local
@@ -317,23 +342,29 @@ class Model:
             )
         snes = self._nonlinear.solver
         failure = None
+        start = np.array(self.u.x.array)  # a failed Newton solve leaves u where it began
         try:
             self._nonlinear.solve()
         except PETSc.Error as exc:
             failure = str(exc).strip().splitlines()[0]
         reason = snes.getConvergedReason()
         self.info = {"iterations": snes.getIterationNumber(), "reason": int(reason)}
-        parallel.check_all(
-            self.comm,
-            failure is None and reason > 0,
-            lambda: (
-                f"{self.name}: Newton did not converge "
-                f"({failure or _reason(PETSc.SNES.ConvergedReason, reason)} after "
-                f"{snes.getIterationNumber()} iterations); check the parameter field, or tune "
-                f"-{self.prefix}snes_* options"
-            ),
-            parallel.SolveError,
-        )
+        try:
+            parallel.check_all(
+                self.comm,
+                failure is None and reason > 0,
+                lambda: (
+                    f"{self.name}: Newton did not converge "
+                    f"({failure or _reason(PETSc.SNES.ConvergedReason, reason)} after "
+                    f"{snes.getIterationNumber()} iterations); check the parameter field, or "
+                    f"tune -{self.prefix}snes_* options"
+                ),
+                parallel.SolveError,
+            )
+        except parallel.SolveError:
+            snes.getKSP().reset()  # (stale factors, as in _recovering)
+            self.u.x.array[:] = start
+            raise
         self.u.x.scatter_forward()
 
     def _require_solution(self) -> None:
@@ -424,15 +455,16 @@ class Model:
         except PETSc.Error as exc:
             failure = str(exc).strip().splitlines()[0]
         self.linear_solves += 1
-        parallel.check_all(
-            self.comm,
-            failure is None,
-            lambda: (
-                f"{self.name}: the {'adjoint' if transpose else 'tangent'} solves failed "
-                f"({failure})"
-            ),
-            parallel.SolveError,
-        )
+        with self._recovering():  # (a locked block is the caller's to destroy)
+            parallel.check_all(
+                self.comm,
+                failure is None,
+                lambda: (
+                    f"{self.name}: the {'adjoint' if transpose else 'tangent'} solves failed "
+                    f"({failure})"
+                ),
+                parallel.SolveError,
+            )
         return solution
 
     def adjoint_tangent(self, rows: PETSc.Mat) -> PETSc.Mat:

@@ -22,6 +22,7 @@ per parameter and serves every step of the state, the adjoint and the tangent pa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ import numpy.typing as npt
 import ufl
 from ufl.algorithms import expand_derivatives
 
-from natinv import parallel
+from natinv import parallel, progress
 from natinv.models.base import Model
 
 __all__ = ["SCHEMES", "TransientModel", "heat"]
@@ -188,6 +189,7 @@ class TransientModel:
     def _step(self, n: int, previous: npt.NDArray[np.float64]) -> None:
         """Solve step ``n → n+1`` from ``previous`` into ``u`` (Newton from ``previous``: a
         state solved again repeats the first solve). Collective."""
+        progress.tick(lambda: f"{self.name}: state step {n + 1} of {self.steps}")
         self.previous.x.array[:] = previous
         self.u.x.array[:] = previous
         self.time_previous.value = self.dt * n
@@ -196,6 +198,19 @@ class TransientModel:
             self.model.solve()
         except parallel.SolveError as exc:
             raise parallel.SolveError(f"{exc} (step {n + 1} of {self.steps})") from None
+
+    def timed_step(self) -> float:
+        """Seconds one step takes at the current ``m``: the second step from ``u_0`` (the
+        first factorises, as once per trajectory), the slowest rank's. Collective.
+
+        Raises:
+            SolveError: as :meth:`solve`.
+        """
+        self._step(0, self.initial)
+        first = np.array(self.u.x.array)
+        start = time.perf_counter()
+        self._step(min(1, self.steps - 1), first)
+        return parallel.allreduce_max(self.comm, time.perf_counter() - start)
 
     @property
     def linear_solves(self) -> int:
@@ -212,6 +227,7 @@ class TransientModel:
     def _load(self, n: int) -> None:
         """Make step ``n → n+1`` current: ``u_n`` as the previous state, ``u_{n+1}`` as the
         state (``A`` and ``∂R/∂m`` at them). Collective."""
+        progress.tick(lambda: f"{self.name}: adjoint or tangent pass at step {n + 1}")
         previous, current = self._array(n), self._array(n + 1)
         self.previous.x.array[:] = previous
         self.time_previous.value = self.dt * n

@@ -31,7 +31,7 @@ import numpy.typing as npt
 import ufl
 
 from natinv import metrics, parallel
-from natinv.fields import NeuralField, same_space
+from natinv.fields import NeuralField, reference_length, same_space
 from natinv.gram import Gram
 from natinv.models.base import Model
 from natinv.models.transient import TransientModel
@@ -447,7 +447,8 @@ class InverseObjective:
             "the neural field lives on another space than the models' parameter",
         )
         self._own_metric = metric is None
-        self.metric = metrics.l2(field.space) if metric is None else metric
+        unit = reference_length(field)  # (the field's length unit: a unit-free metric)
+        self.metric = metrics.l2(field.space, unit=unit) if metric is None else metric
         self.gram = Gram(field, self.metric)
         self.evaluations = 0
         self._residual_rows: ObservationRows | None = None

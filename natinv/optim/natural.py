@@ -194,13 +194,19 @@ class NaturalGradientDescent:
         # 2. The natural step: from θ_k (heavy-ball), or from y = θ_k + β m_k (Nesterov: loss,
         #    gradient and tangent space all at y).
         start = theta + beta * m if rule.lookahead and m is not None else theta
-        value_start, gradient, d = natural_step(start)
+        restarted = False
+        try:
+            value_start, gradient, d = natural_step(start)
+        except parallel.SolveError:  # the model cannot be solved at the look-ahead point y
+            if start is theta:
+                raise
+            restarted, m, start = True, None, theta  # a restart: the plain step from θ_k
+            value_start, gradient, d = natural_step(theta)
         value = value_start if start is theta else self.objective.value(theta)
         lap("direction")
 
         # 3. Step size along −d from the base θ_k + β m_k (held), compared with L(θ_k); restart
         #    with a plain natural step when the momentum does not pay.
-        restarted = False
         if m is not None and self.restart == "gradient" and float(gradient @ (beta * m - d)) > 0:
             restarted = True
         base = theta + beta * m if m is not None and not restarted else theta
@@ -219,7 +225,7 @@ class NaturalGradientDescent:
                 self.objective, theta, value, d, float(gradient @ d)
             )
         if not np.isfinite(new_value) or (eta == 0.0 and not (new_value < value)):
-            new_theta, new_value = theta, value
+            eta, new_theta, new_value = 0.0, theta, value  # (no step taken)
         lap("step")
 
         # 4. Damping feedback and the new velocity, as parameters and as a function (J p).

@@ -534,7 +534,6 @@ def write_results(
         else (f"P{case.solution.reference_degree if case.solution else 0} finite elements")
     )
     output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
-    output.write_summary(comm, folder / "summary.json", summary)
     functions = []
     for index, mu in enumerate(built.mus):
         suffix = "" if mu is None or parametric is None else parametric.suffix(mu)
@@ -566,5 +565,6 @@ def write_results(
         figures.solution_surfaces(comm, folder / "fields.png", case.name, panels)
     if case.parametric is not None:
         figures.mu_errors(comm, folder / "mu_errors.png", case, built.mus, errors)
+    output.write_summary(comm, folder / "summary.json", summary)  # last: the run is complete
     comm.Barrier()  # every file is there when any rank returns
     return summary

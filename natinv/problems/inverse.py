@@ -27,7 +27,7 @@ import numpy.typing as npt
 from natinv import domain, expressions, figures, metrics, models, output, parallel
 from natinv.cases import CaseError, InverseCase
 from natinv.data import SensorData, read_field, read_sensors
-from natinv.fields import FourierFeatures, NeuralField, mlp
+from natinv.fields import FourierFeatures, InputChain, NeuralField, ReferenceBox, mlp
 from natinv.objectives.inverse import (
     Experiment,
     InverseObjective,
@@ -498,11 +498,13 @@ def build_inverse(case: InverseCase, comm: MPI.Comm = MPI.COMM_WORLD) -> Inverse
     if case.optimizer.kind.startswith("tao"):
         field = FEField(space, case.parameter.initial)
     else:
-        widths, input_map = list(case.parameter.network), None
+        widths = list(case.parameter.network)
+        box = case.parameter.box
+        input_map: Any = ReferenceBox.of(mesh) if box is None else ReferenceBox.of_corners(*box)
         if case.parameter.features is not None:
             count, scale = case.parameter.features
-            input_map = FourierFeatures(widths[0], count, scale, seed=case.seed)
-            widths[0] = input_map.width
+            features = FourierFeatures(widths[0], count, scale, seed=case.seed)
+            input_map, widths[0] = InputChain(input_map, features), features.width
         network = mlp(widths, case.parameter.activation, seed=case.seed)
         field = NeuralField(space, network, case.parameter.transform, input_map=input_map)
     truth = None
@@ -726,10 +728,11 @@ def _write_trajectory(comm: MPI.Comm, path: Path, model: models.TransientModel) 
     Collective."""
     p1 = dolfinx.fem.functionspace(model.space.mesh, ("Lagrange", 1))
     u1 = dolfinx.fem.Function(p1, name="u")
-    parallel.on_rank0(
-        comm, f"{path}: cannot write", lambda: path.parent.mkdir(parents=True, exist_ok=True)
-    )
-    with dolfinx.io.VTXWriter(comm, path, [u1], engine="BP4") as writer:
+    needed = domain.vtx_bytes([u1], len(model.times))
+    with (
+        output.written_aside(comm, path, needed) as tmp,
+        dolfinx.io.VTXWriter(comm, tmp, [u1], engine="BP4") as writer,
+    ):
         for n, t in enumerate(model.times):
             model.state(n)
             u1.interpolate(model.u)
@@ -769,7 +772,6 @@ def write_results(
     output.write_history(comm, folder / "history.csv", {case.optimizer.kind: history})
     if case.uncertainty is not None:
         summary["uncertainty"] = write_uncertainty(built, recovered)
-    output.write_summary(comm, folder / "summary.json", summary)
     fields = [recovered] + ([built.truth] if built.truth is not None else [])
     domain.write_vtx(comm, folder / "parameter.bp", fields)
     if history:
@@ -783,5 +785,6 @@ def write_results(
         )
     figures.inverse_fields(comm, folder / "fields.png", built, recovered)
     figures.misfit(comm, folder / "misfit.png", built)
+    output.write_summary(comm, folder / "summary.json", summary)  # last: the run is complete
     comm.Barrier()  # every file is there when any rank returns
     return summary
