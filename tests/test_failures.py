@@ -8,6 +8,7 @@ this process, on the suite's own ranks."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -616,7 +617,7 @@ def test_every_step_rule_reads_an_unsolvable_trial_as_an_infinite_loss(
         moved = parallel.allreduce_max(comm, float(np.max(np.abs(values - start), initial=0.0)))
         assert moved <= radius
     assert refused[0] > 0 and np.all(np.isfinite(losses))
-    assert all(b <= a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b <= a for a, b in itertools.pairwise(losses)), losses
     assert losses[-1] < losses[0], losses
     for obj in owned:
         obj.destroy()
