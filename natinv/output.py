@@ -194,6 +194,7 @@ def claim_folder(
             probe = folder / f".natinv-write-test-{os.getpid()}"
             probe.write_text("")  # the folder may have changed: is it writable now?
             probe.unlink()
+            _remove_debris(folder, results)
             found = results_in(folder, results)
             if found and not resume:
                 if not force:
@@ -212,6 +213,16 @@ def claim_folder(
 
     stream = parallel.on_rank0(comm, f"output folder {folder}", take)
     return _Claim(comm, folder, stream)
+
+
+def _remove_debris(folder: Path, names: Sequence[str]) -> None:
+    """Remove what a killed run's writes left behind in ``folder``: the temporary files of
+    :func:`atomic_path` and :func:`written_aside` beside the results ``names`` (hidden names
+    ``.<name>.…``), and write probes. Only a run holding the folder's lock calls this. Local."""
+    prefixes = (*(f".{name}." for name in names), ".natinv-write-test-")
+    for path in folder.iterdir():
+        if path.name.startswith(prefixes):
+            _remove(path)
 
 
 def check_space(comm: Comm, path: Path, needed: float) -> None:

@@ -77,11 +77,11 @@ def bad_inputs(folder: Path) -> dict[str, tuple[list[str], str]]:
 @pytest.mark.parametrize(
     "what",
     [
-        "truncated mesh",
-        "text as mesh",
-        "xdmf without its arrays",
+        pytest.param("truncated mesh", marks=pytest.mark.slow),
+        pytest.param("text as mesh", marks=pytest.mark.slow),
+        pytest.param("xdmf without its arrays", marks=pytest.mark.slow),
         "binary data file",
-        "output folder is a file",
+        pytest.param("output folder is a file", marks=pytest.mark.slow),
     ],
 )
 def test_bad_input_ends_with_one_error_line_on_every_rank_count(comm, shared_tmp, capsys, what):
@@ -105,6 +105,7 @@ def test_bad_input_ends_with_one_error_line_on_every_rank_count(comm, shared_tmp
     assert not (shared_tmp / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_rank_that_owns_no_cell_takes_part(comm, shared_tmp):
     """A 1D PINN case with fewer cells than ranks (a rank owns no cell, no quadrature point, no
     dof) runs to the end: serially, 2 cells on 3 ranks give the loss of 1 rank after 2
@@ -391,6 +392,7 @@ def test_check_validates_a_case_without_running_it(comm, shared_tmp, capsys):
     assert ("outside" in err and "40" in err) == (comm.rank == 0), err
 
 
+@pytest.mark.slow
 def test_resume_on_another_rank_count_continues_the_run(comm, shared_tmp):
     """2 iterations on N ranks, then --resume to 4 on another rank count (serially: 1 then 2
     ranks; under mpirun: the suite's ranks, then rank 0 alone) gives the losses of 4 straight
@@ -560,8 +562,8 @@ def test_a_model_is_usable_again_after_a_failed_factorisation(comm, petsc_option
         ("log-grid", "none"),
         ("armijo", "none"),
         ("log-grid", "natural-nesterov"),
-        ("armijo", "natural-heavy-ball"),
-        ("armijo", "nesterov"),
+        pytest.param("armijo", "natural-heavy-ball", marks=pytest.mark.slow),
+        pytest.param("armijo", "nesterov", marks=pytest.mark.slow),
     ],
 )
 def test_every_step_rule_reads_an_unsolvable_trial_as_an_infinite_loss(
@@ -688,3 +690,72 @@ def test_a_full_disk_is_one_error_and_keeps_the_previous_results(
     comm.Barrier()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
     assert output.results_in(folder)
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_moment_leaves_the_results_of_one_run(comm, shared_tmp):
+    """A finished run A (3 iterations), then runs B with --force (6 iterations, a checkpoint
+    every 2) on 1 and 2 ranks, each killed (SIGKILL to the whole process group) at a moment
+    drawn over B's duration: afterwards the folder holds A's results untouched, or none of
+    them (B's alone, complete when B's summary is there), never a mix; the next run cleans the
+    debris a killed write leaves (temporary files) and no lock survives it. Launches its own
+    mpirun, so it runs in the serial pass (the children run on 1 and 2 ranks)."""
+    import signal
+    import time
+
+    from natinv.output import LOCK, RESULTS
+
+    if comm.size > 1:
+        pytest.skip("launches and kills its own mpirun of 1 and 2 ranks: runs serially")
+    folder = shared_tmp / "killed"
+    settings = ["optimizer.stop='none'", "output.checkpoint_every=2", f"output.folder='{folder}'"]
+    base = ["run", str(HOLE), "--quiet", *[a for s in settings for a in ("--set", s)]]
+    assert launch(1, [*base, "--iterations", "3"]).returncode == 0
+    first = {name: _digest(folder / name) for name in RESULTS if (folder / name).exists()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "MPIR_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.perf_counter()
+    full = launch(1, [*base, "--iterations", "6", "--force"])
+    assert full.returncode == 0, full.stderr[-2000:]
+    duration = time.perf_counter() - start
+    rng = np.random.default_rng(7)
+    for trial, moment in enumerate(rng.uniform(0.3, 1.0, 6) * duration):
+        assert launch(1, [*base, "--iterations", "3", "--force"]).returncode == 0
+        first = {name: _digest(folder / name) for name in RESULTS if (folder / name).exists()}
+        ranks = 1 + trial % 2
+        command = [str(MPIRUN), "-n", str(ranks), sys.executable, "-m", "natinv", *base]
+        command += ["--iterations", "6", "--force"]
+        child = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(moment)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        time.sleep(0.5)  # (the ranks of the group are gone with it)
+        now = {name: _digest(folder / name) for name in RESULTS if (folder / name).exists()}
+        kept = {name for name in now if first.get(name) == now[name]}
+        assert kept in (set(), set(first)), (trial, moment, kept, set(now))
+        if kept == set(first):
+            assert set(now) == set(first), (trial, moment, set(now))
+        if "summary.json" in now and not kept:
+            assert json.loads((folder / "summary.json").read_text())["iterations"] == 6
+            assert set(now) == set(first), (trial, moment, set(now))
+    assert launch(2, [*base, "--iterations", "1", "--force"]).returncode == 0
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert not (folder / LOCK).exists()
+
+
+def _digest(path: Path) -> str:
+    """A file's bytes, or a folder's files' names and bytes, as one digest."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if part.is_file():
+            digest.update(str(part.relative_to(path.parent)).encode() + part.read_bytes())
+    return digest.hexdigest()

@@ -575,6 +575,7 @@ def neumann_case(folder: Path, comm, problem: str, exact: bool = True) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_pinn_with_neumann_sides_reaches_the_exact_solution(comm, shared_tmp):
     """Dirichlet values built into the network on two sides of the box, κ∇u·n = flux as
     residual rows (with the facets' outward normals) on the other two: 100 natural steps reach
@@ -628,6 +629,7 @@ def test_the_space_time_residual_of_the_heat_solution_vanishes():
     assert float(wrong.abs().max()) > 1e-2
 
 
+@pytest.mark.slow
 def test_the_space_time_heat_case_runs_in_reduced_form(comm, shared_tmp):
     """Twenty natural steps of the shipped space–time heat PINN (initial and side values built
     into the network) reach a relative L2 error under 2e-3 (measured 1.2e-4 on 1 and 2 ranks;

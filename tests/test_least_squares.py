@@ -128,6 +128,7 @@ def exact(x):
     return np.sin(np.pi * x[:, 0]) * np.sin(np.pi * x[:, 1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_penalised_poisson_reaches_what_the_normal_equations_cannot(comm, seed):
     """Penalised boundary values, plain ENGD with the log-grid line search, 300 steps: the

@@ -332,6 +332,7 @@ def _scaled_plate(folder: Path, factor: float, comm) -> tuple[Path, Path]:  # ty
     return mesh, sensors
 
 
+@pytest.mark.slow
 def test_the_answer_does_not_depend_on_the_mesh_unit(comm, shared_tmp):
     """The headline plate in units ×1e-3, ×1 and ×1e3 (mesh, sensor places, and the values
     and σ of −∇·(κ∇u) = 1, which scale with the square): the neural field reads coordinates

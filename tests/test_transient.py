@@ -413,6 +413,7 @@ def test_time_series_files_round_trip_and_group_by_sensor(comm, shared_tmp):
     assert sensor.tolist() == [0, 1, 0, 1] and first.tolist() == [0, 1]
 
 
+@pytest.mark.slow
 def test_region_averages_in_time_are_synthesized_and_fitted(comm, shared_tmp):
     """A heat case on the L-shape whose data are the means of u over the 27 probe disks, each
     read 3 times: `natinv synthesize` writes 81 rows (region, t), region by region in
@@ -462,7 +463,7 @@ folder = "{shared_tmp / "probes-in-time"}"
     folder = shared_tmp / "probes-in-time"
     misfits = []
     for iterations in ("0", "2"):
-        assert main(["run", str(path), "--quiet", "--iterations", iterations]) == 0
+        assert main(["run", str(path), "--quiet", "--force", "--iterations", iterations]) == 0
         summary = json.loads((folder / "summary.json").read_text())
         misfits.append(summary["misfit"])
     assert summary["sensors"] == 81
@@ -598,7 +599,7 @@ def test_a_heat_case_takes_a_source_that_moves_in_time(comm, shared_tmp):
     assert main(["synthesize", str(path), "--force"]) == 0
     misfits = []
     for iterations in ("0", "2"):
-        assert main(["run", str(path), "--quiet", "--iterations", iterations]) == 0
+        assert main(["run", str(path), "--quiet", "--force", "--iterations", iterations]) == 0
         summary = json.loads((shared_tmp / "moving" / "summary.json").read_text())
         misfits.append(summary["misfit"])
     assert misfits[1] <= 0.25 * misfits[0], misfits
