@@ -348,4 +348,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (parallel.CollectiveError, ValueError) as exc:
         parallel.rank0_print(comm, f"natinv: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        # one rank may be out of memory while the others wait for it in a collective: it
+        # says so and ends them all (a collective error cannot be agreed on without memory)
+        where = f" on rank {comm.rank} of {comm.size}" if comm.size > 1 else ""
+        print(
+            f"natinv: error: out of memory{where} (`natinv check` estimates what a run needs; "
+            "use more ranks, a smaller network or a coarser model)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if comm.size > 1:
+            comm.Abort(3)
+        return 3
+    except Exception:
+        # a defect on some ranks: the traceback, then no rank left waiting in a collective
+        if comm.size > 1:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            comm.Abort(1)
+        raise
     return 0

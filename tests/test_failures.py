@@ -759,3 +759,73 @@ def _digest(path: Path) -> str:
         if part.is_file():
             digest.update(str(part.relative_to(path.parent)).encode() + part.read_bytes())
     return digest.hexdigest()
+
+
+INJECT = """
+import sys
+from natinv import runner
+from natinv.cli import main
+
+real = runner.build_problem
+
+
+def build(case, comm):
+    if comm.rank == 0:
+        raise {error}
+    return real(case, comm)
+
+
+runner.build_problem = build
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "error", ["MemoryError()", pytest.param("RuntimeError('a defect')", marks=pytest.mark.slow)]
+)
+def test_an_error_on_one_rank_ends_every_rank(comm, shared_tmp, error):
+    """Rank 0 alone runs out of memory (or meets a defect) while building the problem: on 1,
+    2 and 3 ranks the run ends within the timeout (no rank left in a collective), out of
+    memory as one 'natinv: error: out of memory' line and no traceback, a defect with its
+    traceback. Launches its own mpirun, so it runs in the serial pass."""
+    if comm.size > 1:
+        pytest.skip("launches its own mpirun of 1, 2 and 3 ranks (an abort ends them): serially")
+    script = shared_tmp / "inject.py"
+    script.write_text(INJECT.format(error=error))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDRA_", "MPIR_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    for ranks in (1, 2, 3):
+        command = ["timeout", "-s", "KILL", str(HANG), str(MPIRUN), "-n", str(ranks)]
+        command += [sys.executable, str(script), "run", str(HOLE), "--quiet"]
+        command += ["--set", f"output.folder='{shared_tmp / 'never'}'"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+        assert result.returncode not in (0, 137), (ranks, result.returncode)
+        if error.startswith("MemoryError"):
+            assert result.stderr.count("natinv: error: out of memory") == 1, result.stderr
+            assert "Traceback" not in result.stderr
+        else:
+            assert "RuntimeError: a defect" in result.stderr
+
+
+def test_a_network_too_large_for_the_memory_is_refused_before_it_is_built(
+    comm, shared_tmp, capsys, monkeypatch
+):
+    """With 5 MB per rank allowed (NATINV_MAX_MEMORY_GB), the headline case's Jacobian and M·J
+    (778 rows × 1141 parameters: 14 MB on one rank, 7-8 MB on each of two) do not fit: `natinv
+    check` and `natinv run` each end
+    with one error line naming the estimate and the budget, before anything is allocated, and
+    no result folder is made; with 10 GB both go on."""
+    folder = shared_tmp / "too-large"
+    monkeypatch.setenv("NATINV_MAX_MEMORY_GB", "0.005")
+    for command in ("check", "run"):
+        args = [command, str(HOLE), "--set", f"output.folder='{folder}'"]
+        assert main([*args, *(["--iterations", "1", "--quiet"] if command == "run" else [])]) == 2
+        err = capsys.readouterr().err
+        if comm.rank == 0:
+            assert err.count("natinv: error:") == 1, err
+            assert "natural gradient with 1141 parameters and 778 rows: the run needs about" in err
+            assert "the Jacobian J and M·J " in err and "more than the 5 MB available" in err
+        comm.Barrier()
+        assert not folder.exists()
+    monkeypatch.setenv("NATINV_MAX_MEMORY_GB", "10")
+    assert main(["check", str(HOLE), "--set", f"output.folder='{folder}'"]) == 0
