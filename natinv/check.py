@@ -170,6 +170,17 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
             f"{_duration(seconds * model.steps)} per trajectory of {model.steps} steps; an "
             "iteration solves one forward and one backward trajectory, or more"
         )
+    if isinstance(case, InverseCase) and case.optimizer.kind == "ngd":
+        what = "trajectory" if isinstance(model, models.TransientModel) else "state solve"
+        rows = (
+            f", {built.num_sensors} transposed solves for the Gauss–Newton rows (in blocks)"
+            if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
+            else ", one adjoint solve"
+        )
+        lines.append(
+            f"  solves     per iteration: one {what} per trial step of the line search (one "
+            f"when the full step is taken){rows}"
+        )
     if parts:
         lines.insert(
             0, f"  memory     per rank: {', '.join(parts)}; {fmt(budget)} available per rank"
