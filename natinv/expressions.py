@@ -1,9 +1,10 @@
 """Formulas of the coordinates in text, e.g. ``"exp(0.6*sin(2*pi*x)*cos(pi*y))"``.
 
 Used for true fields, sources and initial values given on the command line or in case files.
-The text is parsed once and checked against a whitelist — numbers, the coordinates ``x, y, z``,
-the constants ``pi`` and ``e``, arithmetic (``+ - * / ** %``), comparisons (giving 0 or 1),
-``&`` and ``|`` between comparisons, and the functions below — so a formula can compute but not
+The text is parsed once and checked against a whitelist — numbers, the coordinates ``x, y, z``
+and the polar ``r, theta`` (of ``x, y``), the constants ``pi`` and ``e``, arithmetic
+(``+ - * / ** %``), comparisons (giving 0 or 1), ``&`` and ``|`` between comparisons, and the
+functions below — so a formula can compute but not
 reach anything else. Evaluation is vectorised with numpy (:func:`compile_expression`), or done
 in torch on one point (:func:`torch_expression`, differentiable: PDE coefficients inside residual
 losses), or built as a UFL expression of the mesh's coordinates (:func:`ufl_expression`: a
@@ -48,11 +49,13 @@ FUNCTIONS: dict[str, Callable[..., npt.NDArray[np.float64]]] = {
     "arctan": np.arctan,
     "arcsin": np.arcsin,
     "arccos": np.arccos,
+    "atan2": np.arctan2,
     "minimum": np.minimum,
     "maximum": np.maximum,
     "where": np.where,
 }
 VARIABLES = ("x", "y", "z")
+POLAR = ("r", "theta")  # polar coordinates in the (x, y) plane: hypot(x, y), atan2(y, x)
 CONSTANTS = {"pi": np.pi, "e": np.e}
 _NODES = (
     ast.Expression,
@@ -119,13 +122,14 @@ def _parse(text: str, name: str, parameters: tuple[str, ...]) -> ast.Expression:
                 raise ValueError(f"{name}: keyword arguments are not allowed in {shown!r}")
         if isinstance(node, ast.Name) and not (
             node.id in VARIABLES
+            or node.id in POLAR
             or node.id in CONSTANTS
             or node.id in FUNCTIONS
             or node.id in parameters
         ):
             raise ValueError(
                 f"{name}: unknown name {node.id!r} in {shown!r}; use "
-                f"{', '.join((*VARIABLES, *parameters))}, pi, e and {sorted(FUNCTIONS)}"
+                f"{', '.join((*VARIABLES, *POLAR, *parameters))}, pi, e and {sorted(FUNCTIONS)}"
             )
     return tree
 
@@ -158,6 +162,12 @@ def _compile(
     return compile(tree, f"<{name}>", "eval"), numbers
 
 
+def _polar(x: Any, y: Any, hypot: Callable[..., Any], atan2: Callable[..., Any]) -> dict[str, Any]:
+    """``r`` and ``theta`` of the coordinates ``x, y`` with these functions (on a line y = 0:
+    r = |x|, theta 0 or π)."""
+    return {"r": hypot(x, y), "theta": atan2(y, x)}
+
+
 def expression_names(text: str) -> set[str]:
     """The variable and parameter names a (valid) formula uses."""
     tree = ast.parse(text.strip(), mode="eval")
@@ -186,6 +196,9 @@ def compile_expression(
             **CONSTANTS,
             **literals,
             **{v: points[i] for i, v in enumerate(VARIABLES) if i < points.shape[0]},
+            **_polar(
+                points[0], points[1] if points.shape[0] > 1 else 0 * points[0], np.hypot, np.arctan2
+            ),
             **{p: float(values.get(p, 0.0)) for p in parameters},
         }
         try:
@@ -250,6 +263,7 @@ def _torch_functions() -> dict[str, Callable[..., torch.Tensor]]:
         "arctan": torch.atan,
         "arcsin": torch.asin,
         "arccos": torch.acos,
+        "atan2": torch.atan2,
         "minimum": torch.minimum,
         "maximum": torch.maximum,
         "where": torch.where,
@@ -284,6 +298,12 @@ def torch_expression(
             **constants,
             **literals,
             **{v: x[i] if i < x.shape[0] else zero for i, v in enumerate(VARIABLES)},
+            **_polar(
+                x[0],
+                x[1] if x.shape[0] > 1 else zero,
+                lambda a, b: torch.sqrt(a * a + b * b),
+                torch.atan2,
+            ),
             **dict(zip(parameters, values, strict=True)),
         }
         value = eval(code, namespace)
@@ -325,6 +345,7 @@ def _ufl_functions() -> dict[str, Callable[..., Any]]:
         "arctan": ufl.atan,
         "arcsin": ufl.asin,
         "arccos": ufl.acos,
+        "atan2": ufl.atan2,
         "minimum": ufl.min_value,
         "maximum": ufl.max_value,
         "where": where,
@@ -392,6 +413,8 @@ def ufl_expression(
     code = compile(ast.fix_missing_locations(tree), f"<{name}>", "eval")
     x = ufl.SpatialCoordinate(mesh)
     coordinates = {v: x[i] if i < mesh.geometry.dim else 0.0 for i, v in enumerate(VARIABLES)}
+    y = x[1] if mesh.geometry.dim > 1 else 0.0 * x[0]
+    coordinates.update(_polar(x[0], y, lambda a, b: ufl.sqrt(a * a + b * b), ufl.atan2))
     functions = _ufl_functions()
 
     def build(**values: Any) -> Any:

@@ -469,3 +469,84 @@ def test_two_experiments_share_the_parameter(comm):
     for p in singles:
         p.destroy()
     free(both)
+
+
+def _loads(comm, shared: bool):  # type: ignore[no-untyped-def]
+    """Four experiments on one κ that differ in their sources and Dirichlet values only, with
+    the same sensors; the models share one operator when ``shared``."""
+    mesh = unit_square(comm, 8)
+    w = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    v = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    m = dolfinx.fem.Function(w)
+    m.interpolate(lambda x: 1.0 + 0.5 * x[0] * x[1])
+    x = ufl.SpatialCoordinate(mesh)
+    points = sensor_points(20)
+    experiments = []
+    sources = (1.0 + x[1], ufl.sin(3 * x[0]), x[0] * x[1], 2.0)
+    for k, f in enumerate(sources):
+        bcs = [models.dirichlet(v, 0.1 * k)]
+        model = models.diffusion(v, m, f=f, bcs=bcs, options_prefix=f"shared{int(shared)}{k}_")
+        if shared and experiments:
+            model.share_operator(experiments[0].model)
+        obs = point_sensors(v, points, np.full(points.shape[0], 0.02 * (k + 1)), sigma=0.05)
+        experiments.append(Experiment(model, [obs], f"load {k}"))
+    return w, m, InverseProblem(experiments)
+
+
+def test_experiments_with_one_operator_factorise_it_once(comm):
+    """Four load cases (other sources and Dirichlet values, the same κ and sensors) sharing
+    one operator: one factorisation per parameter instead of four, one block of transposed
+    solves for the Gauss–Newton rows instead of four (the sensors are the same), and the
+    misfit, its gradient and the rows equal those of four models of their own to 1e-12
+    (relative); the summed gradient passes the Taylor test."""
+    results = {}
+    for shared in (False, True):
+        w, m, problem = _loads(comm, shared)
+        m0 = m.x.array[: problem.num_owned].copy()
+        leader = problem.experiments[0].model
+        before = sum(e.model.assemblies for e in problem.experiments)
+        value, gradient = problem.value_and_gradient(m0)
+        field = natinv.NeuralField(w, natinv.mlp([2, 6, 1], seed=1), transform="exp")
+        problem.set_parameter(field.values())
+        rows = ObservationRows(field, problem, method="adjoint")
+        rows._solve(None)
+        solves = sum(e.model.linear_solves for e in problem.experiments)
+        jacobian = gather_rows(comm, rows.jacobian())
+        blocks = sum(e.model.linear_solves for e in problem.experiments) - solves
+        problem.value_and_gradient(m0 * 1.1)  # a second parameter
+        after = sum(e.model.assemblies for e in problem.experiments)
+        factorisations = leader.assemblies if shared else after - before
+        results[shared] = (value, gather_rows(comm, gradient), jacobian, factorisations, blocks)
+        if shared:
+            d = np.random.default_rng(comm.rank).standard_normal(m0.size) * 0.3
+            slope = comm.allreduce(float(gradient @ d))
+            orders = taylor_orders(problem.value, m0, value, slope, d, (1e-2, 5e-3, 2.5e-3))
+            assert np.all(orders >= 1.9), orders
+        rows.destroy()
+        free(problem)
+    (v0, g0, j0, f0, b0), (v1, g1, j1, f1, b1) = results[False], results[True]
+    assert (f0, f1) == (3 * 4, 3)  # (value, rows at k(θ), value at 1.1 m: three parameters)
+    assert (b0, b1) == (4, 1)  # blocks of transposed solves for the rows: one per sensor set
+    np.testing.assert_allclose(v1, v0, rtol=1e-12)
+    np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-12 * np.abs(g0).max())
+    np.testing.assert_allclose(j1, j0, rtol=1e-12, atol=1e-12 * np.abs(j0).max())
+
+
+def test_an_operator_is_shared_only_when_it_is_the_same(comm):
+    """A model whose ∂F/∂u differs (another coefficient map, other Dirichlet dofs, another
+    parameter Function) refuses to share the operator, naming why, on every rank."""
+    mesh = unit_square(comm, 4)
+    w = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    v = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    m, other = dolfinx.fem.Function(w), dolfinx.fem.Function(w)
+    leader = models.diffusion(v, m)
+    cases = [
+        (models.diffusion(v, m, coefficient="exp"), "another operator"),
+        (models.diffusion(v, m, bcs=[models.dirichlet(v, 0.0, left)]), "other Dirichlet dofs"),
+        (models.diffusion(v, other), "another state space or parameter Function"),
+    ]
+    for model, message in cases:
+        with pytest.raises(CollectiveError, match=message):
+            model.share_operator(leader)
+        model.destroy()
+    leader.destroy()

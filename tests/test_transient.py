@@ -474,13 +474,15 @@ FORMULA = (
     "where(x < 0.51, sin(pi*x)*exp(-t), maximum(y, 0.3)) + (x > 0.21)*(y <= 0.71)"
     " + ((x < 0.31) | (y > 0.61)) + ((0.11 < x) & (x < 0.81)) + abs(x - t)**1.5 + log(1 + y)"
     " + arctan(x) + sqrt(t + x) + tanh(y)*cosh(x) - sinh(t)*tan(0.3*y) + arcsin(0.5*x)"
+    " + atan2(y - 0.5, x - 0.5) + r*cos(3*theta)"
 )
 
 
 def test_a_formula_as_ufl_equals_the_formula_in_numpy(comm):
     """natinv.expressions.ufl_expression builds the same function as compile_expression
-    (comparisons as 0/1, & and | between them, where, maximum, every function) with t a
-    Constant: the two interpolations into P2 agree to rounding (seen: 9e-16); % is refused."""
+    (comparisons as 0/1, & and | between them, where, maximum, every function, atan2 and the
+    polar r and theta) with t a Constant: the two interpolations into P2 agree to rounding
+    (seen: 9e-16); % is refused."""
     from natinv.expressions import compile_expression, ufl_expression
 
     mesh = unit_square(comm, 5)

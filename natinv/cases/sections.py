@@ -31,7 +31,14 @@ from natinv.cases.settings import (
     SolutionSettings,
 )
 from natinv.cases.table import CaseError, _Table
-from natinv.expressions import CONSTANTS, FUNCTIONS, VARIABLES, check_ufl, expression_names
+from natinv.expressions import (
+    CONSTANTS,
+    FUNCTIONS,
+    POLAR,
+    VARIABLES,
+    check_ufl,
+    expression_names,
+)
 
 
 def _numbers(value: Any, count: int | None = None, positive: bool = False) -> bool:
@@ -306,7 +313,7 @@ def _box(t: _Table, gdim: int) -> tuple[list[float], list[float]] | None:
 def _parameter_names(t: _Table) -> tuple[str, ...]:
     """``[parametric] names``: the parameters' names in formulas (default ``["mu"]``)."""
     names = t.get("names", ["mu"])
-    taken = {*VARIABLES, "t", *CONSTANTS, *FUNCTIONS}
+    taken = {*VARIABLES, *POLAR, "t", *CONSTANTS, *FUNCTIONS}
     if not (
         isinstance(names, list)
         and names

@@ -48,6 +48,41 @@ DEFAULT_OPTIONS = {
 }
 
 
+class _Operator:
+    """``A = ∂F/∂u`` with its factorisations (and, where needed, an explicit ``Aᵀ`` with its
+    own): one per model, or shared by the models of experiments that differ only in their
+    loads (:meth:`Model.share_operator`), which then factorise once per parameter."""
+
+    def __init__(self, A: PETSc.Mat, ksp: PETSc.KSP) -> None:
+        self.A, self.ksp = A, ksp
+        # transposed solves where the factorisation's own is wrong (see Model._transposed)
+        self.At: PETSc.Mat | None = None
+        self.transpose_ksp: PETSc.KSP | None = None
+        self.transpose_state: tuple[int | None, bool] | None = None
+        self.assemblies = 0  # assemblies of A (each one a new factorisation)
+        self.block_shapes: dict[int, tuple[int, int, int]] = {}  # per KSP, see _mat_solve
+        self.refactorisations = 0  # factorisations of an unchanged A (see _same_block_shape)
+        self.parameter: npt.NDArray[np.float64] | None = None  # linear models: A's m
+        self.users = 1
+
+    def reset(self) -> None:
+        """Drop the factorisations: the next solve factorises anew. Collective."""
+        for ksp in (self.ksp, self.transpose_ksp):
+            if ksp is not None:
+                ksp.reset()
+        self.parameter = None
+        self.transpose_state = None
+        self.block_shapes.clear()
+
+    def release(self) -> None:
+        """One model less uses this operator; the last one frees it. Collective."""
+        self.users -= 1
+        if self.users == 0:
+            for obj in (self.A, self.ksp, self.At, self.transpose_ksp):
+                if obj is not None:
+                    obj.destroy()
+
+
 class Model:
     """A finite-element model ``F(u, m; v) = 0`` for the state ``u`` given the field ``m``.
 
@@ -112,8 +147,9 @@ class Model:
             "pc_factor_mat_solver_type": parallel.direct_solver(self.comm),
             **(petsc_options or {}),
         }
-        self.A = dolfinx.fem.petsc.create_matrix(self._dFdu)
-        self.ksp = PETSc.KSP().create(self.comm)
+        self._jacobian = expand_derivatives(jacobian)  # (compared by share_operator)
+        ksp = PETSc.KSP().create(self.comm)
+        self._op = _Operator(dolfinx.fem.petsc.create_matrix(self._dFdu), ksp)
         self.ksp.setOptionsPrefix(self.prefix)
         linear = {k: v for k, v in self._options.items() if k.startswith(("ksp_", "pc_")) and v}
         with options.pushed(self.prefix, linear):  # the user's -<prefix>ksp_*/pc_* options win
@@ -124,18 +160,11 @@ class Model:
         self.solved_parameter: npt.NDArray[np.float64] | None = None
         self._C: PETSc.Mat | None = None
         self._C_state: int | None = None
-        # transposed solves where the factorisation's own is wrong (see _transposed)
-        self._At: PETSc.Mat | None = None
-        self._transpose_ksp: PETSc.KSP | None = None
-        self._transpose_state: tuple[int | None, bool] | None = None
-        self.assemblies = 0  # assemblies of A (each one a new factorisation)
-        self._block_shapes: dict[int, tuple[int, int, int]] = {}  # per KSP, see _mat_solve
-        self.refactorisations = 0  # factorisations of an unchanged A (see _same_block_shape)
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
         self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
-        self._state_of_A: int | None = None  # state version A was assembled for
-        self._operator_parameter: npt.NDArray[np.float64] | None = None  # linear: A's m
+        # (A's assembly, state version) when A was last right for the state
+        self._state_of_A: tuple[int, int] | None = None
         self.version = 0  # bumped whenever the state changes (solve or restore)
         # keep A's factors across solves with the same m (linear models; only when nothing
         # else in A changes between solves, e.g. the steps of a transient model)
@@ -146,6 +175,60 @@ class Model:
         self.solves = 0  # forward solves
         self.linear_solves = 0  # solves with A (forward steps, adjoints, tangent blocks)
         self.info: dict[str, Any] = {}
+
+    @property
+    def A(self) -> PETSc.Mat:
+        """``∂F/∂u`` (shared with the models of :meth:`share_operator`)."""
+        return self._op.A
+
+    @property
+    def ksp(self) -> PETSc.KSP:
+        return self._op.ksp
+
+    @property
+    def assemblies(self) -> int:
+        """Assemblies of ``A``, each one a new factorisation (shared ones counted once)."""
+        return self._op.assemblies
+
+    @property
+    def refactorisations(self) -> int:
+        return self._op.refactorisations
+
+    def share_operator(self, leader: Model) -> None:
+        """Solve with ``leader``'s ``A`` and factors from now on: for experiments that differ
+        only in their loads (sources, fluxes, Robin or Dirichlet values), which then factorise
+        once per parameter for all of them, and keep the factors while the parameter does not
+        change (:attr:`reuse_operator`, set on both). Checked: both linear, on the same state
+        space and parameter Function, with the same Dirichlet dofs and the same ``∂F/∂u``
+        (the same UFL form of the same coefficients and constants). Collective.
+
+        Raises:
+            CollectiveError: on every rank, naming what differs.
+        """
+        if leader._op is self._op:
+            return
+        problems = []
+        if not (self.linear and leader.linear):
+            problems.append("a nonlinear model's operator depends on its own state")
+        if self.space is not leader.space or self.m is not leader.m:
+            problems.append("another state space or parameter Function")
+        elif not np.array_equal(self._constrained, leader._constrained):
+            problems.append("other Dirichlet dofs")
+        mine, theirs = self._jacobian, leader._jacobian
+        if mine.signature() != theirs.signature() or [
+            id(c) for c in (*mine.coefficients(), *mine.constants())
+        ] != [id(c) for c in (*theirs.coefficients(), *theirs.constants())]:
+            problems.append("another operator ∂F/∂u (its form, coefficients or constants)")
+        parallel.check_all(
+            self.comm,
+            not problems,
+            lambda: f"{self.name} cannot share the operator of {leader.name}: {problems[0]}",
+        )
+        self._op.release()
+        self._op = leader._op
+        self._op.users += 1
+        self._state_of_A = None
+        self.reuse_operator = leader.reuse_operator = True
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -169,21 +252,21 @@ class Model:
     def _assemble_operator(self) -> None:
         """``A = ∂F/∂u`` at the current ``u``, with the Dirichlet rows and columns replaced by
         the identity; the KSP refactorises on its next solve."""
-        self.assemblies += 1
+        self._op.assemblies += 1
         self.A.zeroEntries()
         dolfinx.fem.petsc.assemble_matrix(self.A, self._dFdu, bcs=self.bcs)
         self.A.assemble()
         self.ksp.setOperators(self.A)
-        self._state_of_A = self.version
-        self._operator_parameter = np.array(self.m.x.array) if self.linear else None
+        self._state_of_A = (self.assemblies, self.version)
+        self._op.parameter = np.array(self.m.x.array) if self.linear else None
 
     def _operator_current(self) -> bool:
         """Whether ``A`` (and its factors) can serve this solve as they are: only with
         :attr:`reuse_operator`, for a linear model (``A`` depends on ``m`` alone) whose ``m``
         is the one ``A`` was assembled for. One verdict on all ranks. Collective."""
-        if not self.reuse_operator or self.varying_operator or self._operator_parameter is None:
+        if not self.reuse_operator or self.varying_operator or self._op.parameter is None:
             return False
-        changed = not np.array_equal(self._operator_parameter, self.m.x.array)
+        changed = not np.array_equal(self._op.parameter, self.m.x.array)
         return not parallel.allreduce_max(self.comm, changed)
 
     def _transposed(self) -> tuple[PETSc.KSP, bool]:
@@ -194,21 +277,22 @@ class Model:
         pc = self.ksp.getPC()
         if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
             return self.ksp, True
-        if self._transpose_state is None or self._transpose_state[0] != self.assemblies:
+        op = self._op
+        if op.transpose_state is None or op.transpose_state[0] != self.assemblies:
             symmetric = bool(self.A.isSymmetric(0.0))
             if not symmetric:
-                self._At = self.A.transpose(self._At if self._At is not None else PETSc.Mat())
-                if self._transpose_ksp is None:
-                    self._transpose_ksp = PETSc.KSP().create(self.comm)
-                    self._transpose_ksp.setType("preonly")
-                    self._transpose_ksp.getPC().setType("lu")
-                    self._transpose_ksp.getPC().setFactorSolverType("superlu_dist")
-                self._transpose_ksp.setOperators(self._At)
-            self._transpose_state = (self.assemblies, symmetric)
-        if self._transpose_state[1]:
+                op.At = self.A.transpose(op.At if op.At is not None else PETSc.Mat())
+                if op.transpose_ksp is None:
+                    op.transpose_ksp = PETSc.KSP().create(self.comm)
+                    op.transpose_ksp.setType("preonly")
+                    op.transpose_ksp.getPC().setType("lu")
+                    op.transpose_ksp.getPC().setFactorSolverType("superlu_dist")
+                op.transpose_ksp.setOperators(op.At)
+            op.transpose_state = (self.assemblies, symmetric)
+        if op.transpose_state[1]:
             return self.ksp, False
-        assert self._transpose_ksp is not None
-        return self._transpose_ksp, False
+        assert op.transpose_ksp is not None
+        return op.transpose_ksp, False
 
     def _linear_solve(self, rhs: PETSc.Vec, out: PETSc.Vec, transpose: bool = False) -> None:
         failure = None
@@ -242,13 +326,8 @@ class Model:
         try:
             yield
         except parallel.SolveError:
-            for ksp in (self.ksp, self._transpose_ksp):
-                if ksp is not None:
-                    ksp.reset()
+            self._op.reset()
             self._state_of_A = None
-            self._operator_parameter = None
-            self._transpose_state = None
-            self._block_shapes.clear()
             if locked is not None and locked is self._b:
                 old, self._b = self._b, dolfinx.fem.petsc.create_vector(self.space)
                 old.destroy()
@@ -310,7 +389,7 @@ class Model:
         if not self.linear:
             self._assemble_operator()  # A at the solution, for adjoints and tangents
         else:
-            self._state_of_A = self.version
+            self._state_of_A = (self.assemblies, self.version)
         return self.u
 
     def restore(self, values: npt.ArrayLike) -> None:
@@ -322,7 +401,7 @@ class Model:
         if self.varying_operator:
             self._assemble_operator()
         elif self._operator_current() or not self.reuse_operator:
-            self._state_of_A = self.version
+            self._state_of_A = (self.assemblies, self.version)
         else:
             self._assemble_operator()
 
@@ -368,7 +447,7 @@ class Model:
         self.u.x.scatter_forward()
 
     def _require_solution(self) -> None:
-        if self.version == 0 or self._state_of_A != self.version:
+        if self.version == 0 or self._state_of_A != (self.assemblies, self.version):
             raise RuntimeError(f"{self.name}: call solve() before adjoint or tangent solves")
 
     def adjoint(self, state_gradient: PETSc.Vec) -> dolfinx.fem.Function:
@@ -435,13 +514,13 @@ class Model:
         if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
             return
         shape = (self.assemblies, rhs.getSize()[1], rhs.getLocalSize()[1])
-        last = self._block_shapes.get(id(ksp))
+        last = self._op.block_shapes.get(id(ksp))
         if last is not None and last[0] == shape[0] and last != shape:
             operators = ksp.getOperators()
             ksp.reset()
             ksp.setOperators(*operators)
-            self.refactorisations += 1
-        self._block_shapes[id(ksp)] = shape
+            self._op.refactorisations += 1
+        self._op.block_shapes[id(ksp)] = shape
 
     def _mat_solve(self, rhs: PETSc.Mat, transpose: bool) -> PETSc.Mat:
         """``A⁻¹ X`` (or ``A⁻ᵀ X``) for the dense columns of ``rhs`` on the existing factors;
@@ -473,16 +552,31 @@ class Model:
         observations, with n transposed solves on the existing factors instead of one tangent
         solve per parameter direction (``P`` zeroes the Dirichlet rows, as in :meth:`tangent`).
         Its column layout is that of ``rows``. Collective."""
-        self._require_solution()
-        solution = self._mat_solve(rows, transpose=True)
-        self._zero_bc_block(solution)
-        gradients = self._sensitivity().transposeMatMult(solution)
-        gradients.scale(-1.0)
+        solution = self.adjoint_block(rows)
+        gradients = self.sensitivity_transpose(solution)
         solution.destroy()
         return gradients
 
+    def adjoint_block(self, rows: PETSc.Mat) -> PETSc.Mat:
+        """``P A⁻ᵀ Rᵀ`` for the dense ``Rᵀ`` (V × n), zero on the Dirichlet rows: the first half
+        of :meth:`adjoint_tangent`, which depends on ``A`` and the rows only (experiments that
+        share the operator and the sensors share it). A new matrix. Collective."""
+        self._require_solution()
+        solution = self._mat_solve(rows, transpose=True)
+        self._zero_bc_block(solution)
+        return solution
+
+    def sensitivity_transpose(self, solution: PETSc.Mat) -> PETSc.Mat:
+        """``−Cᵀ Λ`` with ``C = ∂F/∂m`` at this model's state: the second half of
+        :meth:`adjoint_tangent`. A new matrix (W × n). Collective."""
+        self._require_solution()
+        gradients = self._sensitivity().transposeMatMult(solution)
+        gradients.scale(-1.0)
+        return gradients
+
     def destroy(self) -> None:
-        for obj in (self.A, self.ksp, self._b, self._du, self._C, self._At, self._transpose_ksp):
+        self._op.release()
+        for obj in (self._b, self._du, self._C):
             if obj is not None:
                 obj.destroy()
         self._nonlinear = None

@@ -623,7 +623,9 @@ class ObservationRows:
             method = "adjoint" if operators and self.num_global < self.num_parameters else "tangent"
         self.method = method
         self._field_jacobian: PETSc.Mat | None = None  # J = ∂k/∂θ, kept across calls
-        self._operators: dict[int, PETSc.Mat] = {}  # Bᵀ of each observation block, dense
+        # Bᵀ of each observation block, dense, and the first block with an equal B
+        self._operators: dict[int, tuple[PETSc.Mat, int]] = {}
+        self._adjoints: dict[tuple[int, int, int], PETSc.Mat] = {}  # Λ, within jacobian()
 
     @property
     def parameters(self) -> npt.NDArray[np.float64]:
@@ -673,6 +675,9 @@ class ObservationRows:
             for block in experiment.tangent_rows(field_jacobian):
                 out[row : row + block.shape[0]] = block
                 row += block.shape[0]
+        for matrix in self._adjoints.values():
+            matrix.destroy()
+        self._adjoints = {}
         return out
 
     def destroy(self) -> None:
@@ -680,7 +685,7 @@ class ObservationRows:
         if self._field_jacobian is not None:
             self._field_jacobian.destroy()
             self._field_jacobian = None
-        for matrix in self._operators.values():
+        for matrix, _ in self._operators.values():
             matrix.destroy()
         self._operators = {}
 
@@ -692,9 +697,18 @@ class ObservationRows:
         row: int,
     ) -> int:
         """``B S J = ((S^T B^T)^T) J`` block by block: one transposed solve per observation
-        row, then ``(Cᵀ P Λ)ᵀ J``; the rows land where each block owns them. Collective."""
+        row, ``Λ = P A⁻ᵀ Bᵀ``, then ``(−Cᵀ Λ)ᵀ J``; the rows land where each block owns them.
+        Experiments that share the operator (:meth:`~natinv.models.base.Model.share_operator`)
+        and the sensors (an equal ``B``) share ``Λ``: the transposed solves are made once per
+        sensor, not once per sensor and experiment (``self._adjoints``, emptied by
+        :meth:`jacobian`). Collective."""
+        model = experiment.model
         for obs in experiment.observations:
-            gradients = experiment.model.adjoint_tangent(self._transposed(obs))  # W × n
+            transposed, index = self._transposed(obs)
+            key = (id(model._op), model.assemblies, index)
+            if key not in self._adjoints:
+                self._adjoints[key] = model.adjoint_block(transposed)  # V × n
+            gradients = model.sensitivity_transpose(self._adjoints[key])  # W × n
             observed = gradients.transposeMatMult(field_jacobian)  # n × P
             out[row : row + obs.num_owned] = observed.getDenseArray(readonly=True)[: obs.num_owned]
             row += obs.num_owned
@@ -702,15 +716,22 @@ class ObservationRows:
                 obj.destroy()
         return row
 
-    def _transposed(self, obs: Observations) -> PETSc.Mat:
+    def _transposed(self, obs: Observations) -> tuple[PETSc.Mat, int]:
         """``Bᵀ`` (V × n, columns laid out as B's rows) as a dense matrix, made once per
-        observation block and kept (the observation operator does not change)."""
+        observation block and kept (the observation operator does not change), and the index
+        of the first block with an equal ``B`` (the same sensors: their adjoints are the same).
+        Collective."""
         key = id(obs)
         if key not in self._operators:
             # petsc4py's transpose() and convert() without an output matrix work in place
             rows = obs.operator.transpose(PETSc.Mat())
             rows.convert("dense")
-            self._operators[key] = rows
+            index = len(self._operators)
+            for matrix, first in self._operators.values():
+                if matrix.getSizes() == rows.getSizes() and matrix.equal(rows):
+                    index = first
+                    break
+            self._operators[key] = (rows, index)
         return self._operators[key]
 
     def metric(self) -> PETSc.Mat:
