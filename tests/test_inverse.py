@@ -550,3 +550,24 @@ def test_an_operator_is_shared_only_when_it_is_the_same(comm):
             model.share_operator(leader)
         model.destroy()
     leader.destroy()
+
+
+def test_a_pure_neumann_model_is_refused_and_a_robin_term_makes_it_regular(comm):
+    """−∇·(κ∇u) = 0 with a flux on the whole boundary and no Dirichlet dof is determined only
+    up to a constant: refused with one message on every rank (it used to solve the singular
+    system without a word), as is a Dirichlet condition on no dof. With a Robin term
+    κ∂u/∂n + c (u − g) = 0 instead, the state is determined: with no source and g = 1 it is
+    u = 1 (to 1e-10)."""
+    mesh = unit_square(comm, 6)
+    w = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    v = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    m = dolfinx.fem.Function(w)
+    m.x.array[:] = 1.0
+    with pytest.raises(ValueError, match=r"pure-Neumann problem"):
+        models.diffusion(v, m, f=0.0, bcs=[], flux=1.0)
+    with pytest.raises(ValueError, match=r"no Dirichlet condition and no Robin term"):
+        models.diffusion(v, m, f=0.0, bcs=[models.dirichlet(v, 0.0, lambda x: x[0] > 2)])
+    model = models.diffusion(v, m, f=0.0, bcs=[], robin=(1.0, 1.0))
+    u = model.solve()
+    assert np.max(np.abs(u.x.array - 1.0)) < 1e-10
+    model.destroy()

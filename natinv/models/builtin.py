@@ -95,15 +95,24 @@ def _bcs(space: dolfinx.fem.FunctionSpace, bcs: Sequence[dolfinx.fem.DirichletBC
 
 
 def _diffusion_form(
-    mesh: dolfinx.mesh.Mesh, f: Data, flux: Data | None, coefficient: str
+    mesh: dolfinx.mesh.Mesh,
+    f: Data,
+    flux: Data | None,
+    coefficient: str,
+    robin: tuple[Data, Data] | None = None,
+    boundary: ufl.Measure | None = None,
 ) -> Callable[..., ufl.Form]:
-    """``(u, m, v[, t]) -> (κ∇u, ∇v) − (f, v) − (flux, v)_∂Ω`` with ``κ = m`` or ``exp(m)``:
-    the residual of :func:`diffusion` and of the heat equation's space part. ``f`` may be a
-    function ``t -> UFL expression`` of the time (a Constant the transient model sets)."""
+    """``(u, m, v[, t]) -> (κ∇u, ∇v) − (f, v) − (flux, v)_Γ + (c (u − g), v)_Γ`` with
+    ``κ = m`` or ``exp(m)`` and ``robin = (c, g)``, Γ the ``boundary`` measure (default the
+    whole boundary): the residual of :func:`diffusion` and of the heat equation's space part.
+    ``f`` may be a function ``t -> UFL expression`` of the time (a Constant the transient
+    model sets)."""
     if coefficient not in ("identity", "exp"):
         raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
     timed = callable(f) and not isinstance(f, ufl.core.expr.Expr)
     source_term, g = None if timed else _expr(mesh, f), None if flux is None else _expr(mesh, flux)
+    c, outside = (None, None) if robin is None else (_expr(mesh, robin[0]), _expr(mesh, robin[1]))
+    ds = boundary if boundary is not None else ufl.ds
 
     def residual(u, m, v, t=None):  # type: ignore[no-untyped-def]
         kappa = ufl.exp(m) if coefficient == "exp" else m
@@ -111,9 +120,31 @@ def _diffusion_form(
             raise ValueError("a source that depends on the time needs a transient model (heat)")
         source = f(t) if timed else source_term
         form = ufl.inner(kappa * ufl.grad(u), ufl.grad(v)) * ufl.dx - source * v * ufl.dx
-        return form - g * v * ufl.ds if g is not None else form
+        if g is not None:
+            form = form - g * v * ds
+        if c is not None:
+            form = form + c * u * v * ds - c * outside * v * ds
+        return form
 
     return residual
+
+
+def _determined(
+    space: dolfinx.fem.FunctionSpace, bcs: Sequence[dolfinx.fem.DirichletBC], what: str
+) -> None:
+    """Refuse a state that the conditions leave undetermined (a pure-Neumann problem: no
+    Dirichlet dof anywhere and no Robin term), on every rank. Collective."""
+    owned = 0
+    for bc in bcs:
+        _, first_ghost = bc.dof_indices()
+        owned += int(first_ghost)
+    count = space.mesh.comm.allreduce(owned)
+    if count == 0:
+        raise ValueError(
+            f"{what}: no Dirichlet condition and no Robin term: the state is determined only up "
+            "to a constant (a pure-Neumann problem, its operator singular); fix u somewhere "
+            "(Dirichlet tags) or add a Robin term"
+        )
 
 
 def diffusion(
@@ -123,16 +154,28 @@ def diffusion(
     bcs: Sequence[dolfinx.fem.DirichletBC] | None = None,
     flux: Data | None = None,
     coefficient: str = "identity",
+    robin: tuple[Data, Data] | None = None,
+    boundary: ufl.Measure | None = None,
     **options: Any,
 ) -> Model:
     """``−∇·(κ ∇u) = f`` with ``κ = m > 0`` (checked), or ``κ = exp(m)`` for
-    ``coefficient="exp"`` (the parameter is log κ); ``κ ∇u·n = flux`` where no condition is
-    set."""
-    residual = _diffusion_form(space.mesh, f, flux, coefficient)
+    ``coefficient="exp"`` (the parameter is log κ); on the ``boundary`` (a ``ds`` measure,
+    default the whole boundary; a Dirichlet condition overrides it where set)
+    ``κ ∇u·n + c (u − g) = flux`` with ``robin = (c, g)`` (or without the Robin term).
+    ``bcs`` default: u = 0 on the whole boundary; ``bcs=[]`` with no Robin term (a
+    pure-Neumann problem, the state only determined up to a constant) is refused.
+
+    Raises:
+        ValueError: on every rank, for a pure-Neumann problem.
+    """
+    residual = _diffusion_form(space.mesh, f, flux, coefficient, robin, boundary)
+    conditions = _bcs(space, bcs)
+    if robin is None:
+        _determined(space, conditions, options.get("name", "diffusion"))
     if coefficient == "identity":
         options.setdefault("check", positive("the diffusion coefficient"))
     options.setdefault("name", "diffusion")
-    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+    return Model(space, parameter, residual, conditions, **options)
 
 
 def source(
@@ -149,7 +192,9 @@ def source(
         return ufl.inner(k * ufl.grad(u), ufl.grad(v)) * ufl.dx - m * v * ufl.dx
 
     options.setdefault("name", "source")
-    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+    conditions = _bcs(space, bcs)
+    _determined(space, conditions, options["name"])
+    return Model(space, parameter, residual, conditions, **options)
 
 
 def elasticity(
@@ -204,7 +249,9 @@ def nonlinear_diffusion(
 
     options.setdefault("check", positive("the diffusion coefficient"))
     options.setdefault("name", "nonlinear-diffusion")
-    return Model(space, parameter, residual, _bcs(space, bcs), **options)
+    conditions = _bcs(space, bcs)
+    _determined(space, conditions, options["name"])
+    return Model(space, parameter, residual, conditions, **options)
 
 
 def reaction(
