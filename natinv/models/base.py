@@ -142,6 +142,7 @@ class Model:
         self._dFdu = dolfinx.fem.form(jacobian)
         self._dFdm = dolfinx.fem.form(sensitivity)
         self._gradient = dolfinx.fem.form(ufl.action(ufl.adjoint(sensitivity), self.p))
+        self._dFdm_adjoint = dolfinx.fem.form(ufl.adjoint(sensitivity))  # Cᵀ, assembled as is
         self._options = {
             **DEFAULT_OPTIONS,
             "pc_factor_mat_solver_type": parallel.direct_solver(self.comm),
@@ -160,6 +161,8 @@ class Model:
         self.solved_parameter: npt.NDArray[np.float64] | None = None
         self._C: PETSc.Mat | None = None
         self._C_state: int | None = None
+        self._Ct: PETSc.Mat | None = None
+        self._Ct_state: int | None = None
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
         self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
@@ -218,7 +221,10 @@ class Model:
         if mine.signature() != theirs.signature() or [
             id(c) for c in (*mine.coefficients(), *mine.constants())
         ] != [id(c) for c in (*theirs.coefficients(), *theirs.constants())]:
-            problems.append("another operator ∂F/∂u (its form, coefficients or constants)")
+            problems.append(
+                "another operator ∂F/∂u (its form, or other coefficient or constant objects: "
+                "give both models the same dolfinx Constant for a coefficient in ∂F/∂u)"
+            )
         parallel.check_all(
             self.comm,
             not problems,
@@ -568,15 +574,24 @@ class Model:
 
     def sensitivity_transpose(self, solution: PETSc.Mat) -> PETSc.Mat:
         """``−Cᵀ Λ`` with ``C = ∂F/∂m`` at this model's state: the second half of
-        :meth:`adjoint_tangent`. A new matrix (W × n). Collective."""
+        :meth:`adjoint_tangent`, with ``Cᵀ`` assembled from the adjoint form (a sparse times
+        dense product: PETSc's transposed product would transpose ``C`` each time). A new
+        matrix (W × n). Collective."""
         self._require_solution()
-        gradients = self._sensitivity().transposeMatMult(solution)
+        if self._Ct is None:
+            self._Ct = dolfinx.fem.petsc.create_matrix(self._dFdm_adjoint)
+        if self._Ct_state != self.version:
+            self._Ct.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(self._Ct, self._dFdm_adjoint)
+            self._Ct.assemble()
+            self._Ct_state = self.version
+        gradients = self._Ct.matMult(solution)
         gradients.scale(-1.0)
         return gradients
 
     def destroy(self) -> None:
         self._op.release()
-        for obj in (self._b, self._du, self._C):
+        for obj in (self._b, self._du, self._C, self._Ct):
             if obj is not None:
                 obj.destroy()
         self._nonlinear = None

@@ -1,0 +1,147 @@
+"""Many experiments: what one Gauss–Newton step costs with 16 load cases, shared or not.
+
+An electrical-impedance-like problem on the unit disk (``meshes/disk.msh``, P2 state, P1
+field): −∇·(κ∇u) = 0 with κ∇u·n + c u = g_k on the boundary (c = 1e-3, no Dirichlet side), 16
+current patterns g_k = cos(jθ), sin(jθ) (j = 1..8), the same 64 sensors at r = 0.95 for every
+pattern, 1 % noise; κ = exp(N(x, y)) with the cases' default network (16 Fourier features,
+2-20-20-1, P = 1141). The data come from the same discretisation (a cost benchmark, not an
+accuracy claim). Three set-ups, each timed over the same two natural Gauss–Newton steps
+(``natinv run``'s default direction and step rule) in one process, one after the other:
+
+- one experiment (the first pattern alone);
+- 16 experiments, each with a model of its own (16 factorisations per parameter, 16 blocks
+  of 64 transposed solves for the rows);
+- 16 experiments sharing one operator (``Model.share_operator``: one factorisation per
+  parameter, one block of 64 transposed solves for the rows, ∂F/∂m per experiment).
+
+Printed: seconds per step, its ratio to one experiment's, factorisations and operator solves.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/experiments.py [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from mpi4py import MPI
+
+import dolfinx
+import dolfinx.io.gmsh
+import numpy as np
+import ufl
+
+import natinv
+from natinv import models
+from natinv.directions import LevenbergMarquardt, SampleSpaceSolver
+from natinv.expressions import compile_expression
+from natinv.fields import FourierFeatures, InputChain, ReferenceBox
+from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
+from natinv.observations import point_sensors
+from natinv.optim.natural import NaturalGradientDescent
+
+ROOT = Path(__file__).resolve().parents[1]
+TRUTH = "1 + 2*((x-0.3)**2 + (y-0.2)**2 < 0.06) + 0.8*exp(-10*((x+0.4)**2 + (y+0.3)**2))"
+
+
+def patterns(mesh: dolfinx.mesh.Mesh, count: int) -> list:
+    """The boundary currents cos(jθ), sin(jθ), j = 1, 2, ... as UFL expressions."""
+    x = ufl.SpatialCoordinate(mesh)
+    theta = ufl.atan2(x[1], x[0])
+    return [(ufl.cos if k % 2 == 0 else ufl.sin)((k // 2 + 1) * theta) for k in range(count)]
+
+
+def build(comm: MPI.Comm, count: int, shared: bool) -> tuple:
+    """The problem with ``count`` patterns: (objective, problem, models)."""
+    mesh = dolfinx.io.gmsh.read_from_msh(str(ROOT / "meshes" / "disk.msh"), comm, gdim=2).mesh
+    state = dolfinx.fem.functionspace(mesh, ("Lagrange", 2))
+    space = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    m = dolfinx.fem.Function(space)
+    angles = 2 * np.pi * np.arange(64) / 64
+    points = 0.95 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    truth = compile_expression(TRUTH)
+    rng = np.random.default_rng(0)
+    experiments, first = [], None
+    contact = dolfinx.fem.Constant(mesh, 1e-3)  # one object: the operators may be shared
+    for k, flux in enumerate(patterns(mesh, count)):
+        model = models.diffusion(
+            state, m, f=0.0, bcs=[], flux=flux, robin=(contact, 0.0), name=f"pattern {k}"
+        )
+        if shared and first is not None:
+            model.share_operator(first)
+        first = first or model
+        m.interpolate(lambda x: truth(x))
+        sensors = point_sensors(state, points, np.zeros(len(points)), sigma=1.0)
+        clean = sensors.predict(model.solve().x.petsc_vec)
+        values = np.concatenate(comm.allgather(clean))
+        sigma = 0.01 * np.abs(values).max()
+        noisy = values + sigma * rng.standard_normal(values.size)
+        sensors.destroy()
+        obs = point_sensors(state, points, noisy, sigma=sigma)
+        experiments.append(Experiment(model, [obs], f"pattern {k}"))
+    problem = InverseProblem(experiments)
+    features = FourierFeatures(2, 16, 0.5, seed=0)
+    network = natinv.mlp([features.width, 20, 20, 1], seed=0)
+    field = natinv.NeuralField(
+        space, network, "exp", input_map=InputChain(ReferenceBox.of(mesh), features)
+    )
+    return InverseObjective(field, problem), problem, [e.model for e in experiments]
+
+
+def measure(comm: MPI.Comm, count: int, shared: bool, steps: int) -> dict:
+    objective, problem, models_ = build(comm, count, shared)
+    gram = objective.gauss_newton()
+    solver = SampleSpaceSolver(gram, LevenbergMarquardt(1e-3, relative=True))
+    optimizer = NaturalGradientDescent(objective, solver, "armijo")
+    optimizer.step()  # (warm-up: forms compiled, first factorisation)
+    operators = list({id(m._op): m._op for m in models_}.values())  # shared: counted once
+
+    def counts() -> tuple[int, int]:
+        return sum(op.assemblies for op in operators), sum(m.linear_solves for m in models_)
+
+    before = counts()
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    seconds = comm.allreduce((time.perf_counter() - start) / steps, op=MPI.MAX)
+    after = counts()
+    for obj in (solver, gram, gram.metric, gram.rows):
+        obj.destroy()
+    objective.destroy()
+    for experiment in problem.experiments:
+        for obs in experiment.observations:
+            obs.destroy()
+    problem.destroy()
+    for model in models_:
+        model.destroy()
+    return {
+        "seconds": seconds,
+        "factorisations": (after[0] - before[0]) / steps,
+        "operator_solves": (after[1] - before[1]) / steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args()
+    comm = MPI.COMM_WORLD
+    rows = [("1 experiment", 1, False), ("16, own models", 16, False), ("16, shared", 16, True)]
+    results = {name: measure(comm, count, shared, args.steps) for name, count, shared in rows}
+    one = results["1 experiment"]["seconds"]
+    if comm.rank == 0:
+        print(f"{comm.size} rank(s), {args.steps} steps each (after one warm-up step)")
+        print(
+            f"{'set-up':<16} {'s/step':>8} {'÷ one':>7} {'factorisations/step':>20} "
+            f"{'operator solves/step':>21}"
+        )
+        for name, r in results.items():
+            print(
+                f"{name:<16} {r['seconds']:8.2f} {r['seconds'] / one:7.2f} "
+                f"{r['factorisations']:20.1f} {r['operator_solves']:21.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
