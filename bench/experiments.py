@@ -73,8 +73,9 @@ def build(comm: MPI.Comm, count: int, shared: bool) -> tuple:
         first = first or model
         m.interpolate(lambda x: truth(x))
         sensors = point_sensors(state, points, np.zeros(len(points)), sigma=1.0)
-        clean = sensors.predict(model.solve().x.petsc_vec)
-        values = np.concatenate(comm.allgather(clean))
+        values = np.zeros(len(points))  # (in the sensors' order: rows are owned by ranks)
+        values[sensors.index] = sensors.predict(model.solve().x.petsc_vec)
+        values = comm.allreduce(values)
         sigma = 0.01 * np.abs(values).max()
         noisy = values + sigma * rng.standard_normal(values.size)
         sensors.destroy()

@@ -18,6 +18,7 @@ field ``m = k(θ)`` and is an objective for the optimizers. Its Gauss–Newton m
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -354,6 +355,23 @@ class InverseProblem:
         self.solves = 0
         self.last: dict[str, float] = {}
         self.timings = {"forward": 0.0, "adjoint": 0.0}  # seconds spent, cumulative
+        self.weight = 1.0  # of the misfit (a view of a sample of the experiments: see view)
+        self._view = False
+
+    def view(self, indices: Sequence[int], weight: float | None = None) -> InverseProblem:
+        """The same problem restricted to the experiments ``indices`` (a sample), its misfit
+        scaled by ``weight`` (default ``E / len(indices)``: an unbiased estimate of the full
+        misfit when the sample is drawn uniformly; the Tikhonov term is not scaled). It shares
+        the experiments, the regularisation and the timings, and owns nothing. Local."""
+        chosen = [self.experiments[int(i)] for i in indices]
+        if not chosen:
+            raise ValueError("a view of an inverse problem needs at least one experiment")
+        view = copy.copy(self)
+        view.experiments = chosen
+        view.weight = float(weight) if weight is not None else len(self.experiments) / len(chosen)
+        view.last = {}
+        view._view = True
+        return view
 
     def set_parameter(self, m: npt.ArrayLike) -> None:
         """Set the owned coefficients of ``m`` in every model. Collective."""
@@ -379,7 +397,7 @@ class InverseProblem:
         """``L(m)`` (forward solves only). Collective."""
         m = np.asarray(m, dtype=np.float64).reshape(-1)
         self.set_parameter(m)
-        misfit = sum(experiment.misfit(self.timings)[0] for experiment in self.experiments)
+        misfit = self.weight * sum(e.misfit(self.timings)[0] for e in self.experiments)
         self.solves += 1
         regularization = self._regularization(m)
         self.last = {"misfit": misfit, "regularization": regularization}
@@ -394,9 +412,9 @@ class InverseProblem:
         gradient = np.zeros(self.num_owned)
         for experiment in self.experiments:
             value, part = experiment.misfit(self.timings, gradient=True)
-            misfit += value
+            misfit += self.weight * value
             assert part is not None
-            gradient += part
+            gradient += self.weight * part
         self.solves += 1
         regularization = self._regularization(m)
         if self._rm is not None:
@@ -409,7 +427,7 @@ class InverseProblem:
         and one adjoint solve per experiment, with the existing factors. Collective."""
         out.zeroEntries()
         for experiment in self.experiments:
-            out.array[:] += experiment.gauss_newton_product(v)
+            out.array[:] += self.weight * experiment.gauss_newton_product(v)
         if self.R is not None:
             self.R.multAdd(v, out, out)
 
@@ -418,6 +436,8 @@ class InverseProblem:
         return [obs for e in self.experiments for obs in e.observations]
 
     def destroy(self) -> None:
+        if self._view:  # (a view owns nothing)
+            return
         for obj in (self.R, self._m, self._rm):
             if obj is not None:
                 obj.destroy()
@@ -604,7 +624,13 @@ class ObservationRows:
     """The predicted observations ``B u(k(θ))`` of every experiment as rows (a
     :class:`~natinv.gram.Rows` provider); their Jacobian is ``B S J`` by tangent solves."""
 
-    def __init__(self, field: NeuralField, problem: InverseProblem, method: str = "auto") -> None:
+    def __init__(
+        self,
+        field: NeuralField,
+        problem: InverseProblem,
+        method: str = "auto",
+        operators: dict[int, tuple[PETSc.Mat, int]] | None = None,
+    ) -> None:
         self.field = field
         self.problem = problem
         self.comm = field.comm
@@ -614,17 +640,19 @@ class ObservationRows:
         self.num_global = int(sum(obs.num_global for obs in self.blocks))
         if method not in ("auto", "tangent", "adjoint"):
             raise ValueError(f"Jacobian method {method!r}: expected auto, tangent or adjoint")
-        operators = all(
+        observed = all(
             obs.operator is not None or isinstance(obs, TimeSeries) for obs in self.blocks
         )
-        if method == "adjoint" and not operators:
+        if method == "adjoint" and not observed:
             raise ValueError("the adjoint Jacobian needs observation operators (no full field)")
         if method == "auto":  # a solve per observation row, or per parameter: the fewer
-            method = "adjoint" if operators and self.num_global < self.num_parameters else "tangent"
+            method = "adjoint" if observed and self.num_global < self.num_parameters else "tangent"
         self.method = method
         self._field_jacobian: PETSc.Mat | None = None  # J = ∂k/∂θ, kept across calls
-        # Bᵀ of each observation block, dense, and the first block with an equal B
-        self._operators: dict[int, tuple[PETSc.Mat, int]] = {}
+        # Bᵀ of each observation block, dense, and the first block with an equal B (a cache
+        # the caller may share between the rows of several views of a problem, and free)
+        self._own_operators = operators is None
+        self._operators: dict[int, tuple[PETSc.Mat, int]] = {} if operators is None else operators
         self._adjoints: dict[tuple[int, int, int], PETSc.Mat] = {}  # Λ, within jacobian()
 
     @property
@@ -685,9 +713,10 @@ class ObservationRows:
         if self._field_jacobian is not None:
             self._field_jacobian.destroy()
             self._field_jacobian = None
-        for matrix, _ in self._operators.values():
-            matrix.destroy()
-        self._operators = {}
+        if self._own_operators:
+            for matrix, _ in self._operators.values():
+                matrix.destroy()
+            self._operators = {}
 
     def _adjoint_rows(
         self,
@@ -728,15 +757,23 @@ class ObservationRows:
             rows.convert("dense")
             index = len(self._operators)
             for matrix, first in self._operators.values():
-                if matrix.getSizes() == rows.getSizes() and matrix.equal(rows):
+                # (global sizes first: the same verdict on every rank before anything collective)
+                if matrix.getSize() != rows.getSize():
+                    continue
+                other_layout = matrix.getSizes() != rows.getSizes()
+                if not parallel.allreduce_max(self.comm, other_layout) and matrix.equal(rows):
                     index = first
                     break
             self._operators[key] = (rows, index)
         return self._operators[key]
 
     def metric(self) -> PETSc.Mat:
-        """The block-diagonal noise metric of all observations, in the rows' layout."""
-        return _block_diagonal(self.comm, [obs.metric for obs in self.blocks])
+        """The block-diagonal noise metric of all observations, in the rows' layout, times the
+        problem's misfit weight (a view's). The caller destroys it."""
+        matrix = _block_diagonal(self.comm, [obs.metric for obs in self.blocks])
+        if self.problem.weight != 1.0:
+            matrix.scale(self.problem.weight)
+        return matrix
 
 
 def _block_diagonal(comm: parallel.Comm, blocks: Sequence[PETSc.Mat]) -> PETSc.Mat:

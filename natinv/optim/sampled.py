@@ -1,0 +1,204 @@
+"""Natural Gauss–Newton steps on a sample of the experiments, momentum as the averaging.
+
+With E experiments sharing the unknown, ``L(θ) = Σ_e L_e(k(θ))`` (plus a Tikhonov term). A
+sampled step draws ``b`` experiments ``S`` (uniformly, without replacement, the same on every
+rank) and takes the natural Gauss–Newton step of ``L_S = (E/b) Σ_{e∈S} L_e``, an unbiased
+estimate of ``L`` (:meth:`~natinv.objectives.inverse.InverseProblem.view`): its rows are the
+``b`` experiments' observations, so forming them, the sample-space kernel and the state solves
+cost about ``b/E`` of a full step (Haber, Chung & Herrmann 2012 sample the sources of a
+many-right-hand-side problem the same way). The direction is ``d = J̃_Sᵀ (J̃_S J̃_Sᵀ + λI)⁻¹
+ρ̃_S`` (:class:`~natinv.directions.SampleSpaceSolver`, rows scaled by ``√(E/b)`` and the noise),
+with one Levenberg–Marquardt damping carried across the samples.
+
+Momentum is what averages the sampled directions:
+
+``none``
+    ``θ_{k+1} = θ_k − η d_k``;
+``heavy-ball``
+    the step along ``−d_k`` from ``θ_k + β p_{k−1}`` (``p`` the last parameter step; Polyak);
+``spring``
+    SPRING (Goldshlager, Abrahamsen & Lin 2024): the direction carries it,
+    ``φ_k = J̃_Sᵀ (J̃_S J̃_Sᵀ + λI)⁻¹ (ρ̃_S − β J̃_S φ_{k−1}) + β φ_{k−1}`` — the sampled
+    Kaczmarz step with momentum, ``φ_{k−1}`` re-weighed by the current sample's rows.
+
+Both are restarted (the plain step taken instead) when the step with momentum does not lower
+``L_S`` (O'Donoghue & Candès 2015). The step size is Armijo's on ``L_S`` (base and trials on the
+same sample) or fixed. The natural momenta that keep the last velocity as a function on the
+rows (``natural-heavy-ball``...) do not apply: consecutive samples have other rows.
+
+:meth:`SampledGaussNewton.full_misfit` evaluates the whole misfit (E state solves), what a
+discrepancy stop needs every few steps. θ, the samples, the velocity and every decision are
+identical on all ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from natinv import parallel
+from natinv.directions import LevenbergMarquardt, SampleSpaceSolver
+from natinv.gram import Gram
+from natinv.objectives.inverse import InverseObjective, InverseProblem, ObservationRows
+from natinv.optim.steps import StepRule, make_step_rule
+
+__all__ = ["SampledGaussNewton"]
+
+Vector = npt.NDArray[np.float64]
+
+
+class _SampledLoss:
+    """``L_S`` at θ for the step rules (``inf`` where a model cannot be solved)."""
+
+    def __init__(self, field: Any, view: InverseProblem) -> None:
+        self.field, self.view = field, view
+
+    def value(self, theta: Vector) -> float:
+        try:
+            return self.view.value(self.field.values(theta))
+        except parallel.SolveError:
+            return float("inf")
+
+
+class SampledGaussNewton:
+    """Natural Gauss–Newton steps on ``batch`` experiments drawn per step (see the module).
+
+    Args:
+        objective: the inverse objective of a neural field (its problem's experiments are
+            sampled; point or region observations, no full field).
+        batch: experiments per step, ``1 ≤ batch ≤ E`` (``E``: every step is the full one).
+        momentum: ``"none"``, ``"heavy-ball"`` or ``"spring"``.
+        beta: the momentum factor in [0, 1).
+        damping: the initial λ relative to ``max diag(G)`` of the first sample.
+        step: ``"armijo"`` or a fixed step size.
+        seed: of the samples' generator.
+    """
+
+    MOMENTA: ClassVar[tuple[str, ...]] = ("none", "heavy-ball", "spring")
+
+    def __init__(
+        self,
+        objective: InverseObjective,
+        batch: int,
+        *,
+        momentum: str = "none",
+        beta: float = 0.0,
+        damping: float = 1e-3,
+        step: str | float | StepRule = "armijo",
+        seed: int = 0,
+    ) -> None:
+        self.problem = objective.problem
+        self.field = objective.field
+        self.comm = objective.comm
+        count = len(self.problem.experiments)
+        if not (isinstance(batch, int) and 1 <= batch <= count):
+            raise ValueError(f"Invalid batch {batch}: experiments per step, in 1..{count}")
+        if momentum not in self.MOMENTA:
+            raise ValueError(f"Unknown momentum {momentum!r}; choose one of {self.MOMENTA}")
+        if not (0.0 <= beta < 1.0):
+            raise ValueError(f"Invalid momentum factor beta: {beta} (must lie in [0, 1))")
+        self.batch, self.momentum, self.beta = batch, momentum, float(beta)
+        self.step_rule = make_step_rule(step)
+        self.damping = LevenbergMarquardt(damping, relative=True)
+        self.rng = np.random.default_rng(seed)
+        self.theta = np.array(self.field.parameters, dtype=np.float64)
+        self.velocity: Vector | None = None  # p_{k−1} (heavy-ball) or φ_{k−1} (spring)
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+        self._operators: dict[int, tuple[Any, int]] = {}  # Bᵀ per sensor set, all samples
+        self.sample: list[int] = []
+
+    def draw(self) -> list[int]:
+        """The next sample of experiment indices (rank 0's draw, broadcast). Collective."""
+        count = len(self.problem.experiments)
+        chosen = np.sort(self.rng.choice(count, size=self.batch, replace=False))
+        return [int(i) for i in self.comm.bcast(chosen, root=0)]
+
+    def step(self) -> dict[str, Any]:
+        """One sampled step; returns its record (the sampled loss before and after, the step
+        size, restart, the sample, timings). Collective."""
+        start = time.perf_counter()
+        self.sample = self.draw()
+        view = self.problem.view(self.sample)
+        rows = ObservationRows(self.field, view, operators=self._operators)
+        metric = rows.metric()
+        gram = Gram(rows, metric)
+        solver = SampleSpaceSolver(gram, self.damping)
+        try:
+            record = self._step(view, rows, gram, solver)
+        finally:
+            for obj in (solver, gram, metric, rows):
+                obj.destroy()
+        record["time"] = time.perf_counter() - start
+        self.history.append(record)
+        return record
+
+    def _step(
+        self, view: InverseProblem, rows: ObservationRows, gram: Gram, solver: SampleSpaceSolver
+    ) -> dict[str, Any]:
+        theta, beta = self.theta, self.beta
+        loss = _SampledLoss(self.field, view)
+        # 1. L_S, its gradient, the rows and their residual at θ_k (one state solve and one
+        #    adjoint per sampled experiment; the rows reuse the states)
+        value, gradient_m = view.value_and_gradient(self.field.values(theta))
+        gradient = self.field.vjp(gradient_m, theta)
+        gram.update_jacobian(theta)
+        data = [obs.data for obs in view.observations]
+        residual = rows.values(theta) - (np.concatenate(data) if data else np.zeros(0))
+        velocity = self.velocity if beta > 0 else None
+
+        # 2. The direction: natural Gauss–Newton of L_S (SPRING: with the momentum in it)
+        def direction(previous: Vector | None) -> Vector:
+            if previous is None or self.momentum != "spring":
+                return solver.solve_rows(residual)
+            return solver.solve_rows(residual - beta * gram.apply(previous)) + beta * previous
+
+        d = direction(velocity)
+        heavy = velocity is not None and self.momentum == "heavy-ball"
+        base = theta + beta * velocity if heavy and velocity is not None else theta
+        # 3. The step on L_S from the base (θ_k + β p_{k−1} held: at most 3 backtracks); a
+        #    momentum step that does not lower L_S is given up for the plain one (restart)
+        rule = self.step_rule.limited(3) if base is not theta else self.step_rule
+        eta, new, new_value = rule(loss, base, value, d, float(gradient @ d))
+        restarted = False
+        if velocity is not None and not (new_value < value):
+            restarted = True
+            d = direction(None)
+            eta, new, new_value = self.step_rule(loss, theta, value, d, float(gradient @ d))
+        if not np.isfinite(new_value) or not (new_value < value):
+            eta, new, new_value = 0.0, theta, value
+        predicted = eta * float(gradient @ d) - 0.5 * eta**2 * gram.quadratic(d)
+        solver.report(value - new_value, predicted, eta)
+        step = new - theta
+        if self.momentum == "spring":
+            self.velocity = None if eta == 0.0 else d
+        else:
+            self.velocity = step if np.any(step) else None
+        self.theta = new
+        self.iteration += 1
+        return {
+            "iteration": self.iteration,
+            "loss": new_value,
+            "loss_before": value,
+            "step": eta,
+            "restart": restarted,
+            "direction_norm": float(np.linalg.norm(d)),
+            "sample": list(self.sample),
+            "damping": solver.damping,
+        }
+
+    def full_misfit(self, theta: Vector | None = None) -> float:
+        """The whole misfit ``Σ_e L_e`` at θ (default the current one): every experiment's
+        state solve. Collective."""
+        point = self.theta if theta is None else np.asarray(theta, dtype=np.float64)
+        self.problem.value(self.field.values(point))
+        return float(self.problem.last["misfit"])
+
+    def destroy(self) -> None:
+        """Free the cached observation operators. Collective."""
+        for matrix, _ in self._operators.values():
+            matrix.destroy()
+        self._operators = {}
