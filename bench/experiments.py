@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from mpi4py import MPI
 
@@ -40,6 +41,7 @@ from natinv.fields import FourierFeatures, InputChain, ReferenceBox
 from natinv.objectives.inverse import Experiment, InverseObjective, InverseProblem
 from natinv.observations import point_sensors
 from natinv.optim.natural import NaturalGradientDescent
+from natinv.optim.sampled import SampledGaussNewton
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUTH = "1 + 2*((x-0.3)**2 + (y-0.2)**2 < 0.06) + 0.8*exp(-10*((x+0.4)**2 + (y+0.3)**2))"
@@ -123,11 +125,117 @@ def measure(comm: MPI.Comm, count: int, shared: bool, steps: int) -> dict:
     }
 
 
+def error_of(comm: MPI.Comm, field: natinv.NeuralField, theta: np.ndarray) -> float:
+    """The relative nodal error of κ against the truth (owned dofs, all ranks)."""
+    truth = compile_expression(TRUTH)
+    owned = field.space.dofmap.index_map.size_local
+    x = field.space.tabulate_dof_coordinates()[:owned].T
+    exact = truth(x)
+    values = field.values(theta)
+    num = comm.allreduce(float(np.sum((values - exact) ** 2)))
+    return float(np.sqrt(num / comm.allreduce(float(np.sum(exact**2)))))
+
+
+def trace(
+    comm: MPI.Comm, method: str, batch: int, seed: int, budget: float, beta: float = 0.5
+) -> list[dict]:
+    """One method on the 16-pattern problem (shared operator) until the whole misfit reaches
+    the noise level (checked after every step for the full method, once per pass over the
+    experiments for the sampled ones: those checks' solves and time are counted) or the
+    time ``budget`` is spent. Records time, operator solves, error, misfit when checked."""
+    objective, problem, models_ = build(comm, 16, True)
+    level = 0.5 * sum(obs.num_global for obs in problem.observations)
+    if method == "full":
+        gram = objective.gauss_newton()
+        solver = SampleSpaceSolver(gram, LevenbergMarquardt(1e-3, relative=True))
+        optimizer: Any = NaturalGradientDescent(objective, solver, "armijo")
+        owned = [solver, gram, gram.metric, gram.rows]
+    else:
+        beta = 0.0 if method == "none" else beta
+        optimizer = SampledGaussNewton(objective, batch, momentum=method, beta=beta, seed=seed)
+        owned = [optimizer]
+    operator = models_[0]._op
+    records, start, solves0 = [], time.perf_counter(), operator.assemblies
+    solves0 = sum(m.linear_solves for m in models_)
+    every = 1 if method == "full" else max(1, 16 // batch)
+    for k in range(1, 400):
+        record = optimizer.step()
+        entry = {"step": k, "error": error_of(comm, objective.field, optimizer.theta)}
+        if k % every == 0:
+            if method == "full":
+                entry["misfit"] = float(record["loss"])
+            else:
+                entry["misfit"] = optimizer.full_misfit()
+        entry["time"] = time.perf_counter() - start
+        entry["solves"] = sum(m.linear_solves for m in models_) - solves0
+        records.append(entry)
+        if entry.get("misfit", np.inf) <= level or entry["time"] > budget:
+            break
+    for obj in owned:
+        obj.destroy()
+    objective.destroy()
+    for experiment in problem.experiments:
+        for obs in experiment.observations:
+            obs.destroy()
+    problem.destroy()
+    for model in models_:
+        model.destroy()
+    return records
+
+
+METHODS = "none:4:0,heavy-ball:4:0.5,spring:4:0.5,spring:2:0.5"
+
+
+def sampling(comm: MPI.Comm, seeds: int, methods: str) -> None:
+    """Part 2: full steps against sampled ones (``method:batch:β``, e.g. 4 of 16 experiments
+    per step), with and without momentum, to the noise level: the time and the operator solves
+    each needs to reach the full method's final error, over seeds (the sample draws; the
+    network is the same)."""
+    full = trace(comm, "full", 16, 0, np.inf)
+    target, total = full[-1]["error"], full[-1]["time"]
+    rows = {"full (16 of 16)": [full]}
+    for item in methods.split(","):
+        method, batch, beta = item.split(":")
+        name = f"{method} ({batch} of 16, β {beta})"
+        rows[name] = [
+            trace(comm, method, int(batch), s, 3 * total, float(beta)) for s in range(seeds)
+        ]
+    if comm.rank != 0:
+        return
+    print(
+        f"full: {len(full)} steps, error {target:.4f}, {total:.1f} s, {full[-1]['solves']} solves"
+    )
+    print(
+        f"{'method':<28} {'to the full error: s':>21} {'÷ full':>7} {'solves':>7} "
+        f"{'final error':>12} {'steps':>6} {'stopped by':>11}"
+    )
+    for name, runs in rows.items():
+        reach = []
+        for run in runs:
+            hit = next((r for r in run if r["error"] <= target), None)
+            reach.append((hit["time"], hit["solves"]) if hit else (np.inf, np.inf))
+        seconds = float(np.median([r[0] for r in reach]))
+        solves = float(np.median([r[1] for r in reach]))
+        finals = [run[-1]["error"] for run in runs]
+        stops = ["noise" if run[-1].get("misfit", np.inf) <= 512 else "budget" for run in runs]
+        print(
+            f"{name:<28} {seconds:21.1f} {seconds / total:7.2f} {solves:7.0f} "
+            f"{float(np.median(finals)):12.4f} {int(np.median([len(r) for r in runs])):6d} "
+            f"{'/'.join(stops):>11}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--part", choices=("cost", "sampling"), default="cost")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default=METHODS, help="method:batch:beta,... (part 2)")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
+    if args.part == "sampling":
+        sampling(comm, args.seeds, args.methods)
+        return
     rows = [("1 experiment", 1, False), ("16, own models", 16, False), ("16, shared", 16, True)]
     results = {name: measure(comm, count, shared, args.steps) for name, count, shared in rows}
     one = results["1 experiment"]["seconds"]
