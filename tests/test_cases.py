@@ -199,6 +199,29 @@ def test_the_headline_case_gives_what_the_readme_says(comm, shared_tmp):
     # sample space, where the 80 × 80 kernel replaces the P × P Gram)
 
 
+@pytest.mark.slow
+def test_the_baseline_on_the_headline_case_gives_what_the_readme_says(comm, shared_tmp):
+    """`natinv compare … --optimizers tao-nls` on the headline case ends at the κ error the
+    README gives for this rank count (2 ranks, and one), to its printed digits."""
+    import csv
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(
+        r"--optimizers tao-nls`, ends at ([0-9.]+) on 2 ranks and\s+([0-9.]+) on one", readme
+    )
+    assert found is not None
+    quoted = found.group(2) if comm.size == 1 else found.group(1)
+    folder = shared_tmp / "baseline"
+    args = ["compare", str(HOLE), "--optimizers", "tao-nls"]
+    assert main([*args, "--set", f"output.folder='{folder}'"]) == 0
+    comm.Barrier()
+    with open(folder / "comparison.csv", newline="") as stream:
+        rows = {r["optimizer"]: r for r in csv.DictReader(stream)}
+    digits = len(quoted.split(".")[1])
+    assert round(float(rows["tao-nls"]["relative_l2_error"]), digits) == float(quoted)
+
+
 @pytest.mark.parametrize(
     "case, solver",
     [(HOLE, None), (TALK, None), (TALK, "least-squares")],
