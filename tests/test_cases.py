@@ -202,9 +202,13 @@ def test_the_headline_case_gives_what_the_readme_says(comm, shared_tmp):
 @pytest.mark.slow
 def test_the_baseline_on_the_headline_case_gives_what_the_readme_says(comm, shared_tmp):
     """`natinv compare … --optimizers tao-nls` on the headline case ends at the κ error the
-    README gives for this rank count (2 ranks, and one), to its printed digits."""
+    README gives for this rank count (2 ranks, and one), to its printed digits. (The README
+    quotes 1 and 2 ranks; 3 ranks take another path again.)"""
     import csv
     import re
+
+    if comm.size > 2:
+        pytest.skip("the README quotes the baseline on 1 and 2 ranks")
 
     readme = (ROOT / "README.md").read_text()
     found = re.search(

@@ -810,13 +810,13 @@ def test_an_error_on_one_rank_ends_every_rank(comm, shared_tmp, error):
 def test_a_network_too_large_for_the_memory_is_refused_before_it_is_built(
     comm, shared_tmp, capsys, monkeypatch
 ):
-    """With 5 MB per rank allowed (NATINV_MAX_MEMORY_GB), the headline case's Jacobian and M·J
-    (778 rows × 1141 parameters: 14 MB on one rank, 7-8 MB on each of two) do not fit: `natinv
-    check` and `natinv run` each end
+    """With 2 MB per rank allowed (NATINV_MAX_MEMORY_GB), the headline case's Jacobian and M·J
+    (778 rows × 1141 parameters: 14 MB on one rank, 7-8 MB on each of two, 5 on each of
+    three) do not fit: `natinv check` and `natinv run` each end
     with one error line naming the estimate and the budget, before anything is allocated, and
     no result folder is made; with 10 GB both go on."""
     folder = shared_tmp / "too-large"
-    monkeypatch.setenv("NATINV_MAX_MEMORY_GB", "0.005")
+    monkeypatch.setenv("NATINV_MAX_MEMORY_GB", "0.002")
     for command in ("check", "run"):
         args = [command, str(HOLE), "--set", f"output.folder='{folder}'"]
         assert main([*args, *(["--iterations", "1", "--quiet"] if command == "run" else [])]) == 2
@@ -824,7 +824,7 @@ def test_a_network_too_large_for_the_memory_is_refused_before_it_is_built(
         if comm.rank == 0:
             assert err.count("natinv: error:") == 1, err
             assert "natural gradient with 1141 parameters and 778 rows: the run needs about" in err
-            assert "the Jacobian J and M·J " in err and "more than the 5 MB available" in err
+            assert "the Jacobian J and M·J " in err and "more than the 2 MB available" in err
         comm.Barrier()
         assert not folder.exists()
     monkeypatch.setenv("NATINV_MAX_MEMORY_GB", "10")

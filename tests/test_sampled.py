@@ -67,7 +67,9 @@ def free(objective, problem, models_):  # type: ignore[no-untyped-def]
 def test_a_sample_of_every_experiment_takes_the_full_steps_bitwise(comm):
     """With batch = E the sample is the whole problem (weight 1): three sampled steps give
     bitwise the iterates of the full natural Gauss–Newton method (sample-space direction,
-    Levenberg–Marquardt damping, Armijo steps: natinv run's default)."""
+    Levenberg–Marquardt damping, Armijo steps: natinv run's default) on 1 and 2 ranks. (On 3
+    ranks two runs of the full method itself differ in the last bits, 1e-14 measured: there
+    the claim is 1e-12, relative.)"""
     thetas = []
     for sampled in (False, True):
         objective, problem, models_ = loads(comm)
@@ -86,7 +88,11 @@ def test_a_sample_of_every_experiment_takes_the_full_steps_bitwise(comm):
             for obj in (solver, gram, gram.metric, gram.rows):
                 obj.destroy()
         free(objective, problem, models_)
-    assert np.array_equal(thetas[0], thetas[1])
+    if comm.size <= 2:
+        assert np.array_equal(thetas[0], thetas[1])
+    else:
+        scale = np.abs(thetas[0]).max()
+        assert np.abs(thetas[0] - thetas[1]).max() <= 1e-12 * scale
 
 
 def test_the_sampled_gradient_is_unbiased(comm):
