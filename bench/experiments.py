@@ -92,6 +92,19 @@ def build(comm: MPI.Comm, count: int, shared: bool) -> tuple:
     return InverseObjective(field, problem), problem, [e.model for e in experiments]
 
 
+def release(owned: list, objective: Any, problem: Any, models_: list) -> None:
+    """Free what :func:`build` made and the optimizer's ``owned`` objects. Collective."""
+    for obj in owned:
+        obj.destroy()
+    objective.destroy()
+    for experiment in problem.experiments:
+        for obs in experiment.observations:
+            obs.destroy()
+    problem.destroy()
+    for model in models_:
+        model.destroy()
+
+
 def measure(comm: MPI.Comm, count: int, shared: bool, steps: int) -> dict:
     objective, problem, models_ = build(comm, count, shared)
     gram = objective.gauss_newton()
@@ -109,15 +122,7 @@ def measure(comm: MPI.Comm, count: int, shared: bool, steps: int) -> dict:
         optimizer.step()
     seconds = comm.allreduce((time.perf_counter() - start) / steps, op=MPI.MAX)
     after = counts()
-    for obj in (solver, gram, gram.metric, gram.rows):
-        obj.destroy()
-    objective.destroy()
-    for experiment in problem.experiments:
-        for obs in experiment.observations:
-            obs.destroy()
-    problem.destroy()
-    for model in models_:
-        model.destroy()
+    release([solver, gram, gram.metric, gram.rows], objective, problem, models_)
     return {
         "seconds": seconds,
         "factorisations": (after[0] - before[0]) / steps,
@@ -154,8 +159,7 @@ def trace(
         beta = 0.0 if method == "none" else beta
         optimizer = SampledGaussNewton(objective, batch, momentum=method, beta=beta, seed=seed)
         owned = [optimizer]
-    operator = models_[0]._op
-    records, start, solves0 = [], time.perf_counter(), operator.assemblies
+    records, start = [], time.perf_counter()
     solves0 = sum(m.linear_solves for m in models_)
     every = 1 if method == "full" else max(1, 16 // batch)
     for k in range(1, 400):
@@ -171,15 +175,7 @@ def trace(
         records.append(entry)
         if entry.get("misfit", np.inf) <= level or entry["time"] > budget:
             break
-    for obj in owned:
-        obj.destroy()
-    objective.destroy()
-    for experiment in problem.experiments:
-        for obs in experiment.observations:
-            obs.destroy()
-    problem.destroy()
-    for model in models_:
-        model.destroy()
+    release(owned, objective, problem, models_)
     return records
 
 

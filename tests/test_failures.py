@@ -829,3 +829,51 @@ def test_a_network_too_large_for_the_memory_is_refused_before_it_is_built(
         assert not folder.exists()
     monkeypatch.setenv("NATINV_MAX_MEMORY_GB", "10")
     assert main(["check", str(HOLE), "--set", f"output.folder='{folder}'"]) == 0
+
+
+def test_check_estimates_what_a_long_transient_run_needs(comm, shared_tmp, capsys):
+    """`natinv check` of the heat case with ten million steps (a run that would take hours)
+    says so before anything runs: the memory per rank of J, of G and of the stored states
+    (one in every √N-ish kept), and one timed step times the steps of a trajectory; it
+    writes nothing."""
+    import re
+
+    folder = shared_tmp / "never"
+    settings = ["model.steps=10000000", "model.dt=2e-8", f"output.folder='{folder}'"]
+    args = ["check", str(ROOT / "cases" / "heat_transient.toml")]
+    assert main([*args, *[a for s in settings for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    if comm.rank == 0:
+        assert re.search(
+            r"memory +per rank: .* for J and M·J, .* for G if formed, .* for the "
+            r"stored states \(1 in \d+ kept\); .* available per rank",
+            out,
+        ), out
+        found = re.search(
+            r"about ([0-9.e-]+) s per step \(one step timed\): ([0-9.]+) (h|d) per "
+            r"trajectory of 10000000 steps",
+            out,
+        )
+        assert found is not None, out
+    comm.Barrier()
+    assert not folder.exists()
+
+
+def test_a_long_iteration_says_where_it_is(capsys, monkeypatch):
+    """While reporting is on, a tick prints on rank 0 once the interval has passed since the
+    iteration began (and not before, nor with reporting off), with what the loop is doing."""
+    from mpi4py import MPI
+
+    from natinv import progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    progress.tick("silent: reporting is off")
+    with progress.reporting(MPI.COMM_SELF, interval=5.0):
+        progress.tick("too early")
+        clock[0] += 6.0
+        progress.tick(lambda: "heat: state step 12 of 10000000")
+        clock[0] += 1.0
+        progress.tick("too soon after the last line")
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["      … heat: state step 12 of 10000000 (6 s into the iteration)"]
