@@ -19,6 +19,8 @@ _API = {
     "Bounded": "natinv.fields",
     "Exp": "natinv.fields",
     "FourierFeatures": "natinv.fields",
+    "InputChain": "natinv.fields",
+    "ReferenceBox": "natinv.fields",
     "OutputScale": "natinv.fields",
     "Identity": "natinv.fields",
     "NeuralField": "natinv.fields",

@@ -11,6 +11,7 @@ from natinv.optim.momentum import (
     Spring,
 )
 from natinv.optim.natural import NaturalGradientDescent
+from natinv.optim.sampled import SampledGaussNewton
 from natinv.optim.steps import Armijo, FixedStep, LogGridLineSearch, NormConstraint, make_step_rule
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Nesterov",
     "NoMomentum",
     "NormConstraint",
+    "SampledGaussNewton",
     "Spring",
     "make_step_rule",
 ]
