@@ -64,12 +64,20 @@ class _Operator:
         self.refactorisations = 0  # factorisations of an unchanged A (see _same_block_shape)
         self.parameter: npt.NDArray[np.float64] | None = None  # linear models: A's m
         self.users = 1
+        self.resets = 0
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever ``A`` or its factors do (an assembly, or a reset after a failure):
+        a model's state is served by ``A`` only while this is what it was at its solve."""
+        return self.assemblies, self.resets
 
     def reset(self) -> None:
         """Drop the factorisations: the next solve factorises anew. Collective."""
         for ksp in (self.ksp, self.transpose_ksp):
             if ksp is not None:
                 ksp.reset()
+        self.resets += 1
         self.parameter = None
         self.transpose_state = None
         self.block_shapes.clear()
@@ -166,8 +174,8 @@ class Model:
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
         self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
-        # (A's assembly, state version) when A was last right for the state
-        self._state_of_A: tuple[int, int] | None = None
+        # (A's generation, state version) when A was last right for the state
+        self._state_of_A: tuple[tuple[int, int], int] | None = None
         self.version = 0  # bumped whenever the state changes (solve or restore)
         # keep A's factors across solves with the same m (linear models; only when nothing
         # else in A changes between solves, e.g. the steps of a transient model)
@@ -263,7 +271,7 @@ class Model:
         dolfinx.fem.petsc.assemble_matrix(self.A, self._dFdu, bcs=self.bcs)
         self.A.assemble()
         self.ksp.setOperators(self.A)
-        self._state_of_A = (self.assemblies, self.version)
+        self._state_of_A = (self._op.generation, self.version)
         self._op.parameter = np.array(self.m.x.array) if self.linear else None
 
     def _operator_current(self) -> bool:
@@ -395,7 +403,7 @@ class Model:
         if not self.linear:
             self._assemble_operator()  # A at the solution, for adjoints and tangents
         else:
-            self._state_of_A = (self.assemblies, self.version)
+            self._state_of_A = (self._op.generation, self.version)
         return self.u
 
     def restore(self, values: npt.ArrayLike) -> None:
@@ -407,7 +415,7 @@ class Model:
         if self.varying_operator:
             self._assemble_operator()
         elif self._operator_current() or not self.reuse_operator:
-            self._state_of_A = (self.assemblies, self.version)
+            self._state_of_A = (self._op.generation, self.version)
         else:
             self._assemble_operator()
 
@@ -453,7 +461,7 @@ class Model:
         self.u.x.scatter_forward()
 
     def _require_solution(self) -> None:
-        if self.version == 0 or self._state_of_A != (self.assemblies, self.version):
+        if self.version == 0 or self._state_of_A != (self._op.generation, self.version):
             raise RuntimeError(f"{self.name}: call solve() before adjoint or tangent solves")
 
     def adjoint(self, state_gradient: PETSc.Vec) -> dolfinx.fem.Function:
