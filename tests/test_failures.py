@@ -137,7 +137,16 @@ FIELD_AS_LOG = (
 )
 
 
-@pytest.mark.parametrize("kind", ["ngd", "adam", "lbfgs", "tao-nls", "tao-lmvm"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "ngd",
+        pytest.param("adam", marks=pytest.mark.slow),
+        pytest.param("lbfgs", marks=pytest.mark.slow),
+        "tao-nls",
+        pytest.param("tao-lmvm", marks=pytest.mark.slow),
+    ],
+)
 def test_two_runs_give_the_same_history(comm, shared_tmp, kind):
     """Every optimizer kind repeats its iterates to the bit (the case's direct solves are
     static in parallel: MUMPS's dynamic scheduling made 2-rank TAO runs differ)."""
@@ -561,7 +570,7 @@ def test_a_model_is_usable_again_after_a_failed_factorisation(comm, petsc_option
     [
         ("log-grid", "none"),
         ("armijo", "none"),
-        ("log-grid", "natural-nesterov"),
+        pytest.param("log-grid", "natural-nesterov", marks=pytest.mark.slow),
         pytest.param("armijo", "natural-heavy-ball", marks=pytest.mark.slow),
         pytest.param("armijo", "nesterov", marks=pytest.mark.slow),
     ],
@@ -781,7 +790,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize(
-    "error", ["MemoryError()", pytest.param("RuntimeError('a defect')", marks=pytest.mark.slow)]
+    "error",
+    [
+        pytest.param("MemoryError()", marks=pytest.mark.slow),
+        pytest.param("RuntimeError('a defect')", marks=pytest.mark.slow),
+    ],
 )
 def test_an_error_on_one_rank_ends_every_rank(comm, shared_tmp, error):
     """Rank 0 alone runs out of memory (or meets a defect) while building the problem: on 1,

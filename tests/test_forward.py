@@ -170,6 +170,7 @@ def run_several(folder: Path, comm, boundary: str, test: str) -> tuple[dict, lis
     return summary, [float(r.split(",")[header.index("error")]) for r in rows[1:]]
 
 
+@pytest.mark.slow
 def test_a_lift_that_takes_the_parameters_is_exact_at_every_mu(comm, shared_tmp):
     """Boundary values b x²y built into the network, u = g(x; μ) + x(1 − x)y(1 − y)·N: the
     solution u* = b x²y is the lift itself, so once N vanishes the error is zero at every test
@@ -252,6 +253,7 @@ scale = {scale}
 """
 
 
+@pytest.mark.slow
 def test_a_ritz_network_in_units_of_the_solution_learns_faster(comm, shared_tmp):
     """−Δu = 1 on the unit square (max u = 0.074), P2, Levenberg–Marquardt, 80 steps: in units
     of 1 the network starts larger than u and fits it by barely moving its hidden layers; in

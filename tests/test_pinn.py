@@ -172,6 +172,7 @@ def test_parametric_loss_and_gram_are_the_means_over_the_samples(comm):
     whole.destroy()
 
 
+@pytest.mark.slow
 def test_a_parametric_surrogate_is_accurate_at_an_unseen_parameter(comm):
     """Trained by ENGD on ε ∈ {0.2, 0.35, 0.5, 0.65, 0.8} (60 steps), u(x; ε) at ε = 0.425,
     between the samples, has a relative L2 error below 1e-3 (the start is at ~100 %)."""
