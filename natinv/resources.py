@@ -150,9 +150,9 @@ def gram_estimates(comm: Any, owned_rows: int, parameters: int) -> list[Estimate
     """The memory of a Gram matrix ``G = Jᵀ M J`` on the largest rank: ``J`` and ``M J``
     (its owned rows × P each) and ``G`` with the copies its solvers make (P × P, two of them).
     Collective (the largest rank's rows)."""
-    from mpi4py import MPI
+    from natinv import parallel  # (here: case parsing imports this module, not MPI)
 
-    rows = int(comm.allreduce(int(owned_rows), op=MPI.MAX))
+    rows = int(parallel.allreduce_max(comm, owned_rows))
     hint = "a smaller network (fewer parameters)"
     return [
         Estimate("the Jacobian J and M·J", 16.0 * rows * parameters, f"{hint} or more ranks"),

@@ -167,10 +167,8 @@ class Model:
         self._du = self._b.duplicate()
         self._nonlinear: Any = None
         self.solved_parameter: npt.NDArray[np.float64] | None = None
-        self._C: PETSc.Mat | None = None
-        self._C_state: int | None = None
-        self._Ct: PETSc.Mat | None = None
-        self._Ct_state: int | None = None
+        # C = ∂F/∂m and Cᵀ, each with the state version it was assembled at
+        self._per_state_matrices: dict[int, tuple[PETSc.Mat, int]] = {}
         # owned dofs fixed by the Dirichlet conditions (x = α(g − x0) there, untouched elsewhere)
         owned = state_space.dofmap.index_map.size_local * state_space.dofmap.index_map_bs
         self._constrained, _ = constrained_dofs(self.bcs, self.u.x.array.size, owned)
@@ -483,17 +481,22 @@ class Model:
         vector.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
         return vector
 
+    def _per_state(self, form: Any) -> PETSc.Mat:
+        """The matrix of ``form`` at the current solution, owned by the model: its sparsity is
+        built once and its values re-assembled once per state. Collective."""
+        matrix, state = self._per_state_matrices.get(id(form), (None, None))
+        if matrix is None:
+            matrix = dolfinx.fem.petsc.create_matrix(form)
+        if state != self.version:
+            matrix.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(matrix, form)
+            matrix.assemble()
+        self._per_state_matrices[id(form)] = (matrix, self.version)
+        return matrix
+
     def _sensitivity(self) -> PETSc.Mat:
-        """``C = ∂F/∂m`` at the current solution, owned by the model: its sparsity is built
-        once and its values re-assembled once per state. Collective."""
-        if self._C is None:
-            self._C = dolfinx.fem.petsc.create_matrix(self._dFdm)
-        if self._C_state != self.version:
-            self._C.zeroEntries()
-            dolfinx.fem.petsc.assemble_matrix(self._C, self._dFdm)
-            self._C.assemble()
-            self._C_state = self.version
-        return self._C
+        """``C = ∂F/∂m`` at the current solution (see :meth:`_per_state`). Collective."""
+        return self._per_state(self._dFdm)
 
     def tangent_vector(self, direction: PETSc.Vec, out: PETSc.Vec) -> None:
         """``δu = S v = −A⁻¹ (∂F/∂m) v`` for one direction ``v`` on ``W`` (one solve with the
@@ -586,20 +589,13 @@ class Model:
         dense product: PETSc's transposed product would transpose ``C`` each time). A new
         matrix (W × n). Collective."""
         self._require_solution()
-        if self._Ct is None:
-            self._Ct = dolfinx.fem.petsc.create_matrix(self._dFdm_adjoint)
-        if self._Ct_state != self.version:
-            self._Ct.zeroEntries()
-            dolfinx.fem.petsc.assemble_matrix(self._Ct, self._dFdm_adjoint)
-            self._Ct.assemble()
-            self._Ct_state = self.version
-        gradients = self._Ct.matMult(solution)
+        gradients = self._per_state(self._dFdm_adjoint).matMult(solution)
         gradients.scale(-1.0)
         return gradients
 
     def destroy(self) -> None:
         self._op.release()
-        for obj in (self._b, self._du, self._C, self._Ct):
+        for obj in (self._b, self._du, *(m for m, _ in self._per_state_matrices.values())):
             if obj is not None:
                 obj.destroy()
         self._nonlinear = None

@@ -138,8 +138,7 @@ def _determined(
     for bc in bcs:
         _, first_ghost = bc.dof_indices()
         owned += int(first_ghost)
-    count = space.mesh.comm.allreduce(owned)
-    if count == 0:
+    if parallel.allreduce_sum(space.mesh.comm, owned) == 0:
         raise ValueError(
             f"{what}: no Dirichlet condition and no Robin term: the state is determined only up "
             "to a constant (a pure-Neumann problem, its operator singular); fix u somewhere "
