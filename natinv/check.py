@@ -106,10 +106,12 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
             f"transform {case.parameter.transform}, on P{degree} ({_dofs(space)} dofs)"
         )
         kinds = []
-        if built.sensors is not None:
-            kinds.append(f"{built.sensors.values.size} point values (every sensor in the mesh)")
-        if built.averages is not None:
-            kinds.append(f"{built.averages.values.size} region averages")
+        points = sum(e.sensors.values.size for e in built.experiments if e.sensors is not None)
+        averaged = sum(e.averages.values.size for e in built.experiments if e.averages is not None)
+        if points:
+            kinds.append(f"{points} point values (every sensor in the mesh)")
+        if averaged:
+            kinds.append(f"{averaged} region averages")
         if not built.measured:
             kinds.append("a full field")
         if built.series is not None:
@@ -120,8 +122,8 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
                 f", {case.model.steps} {case.model.scheme} steps of {case.model.dt:g} "
                 f"(T = {case.model.steps * case.model.dt:g})"
             )
+        lines += [f"  model      {model}", *_conditions(case, built)]
         lines += [
-            f"  model      {model}",
             f"  unknown    {unknown}",
             f"  data       {', '.join(kinds)}: {built.num_sensors} rows, every sensor inside "
             "the mesh" + (f"; noise level: misfit {built.discrepancy:g}" if built.measured else ""),
@@ -141,6 +143,53 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
         f"  output     {case.output}/ (writable)"
         + ("; holds a checkpoint" if checkpointed else ""),
     ]
+    return lines
+
+
+def _tags(tags: Any) -> str:
+    return "every boundary facet" if tags == "all" else f"tags {list(tags)}"
+
+
+def _loads(model: Any) -> list[str]:
+    """A model's loads, as ``natinv check`` prints them."""
+    parts = [f"source {model.source}"]
+    if model.kind == "elasticity":
+        parts = [f"load {model.load}"]
+        if model.traction is not None:
+            parts.append(f"traction {model.traction[1]} on tag {model.traction[0]}")
+    elif model.dirichlet != []:
+        parts.append(f"u = {model.boundary_value} on the Dirichlet side")
+    parts += [f"κ∇u·n = {value} on {_tags(tags)}" for tags, value in model.flux]
+    return parts
+
+
+def _conditions(case: InverseCase, built: Any) -> list[str]:
+    """The boundary conditions of the model and each experiment's loads and data."""
+    model = case.model
+    sides = (
+        "none (no Dirichlet side)"
+        if model.dirichlet == []
+        else f"u fixed on {_tags(model.dirichlet)}"
+    )
+    lines = [f"  boundary   Dirichlet: {sides}"]
+    if model.robin is not None:
+        tags, c, value = model.robin
+        lines.append(f"             Robin: κ∇u·n + {c:g} (u − {value}) = flux on {_tags(tags)}")
+    if not case.experiments:
+        lines.append(f"  loads      {'; '.join(_loads(model))}")
+        return lines
+    shared = built.experiments[0].model._op
+    together = sum(e.model._op is shared for e in built.experiments)
+    lines.append(
+        f"  loads      {len(case.experiments)} experiments"
+        + (f", one operator factorised for all {together}" if together > 1 else "")
+    )
+    for view, data in zip(case.each(), built.experiments, strict=True):
+        files = [p.name for p in (view.data.sensors, view.data.averages) if p is not None]
+        lines.append(
+            f"    {view.name}: {'; '.join(_loads(view.model))}; {data.num_values} values "
+            f"({', '.join(files)})"
+        )
     return lines
 
 
@@ -172,20 +221,41 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
         )
     if isinstance(case, InverseCase) and case.optimizer.kind == "ngd":
         what = "trajectory" if isinstance(model, models.TransientModel) else "state solve"
+        count = len(built.experiments)
+        used = case.optimizer.batch or count
+        if count > 1:
+            what = f"{what}s of {used} experiment(s), one factorisation,"
         rows = (
-            f", {built.num_sensors} transposed solves for the Gauss–Newton rows (in blocks)"
+            f", {_transposed(built, used)} transposed solves for the Gauss–Newton rows (in "
+            "blocks)"
             if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
             else ", one adjoint solve"
         )
         lines.append(
-            f"  solves     per iteration: one {what} per trial step of the line search (one "
+            f"  solves     per iteration: the {what} per trial step of the line search (one "
             f"when the full step is taken){rows}"
+            + (f"; {used} of the {count} experiments drawn per step" if used < count else "")
         )
     if parts:
         lines.insert(
             0, f"  memory     per rank: {', '.join(parts)}; {fmt(budget)} available per rank"
         )
     return lines
+
+
+def _transposed(built: Any, used: int) -> int:
+    """The transposed solves of the Gauss–Newton rows of ``used`` experiments: one per
+    measured value, experiments with the same sensors (and a shared operator) sharing them."""
+    import numpy as np
+
+    experiments = built.experiments[:used]
+    if len(experiments) == 1 or any(e.sensors is None or e.averages for e in experiments):
+        return int(sum(e.num_values for e in experiments))
+    distinct: list[Any] = []
+    for e in experiments:
+        if not any(np.array_equal(e.sensors.points, p) for p in distinct):
+            distinct.append(e.sensors.points)
+    return int(sum(p.shape[0] for p in distinct))
 
 
 def _duration(seconds: float) -> str:

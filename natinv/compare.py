@@ -1,7 +1,8 @@
 """``natinv compare``: one case, several optimizers, side by side.
 
 Each optimizer preset (:data:`PRESETS`: ``ngd``, ``nhb``, ``nesterov``, ``nnesterov``,
-``ngd-gncg`` (matrix-free Gauss–Newton), ``adam``, ``lbfgs``, and the classical baselines
+``ngd-gncg`` (matrix-free Gauss–Newton), ``sampled`` and ``sampled-plain`` (4 experiments per
+step, with SPRING momentum or none), ``adam``, ``lbfgs``, and the classical baselines
 ``tao-nls``, ``tao-lmvm``) runs the case through :func:`natinv.runner.run` into
 ``results/<case>/compare/<optimizer>/``; the case folder gets ``comparison.csv`` (iterations,
 stop, loss, misfit, error, time and PDE solves per optimizer) and ``comparison.png`` (the
@@ -34,32 +35,54 @@ from natinv.runner import run
 __all__ = ["ALPHAS", "PRESETS", "compare"]
 
 PRESETS: dict[str, list[str]] = {
-    "ngd": ["optimizer.kind='ngd'", "optimizer.momentum='none'", "optimizer.beta=0.0"],
+    "ngd": [
+        "optimizer.kind='ngd'",
+        "optimizer.momentum='none'",
+        "optimizer.beta=0.0",
+        "optimizer.batch=0",
+    ],
+    # sampled natural Gauss–Newton on 4 experiments per step (a case with 4 or more)
+    "sampled": [
+        "optimizer.kind='ngd'",
+        "optimizer.batch=4",
+        "optimizer.momentum='spring'",
+        "optimizer.beta=0.9",
+    ],
+    "sampled-plain": [
+        "optimizer.kind='ngd'",
+        "optimizer.batch=4",
+        "optimizer.momentum='none'",
+        "optimizer.beta=0.0",
+    ],
     "nhb": [
         "optimizer.kind='ngd'",
         "optimizer.momentum='natural-heavy-ball'",
         "optimizer.beta=0.5",
+        "optimizer.batch=0",
     ],
     "nesterov": [
         "optimizer.kind='ngd'",
         "optimizer.momentum='nesterov'",
         "optimizer.beta=0.5",
+        "optimizer.batch=0",
     ],
     "nnesterov": [
         "optimizer.kind='ngd'",
         "optimizer.momentum='natural-nesterov'",
         "optimizer.beta=0.5",
+        "optimizer.batch=0",
     ],
     "ngd-gncg": [
         "optimizer.kind='ngd'",
         "optimizer.solver='gn-cg'",
         "optimizer.momentum='none'",
         "optimizer.beta=0.0",
+        "optimizer.batch=0",
     ],
-    "adam": ["optimizer.kind='adam'"],
-    "lbfgs": ["optimizer.kind='lbfgs'"],
-    "tao-nls": ["optimizer.kind='tao-nls'"],
-    "tao-lmvm": ["optimizer.kind='tao-lmvm'"],
+    "adam": ["optimizer.kind='adam'", "optimizer.batch=0"],
+    "lbfgs": ["optimizer.kind='lbfgs'", "optimizer.batch=0"],
+    "tao-nls": ["optimizer.kind='tao-nls'", "optimizer.batch=0"],
+    "tao-lmvm": ["optimizer.kind='tao-lmvm'", "optimizer.batch=0"],
 }
 BASELINES = ("tao-nls", "tao-lmvm")
 #: what a comparison writes into the case's output folder

@@ -192,20 +192,82 @@ def _draw_fields(
 
 
 def misfit(comm: MPI.Comm, path: Path, built: InverseSetup) -> None:
-    """The normalised residual (Bu − d)/σ at each sensor and region, and its histogram.
+    """The normalised residual (Bu − d)/σ at each sensor and region, and its histogram; with
+    several experiments one panel per experiment (the first 15) and the RMS of each.
     Collective."""
     if not built.measured:  # full-field data: the state in state.bp shows it
         return
-    local = []
-    assert built.sensor_rows is not None
-    predicted = [p for e in built.problem.experiments for p in e.predict()]
-    for obs, rows, values in zip(built.observations, built.sensor_rows, predicted, strict=True):
-        weights = obs.metric.getDiagonal()
-        residual = (values - obs.data) * np.sqrt(weights.array_r)
-        weights.destroy()
-        assert obs.index is not None
-        local.append((rows[obs.index], residual))
-    _draw_misfit(comm, path, built, comm.gather(local, root=0))
+    gathered = []
+    for experiment, solved in zip(built.experiments, built.problem.experiments, strict=True):
+        local = []
+        predicted = solved.predict()
+        for obs, rows, values in zip(
+            experiment.observations, experiment.rows, predicted, strict=True
+        ):
+            weights = obs.metric.getDiagonal()
+            residual = (values - obs.data) * np.sqrt(weights.array_r)
+            weights.destroy()
+            assert obs.index is not None
+            local.append((rows[obs.index], residual))
+        gathered.append(comm.gather(local, root=0))
+    if len(built.experiments) == 1:
+        _draw_misfit(comm, path, built, gathered[0])
+    else:
+        _draw_misfits(comm, path, built, gathered)
+
+
+def _residuals(experiment: Any, gathered: list[Any]) -> Any:
+    """The experiment's residuals in the order of its sites, from every rank's blocks."""
+    z = np.zeros(experiment.sites[0].shape[0])
+    for blocks in gathered:
+        for index, values in blocks:
+            z[index] = values
+    return z
+
+
+@rank0_writer
+def _draw_misfits(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list[Any]) -> None:
+    """Several experiments: each one's residuals at its sites (the first 15), the RMS of each,
+    and the histogram of all."""
+    plt = pyplot()
+    experiments = built.experiments
+    residuals = [_residuals(e, g) for e, g in zip(experiments, gathered, strict=True)]
+    shown = min(len(experiments), 15)
+    columns = min(shown, 5)
+    lines = -(-shown // columns)
+    fig = plt.figure(figsize=(2.6 * columns, 2.5 * lines + 3.2), constrained_layout=True)
+    grid = fig.add_gridspec(lines + 1, columns, height_ratios=[1.0] * lines + [1.25])
+    bound = max(float(np.abs(z).max(initial=0.0)) for z in residuals) or 1.0
+    image = None
+    for k in range(shown):
+        ax = fig.add_subplot(grid[k // columns, k % columns])
+        sites, regions = experiments[k].sites
+        if sites.shape[1] == 3:
+            sites = sites[:, sorted(np.argsort(np.ptp(sites, axis=0))[1:])]
+        z = residuals[k]
+        style = {"cmap": "RdBu_r", "vmin": -bound, "vmax": bound}
+        image = ax.scatter(*sites[~regions].T, c=z[~regions], s=12, **style)
+        if regions.any():
+            ax.scatter(*sites[regions].T, c=z[regions], s=20, marker="s", edgecolors="k", **style)
+        rms = np.sqrt(np.mean(z**2)) if z.size else 0.0
+        ax.set_title(f"{experiments[k].name}: RMS {rms:.2f}", fontsize=8)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=6)
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.6, label="(Bu − d)/σ")
+    bars = fig.add_subplot(grid[lines, : max(columns // 2, 1)])
+    rms = [np.sqrt(np.mean(z**2)) if z.size else 0.0 for z in residuals]
+    bars.bar(np.arange(len(rms)) + 1, rms)
+    bars.axhline(1.0, color="k", lw=0.8, ls="--")
+    bars.set_xlabel("experiment")
+    bars.set_ylabel("RMS of (Bu − d)/σ")
+    bars.set_title("1 = the noise level", fontsize=9)
+    hist = fig.add_subplot(grid[lines, max(columns // 2, 1) :])
+    every = np.concatenate(residuals)
+    hist.hist(every, bins=30)
+    hist.set_xlabel("(Bu − d)/σ, every experiment")
+    hist.set_title(f"RMS {np.sqrt(np.mean(every**2)):.2f} over {every.size} values", fontsize=9)
+    save_figure(fig, path)
 
 
 @rank0_writer
@@ -216,10 +278,7 @@ def _draw_misfit(comm: MPI.Comm, path: Path, built: InverseSetup, gathered: list
     if sites.shape[1] == 3:  # seen along the direction in which the sites spread least
         kept = sorted(np.argsort(np.ptp(sites, axis=0))[1:])
         sites = sites[:, kept]
-    z = np.zeros(sites.shape[0])
-    for blocks in gathered:
-        for index, values in blocks:
-            z[index] = values
+    z = _residuals(built.experiments[0], gathered)
     every = z
     series = built.series
     if series is not None:  # time series: each sensor's RMS over its times, at its place

@@ -340,10 +340,13 @@ def plot_convergence(
 
     fig, (ax_it, ax_t) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for name, records in runs.items():
-        values = [r[key] for r in records]
+        values = np.array([r[key] for r in records], dtype=np.float64)
         times = np.cumsum([r.get("time", 0.0) for r in records])
-        ax_it.semilogy([r["iteration"] for r in records], values, label=name)
-        ax_t.semilogy(times, values, label=name)
+        iterations = np.array([r["iteration"] for r in records])
+        known = np.isfinite(values)  # (a sampled run checks its whole misfit every few steps)
+        style = {"marker": "."} if not known.all() else {}
+        ax_it.semilogy(iterations[known], values[known], label=name, **style)
+        ax_t.semilogy(times[known], values[known], label=name, **style)
     if level is not None and np.isfinite(level):
         for ax in (ax_it, ax_t):
             ax.axhline(level, color="k", linestyle="--", linewidth=0.8, label="noise level")

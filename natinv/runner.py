@@ -43,6 +43,7 @@ from natinv.observations import TimeSeries
 from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.momentum import make_momentum
 from natinv.optim.natural import NaturalGradientDescent
+from natinv.optim.sampled import SampledGaussNewton
 from natinv.optim.tao import FieldBaseline
 from natinv.problems import Problem, build_problem
 from natinv.problems.inverse import InverseSetup
@@ -65,6 +66,18 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
         return Adam(objective, lr=settings.lr), []
     if settings.kind == "lbfgs":
         return LBFGS(objective, memory=20), []
+    if settings.batch is not None:  # natural Gauss–Newton on samples of the experiments
+        assert isinstance(objective, InverseObjective)
+        sampled = SampledGaussNewton(
+            objective,
+            settings.batch,
+            momentum=settings.momentum,
+            beta=settings.beta,
+            damping=settings.damping or 1e-3,
+            step=settings.step,
+            seed=case.seed,
+        )
+        return sampled, [sampled]
     owned: list[Any] = []
     gram: Any
     if settings.solver == "gn-cg":  # matrix-free Gauss–Newton (the case parser made sure)
@@ -225,11 +238,18 @@ def _iterate(
     if isinstance(optimizer, FieldBaseline):
         assert isinstance(built, InverseSetup)
         stopped = _run_tao(case, built, optimizer, history, limit, say, start)
+    sampled = isinstance(optimizer, SampledGaussNewton)
+    every = _check_every(case, built) if sampled else 1
     while not isinstance(optimizer, FieldBaseline) and len(history) < limit:
         progress.restart()
         record = optimizer.step()
         theta = optimizer.theta
-        misfit, error = built.misfit(theta, record["loss"]), built.error(theta)
+        if sampled:  # the whole misfit (every experiment's state) once per pass or as set
+            due = (len(history) + 1) % every == 0
+            misfit = optimizer.full_misfit() if due else float("nan")
+        else:
+            misfit = built.misfit(theta, record["loss"])
+        error = built.error(theta)
         entry = _log(
             history,
             say,
@@ -247,7 +267,8 @@ def _iterate(
         if reason is not None:
             stopped = reason
             break
-        if entry["step"] == 0.0 and case.optimizer.kind == "ngd":
+        # (sampled: no step on any sample of a whole pass)
+        if case.optimizer.kind == "ngd" and all(h["step"] == 0.0 for h in history[-every:]):
             stopped = "no descent"
             break
     if not isinstance(optimizer, FieldBaseline):
@@ -267,6 +288,16 @@ def _iterate(
             timings[k] = timings.get(k, 0.0) + float(v)
     timings.update(built.timings())
     return built.write(history, _summary(case, built, history, stopped, timings))
+
+
+def _check_every(case: Case, built: Any) -> int:
+    """Sampled steps: check the whole misfit every ``optimizer.check_every`` steps, by default
+    once per pass over the experiments (E / batch steps)."""
+    settings = case.optimizer
+    if settings.check_every:
+        return settings.check_every
+    count = len(built.problem.experiments)
+    return max(1, -(-count // (settings.batch or count)))
 
 
 def _stop(case: Case, built: Any, misfit: float, error: float | None) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mpi4py import MPI
@@ -31,15 +32,16 @@ from natinv.boundary import constrained_dofs
 from natinv.cases import Case, CaseError, InverseCase
 from natinv.data import SensorData, read_sensors, write_sensors
 from natinv.expressions import compile_expression
-from natinv.observations import point_values
-from natinv.problems.inverse import (
+from natinv.observations import locate_points, point_values
+from natinv.problems.experiments import (
     dirichlet,
     interpolate,
     model_of,
+    models_of,
     named_tags,
-    regions,
     state_space,
 )
+from natinv.problems.inverse import regions
 
 __all__ = ["MODELS", "sensor_layout", "synthesize", "synthesize_case"]
 
@@ -117,11 +119,18 @@ def synthesize(
     )
 
 
-def _layout(mesh: dolfinx.mesh.Mesh, spec: str, seed: int) -> npt.NDArray[np.float64]:
-    """Sensor points inside the mesh: ``random:N`` (uniform in the domain, by rejection) or
+def _layout(
+    mesh: dolfinx.mesh.Mesh, spec: str, seed: int, base: Path | None = None
+) -> npt.NDArray[np.float64]:
+    """Sensor points inside the mesh: ``random:N`` (uniform in the domain, by rejection),
     ``grid:NxM`` (``NxMxK`` in 3D: cell centres of a grid over the bounding box, those inside
-    kept)."""
+    kept) or the points of a sensor CSV file (relative to ``base``; each checked inside)."""
     comm, gdim = mesh.comm, mesh.geometry.dim
+    if spec.endswith(".csv"):
+        path = (base or Path()) / spec
+        points = read_sensors(comm, path, gdim).points
+        locate_points(mesh, points, str(path))  # (one error naming any outside)
+        return points
     x = mesh.geometry.x[:, :gdim]
     corners = comm.allgather((x.min(axis=0), x.max(axis=0)))
     lo = np.min([c[0] for c in corners], axis=0)
@@ -230,7 +239,12 @@ def synthesize_case(
         )
     if case.parameter.truth is None:
         raise CaseError(f"{case.source}: parameter.truth: needed to synthesize data")
-    targets = [t for t in (case.data.sensors, case.data.averages, case.data.field) if t]
+    targets = [
+        t
+        for view in case.each()
+        for t in (view.data.sensors, view.data.averages, view.data.field)
+        if t
+    ]
     if case.data.field is not None:
         targets.append(case.data.field.with_suffix(".h5"))
     existing = parallel.on_rank0(
@@ -287,15 +301,19 @@ def _synthesize_on(case: InverseCase, fine: domain.Domain) -> list[SensorData]:
     interpolate(parameter, case.parameter.truth, "parameter.truth", case)
     if case.model.transient:
         return _synthesize_series(case, fine, state, parameter)
-    model = model_of(case, state, parameter, fine.facets)
-    assert isinstance(model, models.Model)
-    u = model.solve()
     written = []
-    if case.data.sensors is not None:
-        written.append(_synthesize_points(case, fine.mesh, u))
-    if case.data.averages is not None:
-        written.append(_synthesize_averages(case, fine, u))
-    model.destroy()
+    built = models_of(case, state, parameter, fine.facets)
+    try:
+        for k, (view, model) in enumerate(zip(case.each(), built, strict=True)):
+            assert isinstance(model, models.Model)
+            u = model.solve()
+            if view.data.sensors is not None:
+                written.append(_synthesize_points(view, fine.mesh, u, 1 + 2 * k))
+            if view.data.averages is not None:
+                written.append(_synthesize_averages(view, fine, u, 2 + 2 * k))
+    finally:
+        for model in built:
+            model.destroy()
     return written
 
 
@@ -452,10 +470,10 @@ def _noisy(case: InverseCase, values: npt.NDArray[np.float64], stream: int) -> t
 
 
 def _synthesize_points(
-    case: InverseCase, mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Function
+    case: InverseCase, mesh: dolfinx.mesh.Mesh, u: dolfinx.fem.Function, stream: int = 1
 ) -> SensorData:
     assert case.data.sensors is not None
-    points = _layout(mesh, case.synthesize.layout, case.seed)
+    points = _layout(mesh, case.synthesize.layout, case.seed, Path(case.source).parent)
     values = point_values(u, points)
     component = None
     if values.ndim == 2:  # a vector state: one row per sensor and component
@@ -463,7 +481,7 @@ def _synthesize_points(
         component = np.tile(np.arange(bs), points.shape[0])
         points = np.repeat(points, bs, axis=0)
         values = values.reshape(-1)
-    noisy, sigma = _noisy(case, values, 1)
+    noisy, sigma = _noisy(case, values, stream)
     data = SensorData(
         points=points,
         values=noisy,
@@ -520,13 +538,13 @@ def _means(
 
 
 def _synthesize_averages(
-    case: InverseCase, found: domain.Domain, u: dolfinx.fem.Function
+    case: InverseCase, found: domain.Domain, u: dolfinx.fem.Function, stream: int = 2
 ) -> SensorData:
     """The means of ``u`` over the physical groups matching ``synthesize.regions``."""
     assert case.data.averages is not None
     names, measures = _regions_to_average(case, found)
     values = _means(found.mesh, u, measures)
-    noisy, sigma = _noisy(case, values, 2)
+    noisy, sigma = _noisy(case, values, stream)
     data = SensorData(
         points=np.zeros((len(names), 0)),
         values=noisy,

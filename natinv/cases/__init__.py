@@ -338,7 +338,8 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         "problem": problem,
     }
     if inverse:
-        model, parameter, data_settings = inverse
+        model, parameter, data_settings, experiments = inverse
+        _check_batch(root, optimizer, experiments)
         return InverseCase(
             **common,
             model=model,
@@ -347,12 +348,33 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
             synthesize=synthesize,
             regularization=regularization,
             uncertainty=uncertainty,
+            experiments=experiments,
         )
     assert forward is not None
     equation, solution, parametric_settings = forward
     return ForwardCase(
         **common, equation=equation, solution=solution, parametric=parametric_settings
     )
+
+
+def _check_batch(root: _Table, optimizer: Any, experiments: list[Any]) -> None:
+    """``optimizer.batch``: sampled natural Gauss–Newton steps, at most every experiment."""
+    if optimizer.batch is None:
+        return
+    count = max(len(experiments), 1)
+    where = f"{root.source}: optimizer.batch"
+    if optimizer.batch > count:
+        raise CaseError(f"{where}: {optimizer.batch} experiments per step, the case has {count}")
+    if optimizer.kind != "ngd" or optimizer.metric != "gauss-newton" or optimizer.solver != "lm":
+        raise CaseError(
+            f"{where}: sampled steps are natural Gauss–Newton steps (kind = 'ngd', metric = "
+            "'gauss-newton', solver = 'lm')"
+        )
+    if optimizer.momentum not in ("none", "heavy-ball", "spring"):
+        raise CaseError(
+            f"{where}: sampled steps take momentum 'none', 'heavy-ball' or 'spring', not "
+            f"{optimizer.momentum!r}"
+        )
 
 
 def load_case_on(comm: Any, path: str | Path, overrides: list[str] = ()) -> Case:  # type: ignore[assignment]

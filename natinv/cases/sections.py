@@ -23,6 +23,7 @@ from natinv.cases.settings import (
     TRANSIENT,
     DataSettings,
     EquationSettings,
+    ExperimentSettings,
     MeshSettings,
     ModelSettings,
     OptimizerSettings,
@@ -126,6 +127,89 @@ def _dirichlet_tags(t: _Table, name: str) -> list[int | str] | str:
     return tags
 
 
+def _boundary(t: _Table, name: str) -> list[int | str] | str:
+    """``boundary`` (required): ``"all"`` or a list of boundary tags (numbers or names)."""
+    t.get(name)
+    return _dirichlet_tags(t, name)
+
+
+def _fluxes(t: _Table) -> list[tuple[list[int | str] | str, str]]:
+    """``flux = { boundary = ..., value = "formula" }`` or a list of such tables (one per part
+    of the boundary): ``κ∇u·n = value`` there."""
+    value = t.get("flux")
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise t.fail(
+            "flux",
+            'expected { boundary = "all" or [tags], value = "formula" } or a list of them, '
+            f"got {value!r}",
+        )
+    fluxes = []
+    for k, item in enumerate(items):
+        f = _Table(item, t.key("flux") + (f"[{k}]" if isinstance(value, list) else ""), t.source)
+        fluxes.append((_boundary(f, "boundary"), f.formula("value") or "0"))
+        f.finish()
+    return fluxes
+
+
+def _robin(t: _Table) -> tuple[list[int | str] | str, float, str]:
+    """``robin = { boundary = ..., coefficient = c, value = "formula" }``: ``κ∇u·n + c (u −
+    value) = flux`` there (c > 0; value defaults to 0)."""
+    r = t.table("robin")
+    robin = (
+        _boundary(r, "boundary"),
+        r.number("coefficient", low=0.0, low_open=True),
+        r.formula("value", "0") or "0",
+    )
+    r.finish()
+    return robin
+
+
+def _experiments(root: _Table, base: Path, model: ModelSettings) -> list[ExperimentSettings]:
+    """The ``[[experiment]]`` tables: each experiment's loads (what differs from ``[model]``)
+    and its data files."""
+    if "experiment" not in root.data:
+        return []
+    value = root.get("experiment")
+    if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+        raise root.fail("experiment", "expected [[experiment]] tables (an array of tables)")
+    if model.kind != "diffusion":
+        raise root.fail(
+            "experiment",
+            f"several experiments need model.kind = 'diffusion' (got {model.kind!r}); other "
+            "models take one experiment, the [model] and [data] tables",
+        )
+    experiments: list[ExperimentSettings] = []
+    for k, item in enumerate(value):
+        t = _Table(item, f"experiment[{k}]", root.source)
+        name = t.string("name", f"experiment-{k + 1:02d}")
+        if not name or any(c in name for c in '/\\:*?"<>|') or name.strip() != name:
+            raise t.fail("name", f"expected a name usable in file names, got {name!r}")
+        sigma = t.get("sigma", None)
+        experiment = ExperimentSettings(
+            name=name,
+            source=t.formula("source", None),
+            flux=_fluxes(t) if "flux" in t.data else None,
+            boundary_value=t.formula("boundary_value", None),
+            sensors=t.file("sensors", base, None, exists=False),
+            averages=t.file("averages", base, None, exists=False),
+            sigma=None if sigma is None else t.number("sigma", low=0.0, low_open=True),
+        )
+        if experiment.sensors is None and experiment.averages is None:
+            raise t.fail(
+                "sensors", "each experiment needs its data: sensors and/or averages (CSV files)"
+            )
+        t.finish()
+        if any(e.name == name for e in experiments):
+            raise t.fail("name", f"{name!r} is the name of an earlier experiment")
+        experiments.append(experiment)
+    files = [f for e in experiments for f in (e.sensors, e.averages) if f is not None]
+    if len(set(files)) != len(files):
+        twice = next(f for f in files if files.count(f) > 1)
+        raise root.fail("experiment", f"{twice.name} is the data file of two experiments")
+    return experiments
+
+
 def _features(t: _Table) -> tuple[int, float] | None:
     """``features = { count = 16, scale = 0.5 }`` (the default: bench/inverse_prior.py), Fourier
     features of the coordinates, or ``features = "none"``."""
@@ -187,9 +271,9 @@ def _network(t: _Table, default: list[int], inputs: int, what: str) -> list[int]
 
 def _inverse(
     root: _Table, base: Path, wanted: bool, gdim: int = 2
-) -> tuple[ModelSettings, ParameterSettings, DataSettings] | None:
-    """The ``[model]``, ``[parameter]`` and ``[data]`` tables of an inverse problem on a
-    ``gdim``-dimensional mesh."""
+) -> tuple[ModelSettings, ParameterSettings, DataSettings, list[ExperimentSettings]] | None:
+    """The ``[model]``, ``[parameter]``, ``[data]`` and ``[[experiment]]`` tables of an inverse
+    problem on a ``gdim``-dimensional mesh."""
     if not wanted:
         for table in ("model", "parameter", "data"):
             if table in root.data:
@@ -198,7 +282,9 @@ def _inverse(
                 )
         return None
     t = root.table("model")
-    dirichlet = _dirichlet_tags(t, "dirichlet")
+    dirichlet: list[int | str] | str = []
+    if t.get("dirichlet", "all") != []:  # (an empty list: no Dirichlet side)
+        dirichlet = _dirichlet_tags(t, "dirichlet")
     names = ("x", "y", "z")[:gdim]
     load = t.get("load", [0.0] * gdim)
     if not _numbers(load, gdim):
@@ -237,11 +323,30 @@ def _inverse(
             check_ufl(source, t.key("source"), ("t",))
         except ValueError as exc:
             raise CaseError(f"{t.source}: {exc}") from None
+    boundary_loads: dict[str, Any] = {}
+    for key in ("flux", "robin"):
+        if key in t.data and kind != "diffusion":
+            raise t.fail(key, f"only for kind = 'diffusion' (got {kind!r})")
+    if "flux" in t.data:
+        boundary_loads["flux"] = _fluxes(t)
+    if "robin" in t.data:
+        boundary_loads["robin"] = _robin(t)
+    if "boundary_value" in t.data and kind == "elasticity":
+        raise t.fail("boundary_value", "only for a scalar state (not elasticity)")
+    if dirichlet == [] and "robin" not in boundary_loads:
+        raise t.fail(
+            "dirichlet",
+            "no Dirichlet side and no Robin term: the state would be determined only up to a "
+            "constant (a pure-Neumann problem); name the Dirichlet tags or add robin = "
+            '{ boundary = "all", coefficient = c }',
+        )
     model = ModelSettings(
         kind=kind,
         degree=t.integer("degree", 2, low=1),
         source=source,
         dirichlet=dirichlet,
+        boundary_value=t.formula("boundary_value", "0") or "0",
+        **boundary_loads,
         load=[float(v) for v in load],
         traction=traction,
         coefficient=t.string("coefficient", "identity", ("identity", "exp")),
@@ -266,7 +371,20 @@ def _inverse(
     )
     t.finish()
 
-    t = root.table("data")
+    experiments = _experiments(root, base, model)
+    t = root.table("data", required=not experiments)
+    if experiments:
+        for key in ("sensors", "averages", "field"):
+            if key in t.data:
+                raise t.fail(
+                    key, "with [[experiment]] tables each experiment names its own data files"
+                )
+        sigma = t.get("sigma", None)
+        data_settings = DataSettings(
+            sigma=None if sigma is None else t.number("sigma", low=0.0, low_open=True)
+        )
+        t.finish()
+        return model, parameter, data_settings, experiments
     sensors = t.file("sensors", base, None, exists=False)
     averages = t.file("averages", base, None, exists=False)
     data_field = t.file("field", base, None, exists=False)
@@ -286,7 +404,7 @@ def _inverse(
     if data_field is not None and data_settings.sigma is None:
         raise t.fail("sigma", "a full field needs its noise level sigma")
     t.finish()
-    return model, parameter, data_settings
+    return model, parameter, data_settings, []
 
 
 def _box(t: _Table, gdim: int) -> tuple[list[float], list[float]] | None:
@@ -474,6 +592,10 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
     metrics = ("gauss-newton", "l2", "h1") if problem == "inverse" else ("gauss-newton",)
     stops = ("discrepancy", "none", "target") if problem == "inverse" else ("none", "target")
     solver = t.string("solver", "lm", SOLVERS if problem == "inverse" else SOLVERS[:-1])
+    batch = t.integer("batch", 0, low=0) or None  # (0: every experiment, full steps)
+    # sampled steps: SPRING with β = 0.9 measured best (bench/experiments.py, RESULTS.md)
+    momentum = t.string("momentum", "spring" if batch else "none", MOMENTA)
+    beta = 0.9 if batch and momentum == "spring" else 0.0
     optimizer = OptimizerSettings(
         kind=t.string("kind", "ngd", kinds),
         metric=t.string("metric", "gauss-newton", metrics),
@@ -481,14 +603,20 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
         # (least-squares: λ₀ relative to max diag G, shrinking once full steps are taken)
         damping=t.number("damping", 1e-10 if solver == "least-squares" else 1e-3, low=0.0),
         cutoff=t.number("cutoff", 1e-10, low=0.0, high=1.0, low_open=True, high_open=True),
-        momentum=t.string("momentum", "none", MOMENTA),
-        beta=t.number("beta", 0.0, low=0.0, high=1.0, high_open=True),
+        momentum=momentum,
+        beta=t.number("beta", beta, low=0.0, high=1.0, high_open=True),
         step=t.string("step", "armijo" if problem == "inverse" else "log-grid", STEPS),
         iterations=t.integer("iterations", 100, low=0),
         stop=t.string("stop", stops[0], stops),
         target=None if t.get("target", None) is None else t.number("target", low=0.0),
         lr=t.number("lr", 1e-2, low=0.0, low_open=True),
+        batch=batch,
+        check_every=t.integer("check_every", 0, low=0),
     )
+    if optimizer.batch is not None and problem != "inverse":
+        raise t.fail("batch", "sampled steps need an inverse case with several experiments")
+    if "check_every" in t.data and optimizer.batch is None:
+        raise t.fail("check_every", "only for sampled steps (batch)")
     if optimizer.solver == "gn-cg" and optimizer.metric != "gauss-newton":
         raise t.fail("solver", '"gn-cg" (matrix-free Gauss–Newton) needs metric = "gauss-newton"')
     if optimizer.solver == "least-squares" and (

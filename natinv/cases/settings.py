@@ -13,6 +13,7 @@ __all__ = [
     "Case",
     "DataSettings",
     "EquationSettings",
+    "ExperimentSettings",
     "ForwardCase",
     "InverseCase",
     "MeshSettings",
@@ -57,6 +58,12 @@ class ModelSettings:
     steps: int = 0
     scheme: str = "crank-nicolson"
     memory: float = 1024.0  # MiB per rank for the stored states (beyond: checkpoints)
+    # u = boundary_value on the Dirichlet tags (a formula; scalar states)
+    boundary_value: str = "0"
+    # diffusion: κ∇u·n = flux on boundary tags, each (tags or "all", a formula)
+    flux: list[tuple[list[int | str] | str, str]] = field(default_factory=list)
+    # diffusion: κ∇u·n + c (u − value) = flux on boundary tags: (tags or "all", c > 0, value)
+    robin: tuple[list[int | str] | str, float, str] | None = None
 
     @property
     def transient(self) -> bool:
@@ -83,6 +90,20 @@ class DataSettings:
     field: Path | None = None
     sigma: float | None = None
     averages: Path | None = None
+
+
+@dataclass
+class ExperimentSettings:
+    """One ``[[experiment]]`` table: what differs from the case's ``[model]`` (the loads: its
+    source, fluxes and Dirichlet values; None keeps the model's) and its own data files."""
+
+    name: str
+    source: str | None = None
+    flux: list[tuple[list[int | str] | str, str]] | None = None
+    boundary_value: str | None = None
+    sensors: Path | None = None
+    averages: Path | None = None
+    sigma: float | None = None
 
 
 @dataclass
@@ -176,6 +197,9 @@ class OptimizerSettings:
     stop: str = "discrepancy"
     target: float | None = None
     lr: float = 1e-2
+    # sampled steps: experiments per step (None: all of them, the full Gauss–Newton step)
+    batch: int | None = None
+    check_every: int = 0  # sampled: the full misfit every N steps (0: once per pass, E / batch)
 
 
 @dataclass
@@ -207,6 +231,35 @@ class InverseCase(Case):
     synthesize: SynthesizeSettings
     regularization: tuple[str, float] | None = None
     uncertainty: UncertaintySettings | None = None  # a Laplace approximation at the end
+    # [[experiment]] tables (empty: one experiment, the model's loads and [data]'s files)
+    experiments: list[ExperimentSettings] = field(default_factory=list)
+
+    def each(self) -> list[InverseCase]:
+        """One case per experiment: this case with the experiment's loads in ``model`` and its
+        files and σ in ``data`` (this case itself when it has no ``[[experiment]]``)."""
+        import dataclasses
+
+        if not self.experiments:
+            return [self]
+        views = []
+        for e in self.experiments:
+            model = dataclasses.replace(
+                self.model,
+                source=self.model.source if e.source is None else e.source,
+                flux=self.model.flux if e.flux is None else e.flux,
+                boundary_value=(
+                    self.model.boundary_value if e.boundary_value is None else e.boundary_value
+                ),
+            )
+            data = DataSettings(
+                sensors=e.sensors,
+                averages=e.averages,
+                sigma=self.data.sigma if e.sigma is None else e.sigma,
+            )
+            views.append(
+                dataclasses.replace(self, name=e.name, model=model, data=data, experiments=[])
+            )
+        return views
 
 
 @dataclass

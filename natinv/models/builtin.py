@@ -101,18 +101,20 @@ def _diffusion_form(
     coefficient: str,
     robin: tuple[Data, Data] | None = None,
     boundary: ufl.Measure | None = None,
+    fluxes: Sequence[tuple[Data, ufl.Measure]] = (),
 ) -> Callable[..., ufl.Form]:
-    """``(u, m, v[, t]) -> (κ∇u, ∇v) − (f, v) − (flux, v)_Γ + (c (u − g), v)_Γ`` with
-    ``κ = m`` or ``exp(m)`` and ``robin = (c, g)``, Γ the ``boundary`` measure (default the
-    whole boundary): the residual of :func:`diffusion` and of the heat equation's space part.
-    ``f`` may be a function ``t -> UFL expression`` of the time (a Constant the transient
-    model sets)."""
+    """``(u, m, v[, t]) -> (κ∇u, ∇v) − (f, v) − (flux, v)_Γ + (c (u − g), v)_Γ − Σ_i (q_i,
+    v)_Γi`` with ``κ = m`` or ``exp(m)``, ``robin = (c, g)`` and ``fluxes = [(q_i, ds_i)]``,
+    Γ the ``boundary`` measure (default the whole boundary): the residual of
+    :func:`diffusion` and of the heat equation's space part. ``f`` may be a function
+    ``t -> UFL expression`` of the time (a Constant the transient model sets)."""
     if coefficient not in ("identity", "exp"):
         raise ValueError(f"Unknown coefficient map {coefficient!r}; use 'identity' or 'exp'")
     timed = callable(f) and not isinstance(f, ufl.core.expr.Expr)
     source_term, g = None if timed else _expr(mesh, f), None if flux is None else _expr(mesh, flux)
     c, outside = (None, None) if robin is None else (_expr(mesh, robin[0]), _expr(mesh, robin[1]))
     ds = boundary if boundary is not None else ufl.ds
+    parts = [(_expr(mesh, q), measure) for q, measure in fluxes]
 
     def residual(u, m, v, t=None):  # type: ignore[no-untyped-def]
         kappa = ufl.exp(m) if coefficient == "exp" else m
@@ -124,6 +126,8 @@ def _diffusion_form(
             form = form - g * v * ds
         if c is not None:
             form = form + c * u * v * ds - c * outside * v * ds
+        for q, measure in parts:
+            form = form - q * v * measure
         return form
 
     return residual
@@ -155,19 +159,25 @@ def diffusion(
     coefficient: str = "identity",
     robin: tuple[Data, Data] | None = None,
     boundary: ufl.Measure | None = None,
+    fluxes: Sequence[tuple[Data, ufl.Measure]] = (),
     **options: Any,
 ) -> Model:
     """``−∇·(κ ∇u) = f`` with ``κ = m > 0`` (checked), or ``κ = exp(m)`` for
     ``coefficient="exp"`` (the parameter is log κ); on the ``boundary`` (a ``ds`` measure,
     default the whole boundary; a Dirichlet condition overrides it where set)
-    ``κ ∇u·n + c (u − g) = flux`` with ``robin = (c, g)`` (or without the Robin term).
+    ``κ ∇u·n + c (u − g) = flux`` with ``robin = (c, g)`` (or without the Robin term), and
+    ``κ ∇u·n = q_i`` more on the parts of the boundary ``fluxes = [(q_i, ds_i)]`` name (fluxes
+    on tagged facets: ``ufl.Measure("ds", mesh, subdomain_data=tags, subdomain_id=...)``).
+    Models that differ only in ``f``, the fluxes, ``g`` and the Dirichlet values can share one
+    operator (:meth:`~natinv.models.base.Model.share_operator`) when given the same Robin ``c``
+    object (a dolfinx Constant or Function).
     ``bcs`` default: u = 0 on the whole boundary; ``bcs=[]`` with no Robin term (a
     pure-Neumann problem, the state only determined up to a constant) is refused.
 
     Raises:
         ValueError: on every rank, for a pure-Neumann problem.
     """
-    residual = _diffusion_form(space.mesh, f, flux, coefficient, robin, boundary)
+    residual = _diffusion_form(space.mesh, f, flux, coefficient, robin, boundary, fluxes)
     conditions = _bcs(space, bcs)
     if robin is None:
         _determined(space, conditions, options.get("name", "diffusion"))

@@ -103,6 +103,7 @@ class SampledGaussNewton:
         self.batch, self.momentum, self.beta = batch, momentum, float(beta)
         self.step_rule = make_step_rule(step)
         self.damping = LevenbergMarquardt(damping, relative=True)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.theta = np.array(self.field.parameters, dtype=np.float64)
         self.velocity: Vector | None = None  # p_{k−1} (heavy-ball) or φ_{k−1} (spring)
@@ -113,9 +114,32 @@ class SampledGaussNewton:
 
     def draw(self) -> list[int]:
         """The next sample of experiment indices (rank 0's draw, broadcast). Collective."""
-        count = len(self.problem.experiments)
-        chosen = np.sort(self.rng.choice(count, size=self.batch, replace=False))
+        chosen = self._next()
         return [int(i) for i in self.comm.bcast(chosen, root=0)]
+
+    def _next(self) -> npt.NDArray[np.int64]:
+        count = len(self.problem.experiments)
+        return np.sort(self.rng.choice(count, size=self.batch, replace=False))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (replicated arrays only): θ, the velocity, the steps
+        taken (the samples are drawn again from the seed) and the damping."""
+        return {
+            "theta": self.theta.copy(),
+            "iteration": self.iteration,
+            "velocity": np.zeros(0) if self.velocity is None else self.velocity.copy(),
+            "damping": self.damping.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.theta = np.array(state["theta"], dtype=np.float64)
+        self.iteration = int(state["iteration"])
+        velocity = np.asarray(state["velocity"], dtype=np.float64)
+        self.velocity = velocity.copy() if velocity.size else None
+        self.damping.load_state_dict(state["damping"])
+        self.rng = np.random.default_rng(self.seed)
+        for _ in range(self.iteration):  # the samples drawn so far
+            self._next()
 
     def step(self) -> dict[str, Any]:
         """One sampled step; returns its record (the sampled loss before and after, the step
