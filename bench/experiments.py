@@ -17,6 +17,10 @@ accuracy claim). Three set-ups, each timed over the same two natural Gauss–New
 Printed: seconds per step, its ratio to one experiment's, factorisations and operator solves.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/experiments.py [--steps 2]
+
+Part 2 (``--part sampling``) follows sampled steps on the same problem over seeds; part 3
+(``--part case --seeds 3``) runs the shipped ``cases/eit_disk.toml`` through ``natinv run``,
+full steps against sampled ones (``--methods name:batch:momentum:beta,...``).
 """
 
 from __future__ import annotations
@@ -221,16 +225,95 @@ def sampling(comm: MPI.Comm, seeds: int, methods: str) -> None:
         )
 
 
+CASE_METHODS = "full:0:none:0,sampled:4:spring:0.9,sampled:8:spring:0.9,sampled:4:none:0"
+
+
+def shipped_case(comm: MPI.Comm, seeds: int, methods: str, iterations: int) -> None:
+    """Part 3: ``cases/eit_disk.toml`` as ``natinv run`` runs it (data synthesized on a finer
+    mesh, the discrepancy stop; sampled runs check the whole misfit once per pass), full
+    steps against sampled ones, seed by seed (the network's start and the samples): the time
+    and solves to the stop, the error there, and the time at which each first reaches the
+    full run's final error (÷ the full run's time to its stop)."""
+    import csv
+    import tempfile
+
+    from natinv.cases import load_case
+    from natinv.runner import run
+
+    chosen = [m.split(":") for m in methods.split(",")]
+    folder = Path(comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0))
+    table = []
+    for seed in range(seeds):
+        full_error, full_time = None, None
+        for name, batch, momentum, beta in chosen:
+            overrides = [
+                f"seed={seed}",
+                f"optimizer.batch={batch}",
+                f"optimizer.momentum='{momentum}'",
+                f"optimizer.beta={beta}",
+                f"optimizer.iterations={iterations}",
+                f"output.folder='{folder / 'run'}'",
+                "output.checkpoint_every=0",
+            ]
+            case = load_case(ROOT / "cases" / "eit_disk.toml", overrides)
+            summary = run(case, comm, force=True, quiet=True)
+            with open(folder / "run" / "history.csv") as stream:
+                history = list(csv.DictReader(stream))
+            errors = np.array([float(h["error"]) for h in history])
+            elapsed = np.array([float(h["elapsed"]) for h in history])
+            if full_error is None:  # (the first method is the reference)
+                full_error, full_time = float(errors[-1]), float(elapsed[-1])
+            reached = np.where(errors <= full_error)[0]
+            row = {
+                "seed": seed,
+                "method": f"{name} b={batch} {momentum} β={beta}",
+                "its": len(history),
+                "stopped": summary["stopped"],
+                "time": float(elapsed[-1]),
+                "error": float(errors[-1]),
+                "solves": summary["pde_solves"]["state"],
+                "reach": elapsed[reached[0]] / full_time if reached.size else float("nan"),
+            }
+            table.append(row)
+    if comm.rank == 0:
+        print(f"cases/eit_disk.toml, {comm.size} rank(s); reach: time to the full run's final")
+        print("error ÷ the full run's time to its stop (same seed)")
+        print(
+            f"{'seed':>4} {'method':<28} {'its':>4} {'stopped':>12} {'time':>6} {'error':>7} "
+            f"{'state solves':>12} {'reach':>6}"
+        )
+        for r in table:
+            print(
+                f"{r['seed']:>4} {r['method']:<28} {r['its']:>4} {r['stopped']:>12} "
+                f"{r['time']:6.1f} {r['error']:7.3f} {r['solves']:>12} {r['reach']:6.2f}"
+            )
+        print("medians over the seeds:")
+        for method in dict.fromkeys(r["method"] for r in table):
+            rows = [r for r in table if r["method"] == method]
+            print(
+                f"  {method:<28} time {np.median([r['time'] for r in rows]):6.1f}  error "
+                f"{np.median([r['error'] for r in rows]):.3f}  state solves "
+                f"{np.median([r['solves'] for r in rows]):6.0f}  reach "
+                f"{np.nanmedian([r['reach'] for r in rows]):.2f}  stopped at the noise level "
+                f"{sum(r['stopped'] == 'discrepancy' for r in rows)}/{len(rows)}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--part", choices=("cost", "sampling"), default="cost")
+    parser.add_argument("--part", choices=("cost", "sampling", "case"), default="cost")
+    parser.add_argument("--iterations", type=int, default=60, help="part 3: at most")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default=METHODS, help="method:batch:beta,... (part 2)")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     if args.part == "sampling":
         sampling(comm, args.seeds, args.methods)
+        return
+    if args.part == "case":
+        methods = CASE_METHODS if args.methods == METHODS else args.methods
+        shipped_case(comm, args.seeds, methods, args.iterations)
         return
     rows = [("1 experiment", 1, False), ("16, own models", 16, False), ("16, shared", 16, True)]
     results = {name: measure(comm, count, shared, args.steps) for name, count, shared in rows}

@@ -226,8 +226,7 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
         if count > 1:
             what = f"{what}s of {used} experiment(s), one factorisation,"
         rows = (
-            f", {_transposed(built, used)} transposed solves for the Gauss–Newton rows (in "
-            "blocks)"
+            f", {_transposed(built, used)} transposed solves for the Gauss–Newton rows (in blocks)"
             if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
             else ", one adjoint solve"
         )

@@ -97,7 +97,7 @@ def _draw_curves(
         ax.plot(sites[:, 0], np.full(sites.shape[0], ax.get_ylim()[0]), "k|", ms=8, label="sensors")
     ax.set_xlabel("x")
     ax.legend(fontsize=8)
-    ax.set_title(built.problem.experiments[0].name)
+    ax.set_title(_title(built))
     save_figure(fig, path)
 
 
@@ -187,7 +187,7 @@ def _draw_fields(
         fig.colorbar(image, ax=ax, shrink=0.85)
     if built.measured:
         np.atleast_1d(axes)[0].legend(loc="upper right", fontsize=8)
-    fig.suptitle(built.problem.experiments[0].name)
+    fig.suptitle(_title(built))
     save_figure(fig, path)
 
 
@@ -428,3 +428,8 @@ def mu_errors(
     ax.legend()
     fig.suptitle(f"{case.name}: the surrogate across μ")
     save_figure(fig, path)
+
+
+def _title(built: InverseSetup) -> str:
+    """The case's name (of its first experiment's model when built without a case)."""
+    return built.case.name if built.case is not None else built.problem.experiments[0].name

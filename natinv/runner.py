@@ -26,6 +26,7 @@ import torch
 from natinv import checkpoint, metrics, output, parallel, progress
 from natinv.cases import Case
 from natinv.directions import (
+    Cholesky,
     GaussNewtonCG,
     LeastSquaresSolver,
     LevenbergMarquardt,
@@ -44,6 +45,7 @@ from natinv.optim.baselines import LBFGS, Adam
 from natinv.optim.momentum import make_momentum
 from natinv.optim.natural import NaturalGradientDescent
 from natinv.optim.sampled import SampledGaussNewton
+from natinv.optim.steps import Armijo
 from natinv.optim.tao import FieldBaseline
 from natinv.problems import Problem, build_problem
 from natinv.problems.inverse import InverseSetup
@@ -105,6 +107,12 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
         solver = LeastSquaresSolver(gram, damping, settings.cutoff)
     elif _sample_space(settings, objective, gram):  # the same direction, an n × n factorisation
         solver = SampleSpaceSolver(gram, relative)
+    elif settings.solver == "lm" and _function_space(settings, objective):
+        # λ fixed at damping·max diag G: the gain ratio of a metric that is not the loss's
+        # Hessian says nothing about λ (bench/function_metrics.py)
+        value = settings.damping or 1e-3
+        fixed = LevenbergMarquardt(value, minimum=value, maximum=value, relative=True)
+        solver = NaturalSolver(gram, Cholesky("auto"), fixed, options_prefix="natinv_gram_")
     else:
         solver = NaturalSolver(
             gram,
@@ -113,10 +121,18 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
             cutoff=settings.cutoff,
             options_prefix="natinv_gram_",
         )
+    step: Any = settings.step
+    if step == "armijo" and _function_space(settings, objective):
+        step = Armijo(adaptive=True)  # (the direction has no scale of the loss's)
     optimizer = NaturalGradientDescent(
-        objective, solver, settings.step, momentum=settings.momentum, beta=settings.beta
+        objective, solver, step, momentum=settings.momentum, beta=settings.beta
     )
     return optimizer, [solver, *owned]
+
+
+def _function_space(settings: Any, objective: Any) -> bool:
+    """An inverse case's natural gradient in the L2 or H1 metric of the field."""
+    return isinstance(objective, InverseObjective) and settings.metric in ("l2", "h1")
 
 
 def _sample_space(settings: Any, objective: Any, gram: Gram) -> bool:

@@ -200,9 +200,7 @@ def test_synthesize_writes_every_experiment_with_the_same_sensors_and_its_own_no
     assert all(np.abs(n).max() > 0 for n in noise)
 
 
-def test_a_sampled_run_stops_at_the_noise_level_and_resumes_to_the_same_iterates(
-    comm, shared_tmp
-):
+def test_a_sampled_run_stops_at_the_noise_level_and_resumes_to_the_same_iterates(comm, shared_tmp):
     """``optimizer.batch = 1`` of 3 experiments: the whole misfit is checked once per pass (3
     steps: NaN in between in history.csv), the summary's misfit is the whole one; 4 steps
     straight equal 2 steps and a resume to 4 (the samples drawn again from the seed, SPRING's

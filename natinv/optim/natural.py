@@ -339,6 +339,7 @@ class NaturalGradientDescent:
             "iteration": self.iteration,
             "momentum": self.rule.state_dict(),
             "solver": self.solver.state_dict(),
+            "step": self.step_rule.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -346,6 +347,7 @@ class NaturalGradientDescent:
         self.iteration = int(state["iteration"])
         self.rule.load_state_dict(state["momentum"])
         self.solver.load_state_dict(state["solver"])
+        self.step_rule.load_state_dict(state.get("step", {}))
 
     def destroy(self) -> None:
         if self._own_solver:
