@@ -228,8 +228,11 @@ def sampling(comm: MPI.Comm, seeds: int, methods: str) -> None:
 CASE_METHODS = "full:0:none:0,sampled:4:spring:0.9,sampled:8:spring:0.9,sampled:4:none:0"
 
 
-def shipped_case(comm: MPI.Comm, seeds: int, methods: str, iterations: int) -> None:
-    """Part 3: ``cases/eit_disk.toml`` as ``natinv run`` runs it (data synthesized on a finer
+def shipped_case(
+    comm: MPI.Comm, seeds: int, methods: str, iterations: int, name: str = "eit_disk"
+) -> None:
+    """Part 3: a shipped case with several experiments (``cases/eit_disk.toml``,
+    ``cases/heat_sources.toml``) as ``natinv run`` runs it (data synthesized on a finer
     mesh, the discrepancy stop; sampled runs check the whole misfit once per pass), full
     steps against sampled ones, seed by seed (the network's start and the samples): the time
     and solves to the stop, the error there, and the time at which each first reaches the
@@ -245,7 +248,7 @@ def shipped_case(comm: MPI.Comm, seeds: int, methods: str, iterations: int) -> N
     table = []
     for seed in range(seeds):
         full_error, full_time = None, None
-        for name, batch, momentum, beta in chosen:
+        for label, batch, momentum, beta in chosen:
             overrides = [
                 f"seed={seed}",
                 f"optimizer.batch={batch}",
@@ -255,7 +258,7 @@ def shipped_case(comm: MPI.Comm, seeds: int, methods: str, iterations: int) -> N
                 f"output.folder='{folder / 'run'}'",
                 "output.checkpoint_every=0",
             ]
-            case = load_case(ROOT / "cases" / "eit_disk.toml", overrides)
+            case = load_case(ROOT / "cases" / f"{name}.toml", overrides)
             summary = run(case, comm, force=True, quiet=True)
             with open(folder / "run" / "history.csv") as stream:
                 history = list(csv.DictReader(stream))
@@ -266,7 +269,7 @@ def shipped_case(comm: MPI.Comm, seeds: int, methods: str, iterations: int) -> N
             reached = np.where(errors <= full_error)[0]
             row = {
                 "seed": seed,
-                "method": f"{name} b={batch} {momentum} β={beta}",
+                "method": f"{label} b={batch} {momentum} β={beta}",
                 "its": len(history),
                 "stopped": summary["stopped"],
                 "time": float(elapsed[-1]),
@@ -276,7 +279,7 @@ def shipped_case(comm: MPI.Comm, seeds: int, methods: str, iterations: int) -> N
             }
             table.append(row)
     if comm.rank == 0:
-        print(f"cases/eit_disk.toml, {comm.size} rank(s); reach: time to the full run's final")
+        print(f"cases/{name}.toml, {comm.size} rank(s); reach: time to the full run's final")
         print("error ÷ the full run's time to its stop (same seed)")
         print(
             f"{'seed':>4} {'method':<28} {'its':>4} {'stopped':>12} {'time':>6} {'error':>7} "
@@ -304,6 +307,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--part", choices=("cost", "sampling", "case"), default="cost")
     parser.add_argument("--iterations", type=int, default=60, help="part 3: at most")
+    parser.add_argument("--case", default="eit_disk", help="part 3: a case of cases/")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", default=METHODS, help="method:batch:beta,... (part 2)")
     args = parser.parse_args()
@@ -313,7 +317,7 @@ def main() -> None:
         return
     if args.part == "case":
         methods = CASE_METHODS if args.methods == METHODS else args.methods
-        shipped_case(comm, args.seeds, methods, args.iterations)
+        shipped_case(comm, args.seeds, methods, args.iterations, args.case)
         return
     rows = [("1 experiment", 1, False), ("16, own models", 16, False), ("16, shared", 16, True)]
     results = {name: measure(comm, count, shared, args.steps) for name, count, shared in rows}

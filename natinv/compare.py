@@ -1,9 +1,9 @@
 """``natinv compare``: one case, several optimizers, side by side.
 
 Each optimizer preset (:data:`PRESETS`: ``ngd``, ``nhb``, ``nesterov``, ``nnesterov``,
-``ngd-gncg`` (matrix-free Gauss–Newton), ``sampled`` and ``sampled-plain`` (4 experiments per
-step, with SPRING momentum or none), ``adam``, ``lbfgs``, and the classical baselines
-``tao-nls``, ``tao-lmvm``) runs the case through :func:`natinv.runner.run` into
+``ngd-gncg`` (matrix-free Gauss–Newton), ``sampled`` and ``sampled-plain`` (half the
+experiments per step, with SPRING momentum or none), ``adam``, ``lbfgs``, and the classical
+baselines ``tao-nls``, ``tao-lmvm``) runs the case through :func:`natinv.runner.run` into
 ``results/<case>/compare/<optimizer>/``; the case folder gets ``comparison.csv`` (iterations,
 stop, loss, misfit, error, time and PDE solves per optimizer) and ``comparison.png`` (the
 convergence curves together).
@@ -41,16 +41,16 @@ PRESETS: dict[str, list[str]] = {
         "optimizer.beta=0.0",
         "optimizer.batch=0",
     ],
-    # sampled natural Gauss–Newton on 4 experiments per step (a case with 4 or more)
+    # sampled natural Gauss–Newton on half the experiments per step
     "sampled": [
         "optimizer.kind='ngd'",
-        "optimizer.batch=4",
+        "optimizer.batch=0.5",
         "optimizer.momentum='spring'",
         "optimizer.beta=0.9",
     ],
     "sampled-plain": [
         "optimizer.kind='ngd'",
-        "optimizer.batch=4",
+        "optimizer.batch=0.5",
         "optimizer.momentum='none'",
         "optimizer.beta=0.0",
     ],

@@ -86,6 +86,7 @@ def test_a_case_poses_several_experiments_with_their_own_loads_and_files(comm, s
     sampled = load_case(shared_tmp / "three.toml", ["optimizer.batch=2"])
     assert (sampled.optimizer.momentum, sampled.optimizer.beta) == ("spring", 0.9)
     assert load_case(shared_tmp / "three.toml", ["optimizer.batch=0"]).optimizer.batch is None
+    assert load_case(shared_tmp / "three.toml", ["optimizer.batch=0.5"]).optimizer.batch == 2
 
 
 @pytest.mark.parametrize(
@@ -99,6 +100,7 @@ def test_a_case_poses_several_experiments_with_their_own_loads_and_files(comm, s
         ("optimizer.batch=4", "4 experiments per step, the case has 3"),
         ("optimizer.batch=2", "sampled steps take momentum"),
         ("optimizer.check_every=2", "only for sampled steps"),
+        ("optimizer.batch=1.5", "a fraction of them in"),
     ],
 )
 def test_bad_experiment_settings_name_the_key(comm, shared_tmp, edit, message):

@@ -193,3 +193,27 @@ def test_natural_heavy_ball_with_optimal_beta_contracts_at_the_sqrt_kappa_rate(c
     plain = measured_rate("none", 2 / (big + mu), 0.0)
     assert plain > (kappa - 1) / (kappa + 1) - 0.01 > rho + 0.1
     free(objective, gram, l2, h1)
+
+
+def test_natural_momentum_pays_in_the_l2_metric_of_an_inverse_case(comm, shared_tmp):
+    """The plate (``cases/diffusion_hole.toml``) with ``metric = "l2"``: natural heavy-ball
+    (β = 0.9) reaches the noise level with fewer state solves than no momentum (measured 50
+    against 94, 10 against 28 iterations; before the step rule learned the direction's scale
+    neither reached it in 100 iterations, and their iterates agreed to three digits)."""
+    import json
+    from pathlib import Path
+
+    from natinv.cli import main
+
+    case = Path(__file__).resolve().parents[1] / "cases" / "diffusion_hole.toml"
+    solves = {}
+    for momentum, beta in (("none", 0.0), ("natural-heavy-ball", 0.9)):
+        folder = shared_tmp / f"l2-{momentum}"
+        args = ["run", str(case), "--quiet", "--set", f"output.folder='{folder}'"]
+        args += ["--set", "optimizer.metric='l2'", "--set", "optimizer.iterations=60"]
+        args += ["--set", f"optimizer.momentum='{momentum}'", "--set", f"optimizer.beta={beta}"]
+        assert main(args) == 0
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["stopped"] == "discrepancy", (momentum, summary)
+        solves[momentum] = summary["pde_solves"]["state"]
+    assert solves["natural-heavy-ball"] <= 0.8 * solves["none"], solves

@@ -45,6 +45,41 @@ def test_armijo_backtracks_and_gives_up_on_an_ascent_direction(quadratic):
     assert eta == 0.0 and new_value == value and np.array_equal(new, theta)
 
 
+def test_adaptive_armijo_starts_from_twice_the_last_step_and_shares_it(quadratic):
+    """``adaptive=True``: the first trial is 2 × the last accepted η (its limited versions, the
+    momentum step's trials, read and write the same memory, which a checkpoint carries); on a
+    direction scaled by 1e4 (as a function-space metric's may be) the second call takes 2 state
+    evaluations where the plain rule takes the 14 trials again."""
+    objective, theta, value, gradient, d = quadratic
+    counted = _Counted(objective)
+    rule = Armijo(adaptive=True)
+    long = 1e4 * d
+    slope = float(gradient @ long)
+    eta, _, first = rule(counted, theta, value, long, slope)
+    assert eta == 2.0**-13 and first < value and counted.calls == 14
+    counted.calls = 0
+    eta2, _, _ = rule.limited(3)(counted, theta, value, long, slope)
+    assert eta2 == eta and counted.calls == 2  # 2η overshoots once, η fits
+    assert rule.state_dict() == {"last": eta}
+    other = Armijo(adaptive=True)
+    other.load_state_dict(rule.state_dict())
+    counted.calls = 0
+    assert other(counted, theta, value, long, slope)[0] == eta and counted.calls == 2
+    counted.calls = 0
+    assert Armijo()(counted, theta, value, long, slope)[0] == eta and counted.calls == 14
+
+
+class _Counted:
+    """An objective that counts its evaluations."""
+
+    def __init__(self, objective) -> None:  # type: ignore[no-untyped-def]
+        self.objective, self.calls = objective, 0
+
+    def value(self, theta):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.objective.value(theta)
+
+
 def test_norm_constraint_caps_the_parameter_step(quadratic):
     objective, theta, value, gradient, d = quadratic
     radius = 0.1 * np.linalg.norm(d)

@@ -587,18 +587,40 @@ def _forward(
 STEPS = ("log-grid", "armijo")
 
 
+def _batch(t: _Table) -> int | float | None:
+    """``batch``: experiments per sampled step, a count (0: all of them, full steps) or a
+    fraction of them in (0, 1) (resolved against the case's experiments by the loader)."""
+    value = t.get("batch", 0)
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise t.fail(
+            "batch",
+            f"expected a number of experiments (an integer >= 0, 0: all) or a fraction of them "
+            f"in (0, 1), got {value!r}",
+        )
+    return value or None
+
+
 def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> OptimizerSettings:
     kinds = OPTIMIZERS if problem == "inverse" else ("ngd", "adam", "lbfgs")
     metrics = ("gauss-newton", "l2", "h1") if problem == "inverse" else ("gauss-newton",)
     stops = ("discrepancy", "none", "target") if problem == "inverse" else ("none", "target")
     solver = t.string("solver", "lm", SOLVERS if problem == "inverse" else SOLVERS[:-1])
-    batch = t.integer("batch", 0, low=0) or None  # (0: every experiment, full steps)
-    # sampled steps: SPRING with β = 0.9 measured best (bench/experiments.py, RESULTS.md)
-    momentum = t.string("momentum", "spring" if batch else "none", MOMENTA)
-    beta = 0.9 if batch and momentum == "spring" else 0.0
+    batch = _batch(t)
+    metric = t.string("metric", "gauss-newton", metrics)
+    # measured best (bench/RESULTS.md): SPRING β = 0.9 for sampled steps (bench/experiments.py),
+    # natural heavy-ball β = 0.9 in a function-space metric (bench/function_metrics.py)
+    default = ("spring", 0.9) if batch else ("none", 0.0)
+    if metric in ("l2", "h1") and not batch:
+        default = ("natural-heavy-ball", 0.9)
+    momentum = t.string("momentum", default[0], MOMENTA)
+    beta = default[1] if momentum == default[0] else 0.0
     optimizer = OptimizerSettings(
         kind=t.string("kind", "ngd", kinds),
-        metric=t.string("metric", "gauss-newton", metrics),
+        metric=metric,
         solver=solver,
         # (least-squares: λ₀ relative to max diag G, shrinking once full steps are taken)
         damping=t.number("damping", 1e-10 if solver == "least-squares" else 1e-3, low=0.0),

@@ -198,7 +198,7 @@ class OptimizerSettings:
     target: float | None = None
     lr: float = 1e-2
     # sampled steps: experiments per step (None: all of them, the full Gauss–Newton step)
-    batch: int | None = None
+    batch: int | float | None = None  # (a fraction until the loader resolves it)
     check_every: int = 0  # sampled: the full misfit every N steps (0: once per pass, E / batch)
 
 
