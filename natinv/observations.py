@@ -39,6 +39,7 @@ __all__ = [
     "Observations",
     "TimeSeries",
     "averages",
+    "diagonal_metric",
     "full_field",
     "locate_points",
     "point_sensors",
@@ -132,7 +133,8 @@ class Observations:
                 obj.destroy()
 
 
-def _diagonal(comm: parallel.Comm, weights: npt.NDArray[np.float64]) -> PETSc.Mat:
+def diagonal_metric(comm: parallel.Comm, weights: npt.NDArray[np.float64]) -> PETSc.Mat:
+    """``diag(weights)`` on the owned rows (a noise metric ``W``); the caller destroys it."""
     n = weights.size
     total = int(comm.allreduce(n))
     matrix = PETSc.Mat().createAIJ(((n, total), (n, total)), nnz=(1, 0), comm=comm)
@@ -286,7 +288,7 @@ def point_sensors(
     order = np.repeat(owned, len(comps))
     local_data = data[owned].reshape(-1)
     weights = 1.0 / sig[owned].reshape(-1) ** 2
-    return Observations(space, matrix, local_data, _diagonal(comm, weights), name, order)
+    return Observations(space, matrix, local_data, diagonal_metric(comm, weights), name, order)
 
 
 def averages(
@@ -346,7 +348,7 @@ def averages(
     local = data if comm.rank == 0 else np.zeros(0)
     weights = 1.0 / sig**2 if comm.rank == 0 else np.zeros(0)
     index = np.arange(len(measures)) if comm.rank == 0 else np.zeros(0, dtype=np.int64)
-    return Observations(space, matrix, local, _diagonal(comm, weights), name, index)
+    return Observations(space, matrix, local, diagonal_metric(comm, weights), name, index)
 
 
 def full_field(
@@ -466,7 +468,7 @@ class TimeSeries:
         )
         sig = _sigmas(self.comm, sigma, count, name)
         self.weights = 1.0 / sig**2
-        self.metric = _diagonal(self.comm, self.weights)
+        self.metric = diagonal_metric(self.comm, self.weights)
         self.num_owned = count
         self.num_global = int(self.comm.allreduce(count))
         self.steps = int(steps)

@@ -78,6 +78,7 @@ def _optimizer(case: Case, built: Problem) -> tuple[Any, list[Any]]:
             damping=settings.damping or 1e-3,
             step=settings.step,
             seed=case.seed,
+            sampling=settings.sampling,
         )
         return sampled, [sampled]
     owned: list[Any] = []

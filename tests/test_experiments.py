@@ -101,6 +101,7 @@ def test_a_case_poses_several_experiments_with_their_own_loads_and_files(comm, s
         ("optimizer.batch=2", "sampled steps take momentum"),
         ("optimizer.check_every=2", "only for sampled steps"),
         ("optimizer.batch=1.5", "a fraction of them in"),
+        ("optimizer.sampling='combinations'", "only for sampled steps"),
     ],
 )
 def test_bad_experiment_settings_name_the_key(comm, shared_tmp, edit, message):
@@ -202,18 +203,23 @@ def test_synthesize_writes_every_experiment_with_the_same_sensors_and_its_own_no
     assert all(np.abs(n).max() > 0 for n in noise)
 
 
-def test_a_sampled_run_stops_at_the_noise_level_and_resumes_to_the_same_iterates(comm, shared_tmp):
-    """``optimizer.batch = 1`` of 3 experiments: the whole misfit is checked once per pass (3
-    steps: NaN in between in history.csv), the summary's misfit is the whole one; 4 steps
-    straight equal 2 steps and a resume to 4 (the samples drawn again from the seed, SPRING's
-    velocity and the damping in the checkpoint) to 1e-8 relative (bitwise on one rank)."""
+@pytest.mark.parametrize("sampling", ["experiments", "combinations"])
+def test_a_sampled_run_checks_the_whole_misfit_and_resumes_to_the_same_iterates(
+    comm, shared_tmp, sampling
+):
+    """``optimizer.batch = 1`` of 3 experiments (or one random combination of the three): the
+    whole misfit is checked once per pass (3 steps: NaN in between in history.csv), the
+    summary's misfit is the whole one; 4 steps straight equal 2 steps and a resume to 4 (the
+    samples drawn again from the seed, SPRING's velocity and the damping in the checkpoint) to
+    1e-8 relative (bitwise on one rank)."""
     path = _three(shared_tmp, comm)
     thetas = []
     for label, steps in (("straight", [4]), ("resumed", [2, 4])):
-        folder = shared_tmp / f"sampled-{label}"
+        folder = shared_tmp / f"{sampling}-{label}"
         for i, n in enumerate(steps):
             args = ["run", str(path), "--quiet", "--iterations", str(n)]
             args += ["--set", f"output.folder='{folder}'", "--set", "optimizer.batch=1"]
+            args += ["--set", f"optimizer.sampling='{sampling}'"]
             args += ["--set", "output.checkpoint_every=2"]
             assert main(args + (["--resume"] if i else [])) == 0
         saved = read_checkpoint(folder)

@@ -94,6 +94,8 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
                                                # "none", "heavy-ball"); 0: all
     # check_every = 4                          # the whole misfit (the discrepancy stop) every
                                                # N sampled steps (default E / batch: a pass)
+    # sampling = "experiments"                 # or "combinations": batch random combinations
+                                               # Σ ±(experiment k)/σ_k of all of them
 
     [uncertainty]                              # optional: a Laplace approximation at the end
     prior_precision = "evidence"               # neural field: δ of θ ~ N(0, δ⁻¹I), a number,

@@ -634,11 +634,13 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
         lr=t.number("lr", 1e-2, low=0.0, low_open=True),
         batch=batch,
         check_every=t.integer("check_every", 0, low=0),
+        sampling=t.string("sampling", "experiments", ("experiments", "combinations")),
     )
     if optimizer.batch is not None and problem != "inverse":
         raise t.fail("batch", "sampled steps need an inverse case with several experiments")
-    if "check_every" in t.data and optimizer.batch is None:
-        raise t.fail("check_every", "only for sampled steps (batch)")
+    for key in ("check_every", "sampling"):
+        if key in t.data and optimizer.batch is None:
+            raise t.fail(key, "only for sampled steps (batch)")
     if optimizer.solver == "gn-cg" and optimizer.metric != "gauss-newton":
         raise t.fail("solver", '"gn-cg" (matrix-free Gauss–Newton) needs metric = "gauss-newton"')
     if optimizer.solver == "least-squares" and (

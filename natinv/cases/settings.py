@@ -200,6 +200,7 @@ class OptimizerSettings:
     # sampled steps: experiments per step (None: all of them, the full Gauss–Newton step)
     batch: int | float | None = None  # (a fraction until the loader resolves it)
     check_every: int = 0  # sampled: the full misfit every N steps (0: once per pass, E / batch)
+    sampling: str = "experiments"  # sampled: of the experiments, or random combinations
 
 
 @dataclass

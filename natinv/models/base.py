@@ -242,6 +242,24 @@ class Model:
         self._state_of_A = None
         self.reuse_operator = leader.reuse_operator = True
 
+    def twin(self, name: str | None = None) -> Model:
+        """A model of the same residual form, Dirichlet conditions and parameter that solves
+        with this one's operator (:meth:`share_operator`): the carrier of a state set from
+        outside with :meth:`restore`, e.g. a combination of the states of experiments that
+        differ only in their loads (``∂F/∂m`` is linear in ``u`` for such models, so the
+        carrier's adjoints and sensitivities are those of the combination). Collective."""
+        form, state = self.residual, self.u
+        twin = Model(
+            self.space,
+            self.m,
+            lambda u, m, v: ufl.replace(form, {state: u}),
+            self.bcs,
+            check=self.check,
+            name=name or f"{self.name} (twin)",
+        )
+        twin.share_operator(self)
+        return twin
+
     # -- helpers -------------------------------------------------------------------------------
 
     def set_parameter(self, values: npt.ArrayLike) -> None:

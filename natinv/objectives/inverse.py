@@ -86,7 +86,8 @@ class Experiment:
         seconds spent are added to ``timings["forward"]``/``["adjoint"]``. Collective."""
         model = self.model
         start = time.perf_counter()
-        u = model.solve().x.petsc_vec
+        self.solve()
+        u = model.u.x.petsc_vec
         if not gradient:
             value = sum(obs.misfit(u) for obs in self.observations)
             timings["forward"] += time.perf_counter() - start
@@ -366,9 +367,17 @@ class InverseProblem:
         chosen = [self.experiments[int(i)] for i in indices]
         if not chosen:
             raise ValueError("a view of an inverse problem needs at least one experiment")
+        return self.view_of(
+            chosen, float(weight) if weight is not None else len(self.experiments) / len(chosen)
+        )
+
+    def view_of(self, experiments: Sequence[Experiment], weight: float) -> InverseProblem:
+        """The problem's regularisation and timings with other experiments (e.g. combinations
+        of this problem's, on the same parameter), their misfit scaled by ``weight``; owns
+        nothing. Local."""
         view = copy.copy(self)
-        view.experiments = chosen
-        view.weight = float(weight) if weight is not None else len(self.experiments) / len(chosen)
+        view.experiments = list(experiments)
+        view.weight = float(weight)
         view.last = {}
         view._view = True
         return view

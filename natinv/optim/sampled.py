@@ -42,7 +42,13 @@ import numpy.typing as npt
 from natinv import parallel
 from natinv.directions import LevenbergMarquardt, SampleSpaceSolver
 from natinv.gram import Gram
-from natinv.objectives.inverse import InverseObjective, InverseProblem, ObservationRows
+from natinv.objectives.inverse import (
+    Experiment,
+    InverseObjective,
+    InverseProblem,
+    ObservationRows,
+)
+from natinv.observations import Observations, diagonal_metric
 from natinv.optim.steps import StepRule, make_step_rule
 
 __all__ = ["SampledGaussNewton"]
@@ -63,13 +69,61 @@ class _SampledLoss:
             return float("inf")
 
 
+class _Combination(Experiment):
+    """``Σ_k w_k`` (experiment k) for experiments that share the operator and the sensors and
+    differ only in their loads: the state ``Σ_k w_k u_k`` (each ``u_k`` solved with the shared
+    factors) carried by a twin of the first model, the data ``Σ_k w_k W_k^½ d_k`` and the
+    identity as noise metric (``w_k = ξ_k σ_k⁻¹``: the whitened residuals combined)."""
+
+    def __init__(self, sources: list[Experiment], carrier: Any, observations: Observations):
+        super().__init__(carrier, [observations], "combination")
+        self.sources = sources
+        self.weights = np.zeros(len(sources))
+        self._key: tuple[Any, ...] | None = None
+
+    def combine(self, signs: Vector, scales: Vector, data: list[Vector]) -> None:
+        """Set the weights ``ξ_k / σ_k`` and the combined data. Local."""
+        self.weights = signs * scales
+        self.observations[0].data[:] = sum(w * d for w, d in zip(self.weights, data, strict=True))
+        self._key = None
+
+    def _sources_key(self) -> tuple[Any, ...]:
+        return (tuple(e.model.version for e in self.sources), self.model.m.x.array.tobytes())
+
+    def current(self) -> bool:
+        return self._key is not None and self._key == self._sources_key()
+
+    def solve(self) -> None:
+        """Every source's state at the current parameter (one factorisation for all), then
+        their combination as the carrier's state. Collective."""
+        for source in self.sources:
+            if parallel.allreduce_max(self.comm, not source.current()):
+                source.solve()
+        combined = sum(
+            w * e.model.u.x.array for w, e in zip(self.weights, self.sources, strict=True)
+        )
+        self.model.restore(combined)
+        self.model.solved_parameter = np.array(self.model.m.x.array)
+        self._key = self._sources_key()
+
+    @property
+    def comm(self) -> Any:
+        return self.model.comm
+
+
 class SampledGaussNewton:
     """Natural Gauss–Newton steps on ``batch`` experiments drawn per step (see the module).
 
     Args:
         objective: the inverse objective of a neural field (its problem's experiments are
             sampled; point or region observations, no full field).
-        batch: experiments per step, ``1 ≤ batch ≤ E`` (``E``: every step is the full one).
+        batch: experiments (or combinations) per step, ``1 ≤ batch ≤ E`` (``E``: with
+            ``sampling="experiments"`` every step is the full one).
+        sampling: ``"experiments"`` (a sample of them per step) or ``"combinations"`` (random
+            combinations of all of them, Haber, Chung & Herrmann 2012: ``batch`` experiments
+            ``Σ_k ξ_k σ_k⁻¹ (experiment k)`` with Rademacher signs ξ, an unbiased estimate of
+            the whole misfit; for experiments that share the operator and the sensors, each
+            with one noise level).
         momentum: ``"none"``, ``"heavy-ball"`` or ``"spring"``.
         beta: the momentum factor in [0, 1).
         damping: the initial λ relative to ``max diag(G)`` of the first sample.
@@ -89,6 +143,7 @@ class SampledGaussNewton:
         damping: float = 1e-3,
         step: str | float | StepRule = "armijo",
         seed: int = 0,
+        sampling: str = "experiments",
     ) -> None:
         self.problem = objective.problem
         self.field = objective.field
@@ -111,15 +166,95 @@ class SampledGaussNewton:
         self.history: list[dict[str, Any]] = []
         self._operators: dict[int, tuple[Any, int]] = {}  # Bᵀ per sensor set, all samples
         self.sample: list[int] = []
+        if sampling not in ("experiments", "combinations"):
+            raise ValueError(
+                f"Unknown sampling {sampling!r}; choose 'experiments' or 'combinations'"
+            )
+        self.sampling = sampling
+        self._combinations: list[_Combination] = []
+        self.signs = np.zeros((0, count))  # the combinations' ξ of the current step
+        if sampling == "combinations":
+            self._combinations = self._build_combinations()
 
     def draw(self) -> list[int]:
-        """The next sample of experiment indices (rank 0's draw, broadcast). Collective."""
-        chosen = self._next()
-        return [int(i) for i in self.comm.bcast(chosen, root=0)]
+        """The next sample: experiment indices, or (combinations) the rows of :attr:`signs`
+        (rank 0's draw, broadcast). Collective."""
+        chosen = self.comm.bcast(self._next(), root=0)
+        if self.sampling == "combinations":
+            self.signs = np.asarray(chosen, dtype=np.float64)
+            return list(range(self.batch))
+        return [int(i) for i in chosen]
 
-    def _next(self) -> npt.NDArray[np.int64]:
+    def _next(self) -> npt.NDArray[Any]:
         count = len(self.problem.experiments)
+        if self.sampling == "combinations":
+            return self.rng.choice([-1.0, 1.0], size=(self.batch, count))
         return np.sort(self.rng.choice(count, size=self.batch, replace=False))
+
+    def _build_combinations(self) -> list[_Combination]:
+        """``batch`` combination slots: a twin of the first model and a copy of its sensors
+        with the identity as metric. Checked first (one message on every rank): every
+        experiment steady, sharing the first one's operator, with one observation block of
+        the same sensors and one noise level. Collective."""
+        experiments = self.problem.experiments
+        first = experiments[0]
+        problems = []
+        if not all(type(e) is Experiment for e in experiments):
+            problems.append("every experiment must be a steady one (no time series)")
+        elif not all(e.model._op is first.model._op for e in experiments):
+            problems.append("the experiments must share one operator (Model.share_operator)")
+        elif not all(len(e.observations) == 1 for e in experiments):
+            problems.append("each experiment needs exactly one observation block")
+        elif any(e.observations[0].operator is None for e in experiments):
+            problems.append("full-field observations cannot be combined")
+        parallel.check_all(
+            self.comm,
+            not problems,
+            lambda: f"random combinations of the experiments: {problems[0]}",
+        )
+        reference = first.observations[0]
+        same = all(
+            e.observations[0].operator.getSize() == reference.operator.getSize()
+            for e in experiments
+        ) and all(e.observations[0].operator.equal(reference.operator) for e in experiments[1:])
+        self._scales = np.zeros(len(experiments))
+        for k, e in enumerate(experiments):
+            diagonal = e.observations[0].metric.getDiagonal()
+            low, high = diagonal.min()[1], diagonal.max()[1]
+            diagonal.destroy()
+            self._scales[k] = np.sqrt(high)
+            same = same and np.isclose(low, high, rtol=1e-12)
+        parallel.check_all(
+            self.comm,
+            same,
+            "random combinations of the experiments: every experiment needs the same sensors "
+            "(an equal observation operator) and one noise level σ over them",
+        )
+        slots = []
+        for j in range(self.batch):
+            carrier = first.model.twin(f"combination {j}")
+            rows = reference.num_owned
+            identity = diagonal_metric(self.comm, np.ones(rows))
+            observations = Observations(
+                reference.space,
+                reference.operator.copy(),
+                np.zeros(rows),
+                identity,
+                f"combination {j}",
+                index=reference.index,
+            )
+            slots.append(_Combination(list(experiments), carrier, observations))
+        return slots
+
+    def _view(self) -> InverseProblem:
+        """The sampled problem of this step: the drawn experiments (misfit × E/b), or the
+        drawn combinations (misfit × 1/b: each an unbiased estimate of the whole misfit)."""
+        if self.sampling == "experiments":
+            return self.problem.view(self.sample)
+        data = [e.observations[0].data for e in self.problem.experiments]
+        for combination, signs in zip(self._combinations, self.signs, strict=True):
+            combination.combine(signs, self._scales, data)
+        return self.problem.view_of(self._combinations, 1.0 / self.batch)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs (replicated arrays only): θ, the velocity, the steps
@@ -146,7 +281,7 @@ class SampledGaussNewton:
         size, restart, the sample, timings). Collective."""
         start = time.perf_counter()
         self.sample = self.draw()
-        view = self.problem.view(self.sample)
+        view = self._view()
         rows = ObservationRows(self.field, view, operators=self._operators)
         metric = rows.metric()
         gram = Gram(rows, metric)
@@ -222,7 +357,11 @@ class SampledGaussNewton:
         return float(self.problem.last["misfit"])
 
     def destroy(self) -> None:
-        """Free the cached observation operators. Collective."""
+        """Free the cached observation operators and the combinations' carriers. Collective."""
         for matrix, _ in self._operators.values():
             matrix.destroy()
         self._operators = {}
+        for combination in self._combinations:
+            combination.observations[0].destroy()
+            combination.model.destroy()
+        self._combinations = []
