@@ -146,7 +146,7 @@ def test_a_model_flux_and_a_pure_neumann_case_read_as_written(comm, shared_tmp):
     case = load_case(path)
     assert case.model.dirichlet == [] and case.model.flux == [("all", "cos(2*theta)")]
     assert case.each() == [case]
-    with pytest.raises(CaseError, match="model.flux: only for kind = 'diffusion'"):
+    with pytest.raises(CaseError, match=r"model\.flux: only for kind = 'diffusion'"):
         load_case(path, ["model.kind='reaction'"])
 
 
@@ -236,12 +236,12 @@ def test_a_sampled_run_checks_the_whole_misfit_and_resumes_to_the_same_iterates(
 @pytest.mark.slow
 def test_the_shipped_eit_case_reaches_the_noise_level_full_and_sampled(comm, shared_tmp):
     """``cases/eit_disk.toml`` (16 current patterns, 1,024 values): full Gauss–Newton steps and
-    sampled ones (4 patterns per step, SPRING) both reach the noise level, with a relative L2
-    error of κ below 0.33 (0.279 full, 0.206 sampled when measured; the start is 0.39)."""
-    for batch in (0, 4):
+    sampled ones (8 patterns per step, SPRING) both reach the noise level, with a relative L2
+    error of κ below 0.33 (0.279 full, 0.212 sampled when measured; the start is 0.39)."""
+    for batch in (0, 8):
         folder = shared_tmp / f"eit-{batch}"
         args = ["run", str(EIT), "--quiet", "--set", f"output.folder='{folder}'"]
-        assert main(args + ["--set", f"optimizer.batch={batch}"]) == 0
+        assert main([*args, "--set", f"optimizer.batch={batch}"]) == 0
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["stopped"] == "discrepancy", summary
         assert summary["relative_l2_error"] < 0.33, summary
