@@ -14,6 +14,8 @@ lowers the loss (on the plate the first accepted η is ~1e-5). Two rules then un
 The fix (``"old"`` against ``"new"`` below): λ fixed at 1e-3·max diag G (the gain ratio of a
 model that is not the loss's Hessian says nothing about λ) and backtracking from twice the
 last accepted step (``Armijo(adaptive=True)``), its trials for the momentum step too.
+``--rules grid``: the same λ with the talk's form of the step, the ENGD log grid over η
+(2⁰ … 2⁻³⁰, the best of 31 trials) with the momentum part held.
 
 Printed per case, metric, rule and momentum: iterations and state solves to the noise level
 (at most ``--iterations``), the misfit reached, the relative L2 error at the stop.
@@ -33,7 +35,7 @@ from natinv.cases import load_case
 from natinv.directions import LevenbergMarquardt, NaturalSolver
 from natinv.directions.methods import Cholesky
 from natinv.optim.natural import NaturalGradientDescent
-from natinv.optim.steps import Armijo
+from natinv.optim.steps import Armijo, LogGridLineSearch
 from natinv.problems import build_problem
 from natinv.runner import _optimizer
 
@@ -53,10 +55,10 @@ def trace(case_file: Path, metric: str, rule: str, momentum: str, beta: float, i
         if rule == "old":  # Levenberg–Marquardt λ from 1e-3·max diag G, Armijo from η = 1
             solver = NaturalSolver(gram, "lm", damping=1e-3)
             step = Armijo()
-        else:  # λ fixed at 1e-3·max diag G, Armijo from twice the last step
+        else:  # λ fixed at 1e-3·max diag G, Armijo from twice the last step (or the log grid)
             fixed = LevenbergMarquardt(1e-3, minimum=1e-3, maximum=1e-3, relative=True)
             solver = NaturalSolver(gram, Cholesky("auto"), fixed)
-            step = Armijo(adaptive=True)
+            step = Armijo(adaptive=True) if rule == "new" else LogGridLineSearch()
         owned.append(solver)
         optimizer = NaturalGradientDescent(
             built.objective, solver, step, momentum=momentum, beta=beta
@@ -85,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--cases", default="diffusion_hole,diffusion_lshape_probes")
+    parser.add_argument("--rules", default="old,new", help="old, new, grid (the talk's form)")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     if comm.rank == 0:
@@ -95,7 +98,7 @@ def main() -> None:
         )
     for name in args.cases.split(","):
         for metric in ("l2", "h1"):
-            for rule in ("old", "new"):
+            for rule in args.rules.split(","):
                 for momentum, beta in MOMENTA:
                     r = trace(
                         ROOT / "cases" / f"{name}.toml",

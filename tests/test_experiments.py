@@ -245,3 +245,39 @@ def test_the_shipped_eit_case_reaches_the_noise_level_full_and_sampled(comm, sha
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["stopped"] == "discrepancy", summary
         assert summary["relative_l2_error"] < 0.33, summary
+
+
+@pytest.mark.parametrize("name", [pytest.param("eit_disk", marks=pytest.mark.slow), "heat_sources"])
+def test_the_shipped_many_experiment_cases_run_in_reduced_form(comm, shared_tmp, name):
+    """Two full Gauss–Newton steps of each shipped case with several experiments lower the
+    whole misfit (16 and 8 experiments, one factorisation per κ)."""
+    folder = shared_tmp / f"reduced-{name}"
+    args = ["run", str(ROOT / "cases" / f"{name}.toml"), "--quiet", "--iterations", "2"]
+    assert main([*args, "--set", f"output.folder='{folder}'"]) == 0
+    history = (folder / "history.csv").read_text().splitlines()
+    column = history[0].split(",").index("misfit")
+    misfits = [float(line.split(",")[column]) for line in history[1:]]
+    assert len(misfits) == 2 and misfits[1] < misfits[0]
+
+
+def test_synthesize_reproduces_every_experiments_shipped_data(comm, shared_tmp):
+    """``natinv synthesize`` of ``cases/heat_sources.toml`` (into another folder) writes the
+    8 shipped files again: the same sensors, values within rounding, on 1 and 2 ranks."""
+    import csv
+
+    source = ROOT / "cases" / "heat_sources.toml"
+    target = shared_tmp / "heat_sources_again"
+    text = source.read_text().replace('"../meshes/', f'"{ROOT / "meshes"}/')
+    text = text.replace('"data/heat_sources/', f'"{target}/')
+    path = write_shared(shared_tmp / "heat_sources_again.toml", text, comm)
+    assert main(["synthesize", str(path)]) == 0
+    for k in range(1, 9):
+        rows = [
+            list(csv.reader(open(p / f"spot{k}.csv")))
+            for p in (target, ROOT / "cases" / "data" / "heat_sources")
+        ]
+        assert rows[0][0] == rows[1][0] and len(rows[0]) == len(rows[1]) == 41
+        for new, old in zip(rows[0][1:], rows[1][1:], strict=True):
+            np.testing.assert_allclose(
+                [float(a) for a in new], [float(b) for b in old], rtol=1e-9, atol=1e-14
+            )

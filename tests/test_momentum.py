@@ -195,6 +195,7 @@ def test_natural_heavy_ball_with_optimal_beta_contracts_at_the_sqrt_kappa_rate(c
     free(objective, gram, l2, h1)
 
 
+@pytest.mark.slow
 def test_natural_momentum_pays_in_the_l2_metric_of_an_inverse_case(comm, shared_tmp):
     """The plate (``cases/diffusion_hole.toml``) with ``metric = "l2"``: natural heavy-ball
     (β = 0.9) reaches the noise level with fewer state solves than no momentum (measured 50
