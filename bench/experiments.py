@@ -20,7 +20,7 @@ Printed: seconds per step, its ratio to one experiment's, factorisations and ope
 
 Part 2 (``--part sampling``) follows sampled steps on the same problem over seeds; part 3
 (``--part case --seeds 3``) runs the shipped ``cases/eit_disk.toml`` through ``natinv run``,
-full steps against sampled ones (``--methods name:batch:momentum:beta,...``).
+full steps against sampled ones (``--methods name:batch:momentum:beta[:combinations],...``).
 """
 
 from __future__ import annotations
@@ -248,13 +248,15 @@ def shipped_case(
     table = []
     for seed in range(seeds):
         full_error, full_time = None, None
-        for label, batch, momentum, beta in chosen:
+        for label, batch, momentum, beta, *rest in chosen:
+            sampling = rest[0] if rest else "experiments"
             overrides = [
                 f"seed={seed}",
                 f"optimizer.batch={batch}",
                 f"optimizer.momentum='{momentum}'",
                 f"optimizer.beta={beta}",
                 f"optimizer.iterations={iterations}",
+                *([f"optimizer.sampling='{sampling}'"] if batch != "0" else []),
                 f"output.folder='{folder / 'run'}'",
                 "output.checkpoint_every=0",
             ]
@@ -269,7 +271,8 @@ def shipped_case(
             reached = np.where(errors <= full_error)[0]
             row = {
                 "seed": seed,
-                "method": f"{label} b={batch} {momentum} β={beta}",
+                "method": f"{label} b={batch} {momentum} β={beta}"
+                + (" combined" if sampling == "combinations" else ""),
                 "its": len(history),
                 "stopped": summary["stopped"],
                 "time": float(elapsed[-1]),

@@ -8,7 +8,10 @@ estimate of ``L`` (:meth:`~natinv.objectives.inverse.InverseProblem.view`): its 
 cost about ``b/E`` of a full step (Haber, Chung & Herrmann 2012 sample the sources of a
 many-right-hand-side problem the same way). The direction is ``d = J̃_Sᵀ (J̃_S J̃_Sᵀ + λI)⁻¹
 ρ̃_S`` (:class:`~natinv.directions.SampleSpaceSolver`, rows scaled by ``√(E/b)`` and the noise),
-with one Levenberg–Marquardt damping carried across the samples.
+with λ fixed at ``damping``·max diag G of the first sample (as SPRING's λ; Levenberg–Marquardt's
+rule, ``adaptive=True``, shrinks λ while the samples' steps succeed until a step fits its sample
+alone: on ``cases/heat_sources.toml``, 4 of 8 local heat spots per step, the whole misfit then
+rose again after 20 steps where the fixed λ stayed at the noise level; ``bench/RESULTS.md``).
 
 Momentum is what averages the sampled directions:
 
@@ -126,7 +129,8 @@ class SampledGaussNewton:
             with one noise level).
         momentum: ``"none"``, ``"heavy-ball"`` or ``"spring"``.
         beta: the momentum factor in [0, 1).
-        damping: the initial λ relative to ``max diag(G)`` of the first sample.
+        damping: λ relative to ``max diag(G)`` of the first sample.
+        adaptive: adapt λ by Levenberg–Marquardt's rule (from ``damping``), as full steps do.
         step: ``"armijo"`` or a fixed step size.
         seed: of the samples' generator.
     """
@@ -144,6 +148,7 @@ class SampledGaussNewton:
         step: str | float | StepRule = "armijo",
         seed: int = 0,
         sampling: str = "experiments",
+        adaptive: bool = False,
     ) -> None:
         self.problem = objective.problem
         self.field = objective.field
@@ -157,7 +162,8 @@ class SampledGaussNewton:
             raise ValueError(f"Invalid momentum factor beta: {beta} (must lie in [0, 1))")
         self.batch, self.momentum, self.beta = batch, momentum, float(beta)
         self.step_rule = make_step_rule(step)
-        self.damping = LevenbergMarquardt(damping, relative=True)
+        bounds = {} if adaptive else {"minimum": damping, "maximum": damping}
+        self.damping = LevenbergMarquardt(damping, relative=True, **bounds)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.theta = np.array(self.field.parameters, dtype=np.float64)
