@@ -145,12 +145,12 @@ numbers in ``bench/RESULTS.md``):
   iterations, where no momentum had not reached it after 100; before this step rule the
   iterates with and without momentum agreed to three digits and neither reached the level).
 
-- ``batch``: not by default (``bench/experiments.py --part case``, ``bench/RESULTS.md``). On
-  ``cases/eit_disk.toml`` (16 current patterns, each sweeping the whole disk) half the patterns
-  per step with SPRING (β = 0.9) stop at the noise level as soon as full steps do (median
-  6.8 s against 6.9 s) with a lower error (0.21 against 0.28); on ``cases/heat_sources.toml``
-  (8 local heat spots) full steps reach the noise level in 3–5 steps and no sampled run in 60.
-  ``batch = 0.5`` (a fraction) is half the experiments.
+- ``batch``: not by default (``bench/experiments.py --part case``, ``bench/RESULTS.md``): full
+  steps reach the noise level first or as soon as any sampled mode on ``eit_disk`` (16
+  current patterns) and ``heat_sources`` (8 local heat spots). Sampled runs end more accurate
+  on the impedance problem (0.24–0.25 against 0.28), where SPRING also needs 0.38 of the
+  solves of no momentum; on the heat spots random combinations (``sampling =
+  "combinations"``) are the best sampled mode. ``batch = 0.5`` is half the experiments.
 
 A forward case (``problem = "pinn"`` or ``"ritz"``: the network is the PDE's solution) has
 ``[equation]`` and ``[solution]`` (and ``[parametric]``) instead of ``[model]``, ``[parameter]``,
