@@ -19,7 +19,11 @@ mesh refined once at P3: ``hole_sharp`` (the plate with a disc inclusion and a j
 ``heat_bracket_3d`` (an L-shaped bracket, 100 k state dofs, 200 interior sensors) and the
 transient ``heat_transient`` (30 thermocouples read 10 times, 20 Crank–Nicolson steps), and
 the 1D gPINN benchmark ``reaction_gpinn_1d`` (a reaction coefficient from 100 values of u) with
-its shipped, nearly exact data and with 0.1 % noise.
+its shipped, nearly exact data and with 0.1 % noise, and the two cases with several
+experiments, ``eit_disk`` (16 current patterns, 1,024 values) and ``heat_sources`` (8 heat
+spots, 320 values), which also run sampled steps (``sampled``: half the experiments a step
+with SPRING; ``sampled-plain``: without momentum), and ``heat_box_3d`` (a 3D box, 1,000
+interior sensors).
 
 Printed per problem and method: iterations, PDE solves (solves with the state operator: states,
 adjoints, tangent blocks), time, time per iteration and its ratio to a TAO iteration, the final
@@ -85,8 +89,13 @@ PROBLEMS: dict[str, tuple[str, list[str], bool]] = {
     "heat_transient": ("heat_transient", [], False),
     "reaction_1d": ("reaction_gpinn_1d", [], False),
     "reaction_1d_noise1e-3": ("reaction_gpinn_1d", ["synthesize.noise=1e-3"], True),
+    "eit_disk": ("eit_disk", [], False),
+    "heat_sources": ("heat_sources", [], False),
+    "box_3d": ("heat_box_3d", [], False),
 }
 METHODS = ("tao-nls", "ngd", "ngd-gncg", "nhb", "nesterov", "nnesterov")
+# the problems with several experiments also run sampled steps (half the experiments a step)
+SAMPLED = {"eit_disk": ["sampled", "sampled-plain"], "heat_sources": ["sampled", "sampled-plain"]}
 NEURAL = [  # what every neural run shares (the case's network, the shipped solver settings)
     "optimizer.metric='gauss-newton'",
     "optimizer.solver='lm'",
@@ -139,7 +148,8 @@ def main() -> int:
         case, overrides, work = prepare(name, NEURAL)
         overrides.append(f"output.folder='{work / 'out'}'")
         settings = [a for o in overrides for a in ("--set", o)]
-        natinv(["compare", str(case), "--optimizers", ",".join(methods), *settings], args.ranks)
+        chosen = methods + [m for m in SAMPLED.get(name, []) if m not in methods]
+        natinv(["compare", str(case), "--optimizers", ",".join(chosen), *settings], args.ranks)
         table = {r["optimizer"]: r for r in rows(work / "out" / "comparison.csv")}
         baseline = table.get("tao-nls")
         search = table.get("tao-nls:α-search", baseline)

@@ -223,15 +223,14 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
         what = "trajectory" if isinstance(model, models.TransientModel) else "state solve"
         count = len(built.experiments)
         used = case.optimizer.batch or count
-        if count > 1:
-            what = f"{what}s of {used} experiment(s), one factorisation,"
+        what = f"one {what}" if count == 1 else f"{used} {what}s (one factorisation)"
         rows = (
             f", {_transposed(built, used)} transposed solves for the Gauss–Newton rows (in blocks)"
             if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
             else ", one adjoint solve"
         )
         lines.append(
-            f"  solves     per iteration: the {what} per trial step of the line search (one "
+            f"  solves     per iteration: {what} per trial step of the line search (one "
             f"when the full step is taken){rows}"
             + (f"; {used} of the {count} experiments drawn per step" if used < count else "")
         )
