@@ -162,6 +162,7 @@ def test_several_experiments_factorise_once_per_parameter_and_their_gradient_is_
     try:
         problem, field = built.problem, built.field
         assert built.num_sensors == 36 and built.discrepancy == 18.0
+        assert built.sites[0].shape == (12, 2)  # (the figures' places: each sensor once)
         models = [e.model for e in problem.experiments]
         assert all(m._op is models[0]._op for m in models)
         m = field.values()

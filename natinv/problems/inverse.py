@@ -259,8 +259,16 @@ class InverseSetup:
 
     @property
     def sites(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        """The first experiment's sites (:attr:`ExperimentData.sites`)."""
-        return self.experiments[0].sites
+        """Where values were measured (:attr:`ExperimentData.sites`): the one experiment's
+        sites in its order, or every experiment's, each place once."""
+        if len(self.experiments) == 1:
+            return self.experiments[0].sites
+        parts = [e.sites for e in self.experiments]
+        stacked = np.concatenate([p for p, _ in parts])
+        regions = np.concatenate([r for _, r in parts])
+        _, first = np.unique(np.column_stack([stacked, regions]), axis=0, return_index=True)
+        first.sort()
+        return stacked[first], regions[first]
 
     @property
     def series(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
