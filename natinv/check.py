@@ -129,10 +129,21 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
             "the mesh" + (f"; noise level: misfit {built.discrepancy:g}" if built.measured else ""),
         ]
     lines += _estimates(case, built, comm)
+    damping = f"{settings.solver} λ={settings.damping:g}"
+    step = settings.step
+    if isinstance(case, InverseCase) and settings.metric in ("l2", "h1"):  # (runner.py)
+        damping = f"λ={settings.damping:g}·max diag G fixed"
+        step = "armijo from twice the last step" if step == "armijo" else step
+    if getattr(settings, "batch", None):  # sampled steps keep λ fixed (natinv.optim.sampled)
+        of = "random combinations of the" if settings.sampling == "combinations" else "of the"
+        damping = (
+            f"sampled: {settings.batch} {of} {len(built.experiments)} experiments a step, "
+            f"λ={settings.damping:g}·max diag G fixed"
+        )
     detail = (
-        f" ({settings.metric}, {settings.solver} λ={settings.damping:g}, {settings.momentum}"
+        f" ({settings.metric}, {damping}, {settings.momentum}"
         + (f" β={settings.beta:g}" if settings.momentum != "none" else "")
-        + f", {settings.step})"
+        + f", {step})"
         if settings.kind == "ngd"
         else ""
     )
