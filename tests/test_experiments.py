@@ -289,3 +289,23 @@ def test_synthesize_reproduces_every_experiments_shipped_data(comm, shared_tmp):
             np.testing.assert_allclose(
                 [float(a) for a in new], [float(b) for b in old], rtol=1e-9, atol=1e-14
             )
+
+
+def test_check_prints_every_experiments_loads_and_the_shared_work(comm, shared_tmp, capsys):
+    """``natinv check cases/eit_disk.toml``: the boundary conditions (no Dirichlet side, the
+    Robin term), the 16 experiments' fluxes, one operator for all of them and 64 transposed
+    solves for 1,024 rows (the same electrodes), and a sampled step's settings; written once,
+    by rank 0."""
+    folder = shared_tmp / "never"
+    args = ["check", str(EIT), "--set", f"output.folder='{folder}'"]
+    assert main([*args, "--set", "optimizer.batch=0.5"]) == 0
+    out = capsys.readouterr().out
+    if comm.rank == 0:
+        assert "Dirichlet: none (no Dirichlet side)" in out
+        assert "Robin: κ∇u·n + 0.001 (u − 0) = flux on every boundary facet" in out
+        assert "16 experiments, one operator factorised for all 16" in out
+        assert "sin8: source 0; κ∇u·n = sin(8*theta) on every boundary facet; 64 values" in out
+        assert "64 transposed solves" in out and "1024 point values" in out
+        assert "sampled: 8 of the 16 experiments a step" in out
+    else:
+        assert out == ""
