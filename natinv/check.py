@@ -189,8 +189,8 @@ def _conditions(case: InverseCase, built: Any) -> list[str]:
     if not case.experiments:
         lines.append(f"  loads      {'; '.join(_loads(model))}")
         return lines
-    shared = built.experiments[0].model._op
-    together = sum(e.model._op is shared for e in built.experiments)
+    first = built.experiments[0].model
+    together = sum(e.model.shares_operator(first) for e in built.experiments)
     lines.append(
         f"  loads      {len(case.experiments)} experiments"
         + (f", one operator factorised for all {together}" if together > 1 else "")
@@ -236,7 +236,8 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
         used = case.optimizer.batch or count
         what = f"one {what}" if count == 1 else f"{used} {what}s (one factorisation)"
         rows = (
-            f", {_transposed(built, used)} transposed solves for the Gauss–Newton rows (in blocks)"
+            f", {_transposed_solves(built, used)} transposed solves for the Gauss–Newton rows "
+            "(in blocks)"
             if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
             else ", one adjoint solve"
         )
@@ -252,7 +253,7 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
     return lines
 
 
-def _transposed(built: Any, used: int) -> int:
+def _transposed_solves(built: Any, used: int) -> int:
     """The transposed solves of the Gauss–Newton rows of ``used`` experiments: one per
     measured value, experiments with the same sensors (and a shared operator) sharing them."""
     import numpy as np

@@ -250,6 +250,11 @@ class Model:
         self._state_of_A = None
         self.reuse_operator = leader.reuse_operator = True
 
+    def shares_operator(self, other: Model) -> bool:
+        """Whether this model solves with ``other``'s ``A`` and factors (:meth:`share_operator`).
+        Local."""
+        return self._op is other._op
+
     def twin(self, name: str | None = None) -> Model:
         """A model of the same residual form, Dirichlet conditions and parameter that solves
         with this one's operator (:meth:`share_operator`): the carrier of a state set from

@@ -207,7 +207,7 @@ class SampledGaussNewton:
         problems = []
         if not all(type(e) is Experiment for e in experiments):
             problems.append("every experiment must be a steady one (no time series)")
-        elif not all(e.model._op is first.model._op for e in experiments):
+        elif not all(e.model.shares_operator(first.model) for e in experiments):
             problems.append("the experiments must share one operator (Model.share_operator)")
         elif not all(len(e.observations) == 1 for e in experiments):
             problems.append("each experiment needs exactly one observation block")
