@@ -9,6 +9,7 @@ mesh, the spaces, the unknown, the observations and the optimizer settings that 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,10 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
         step = "armijo from twice the last step" if step == "armijo" else step
     if getattr(settings, "batch", None):  # sampled steps keep λ fixed (natinv.optim.sampled)
         of = "random combinations of the" if settings.sampling == "combinations" else "of the"
-        damping = (
-            f"sampled: {settings.batch} {of} {len(built.experiments)} experiments a step, "
-            f"λ={settings.damping:g}·max diag G fixed"
-        )
+        drawn = f"{settings.batch} {of} {len(built.experiments)} experiments"
+        if settings.sampling == "rows":
+            drawn = f"{_sampled_rows(settings.batch, built)} of the {built.num_sensors} rows"
+        damping = f"sampled: {drawn} a step, λ={settings.damping:g}·max diag G fixed"
     detail = (
         f" ({settings.metric}, {damping}, {settings.momentum}"
         + (f" β={settings.beta:g}" if settings.momentum != "none" else "")
@@ -233,11 +234,17 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
     if isinstance(case, InverseCase) and case.optimizer.kind == "ngd":
         what = "trajectory" if isinstance(model, models.TransientModel) else "state solve"
         count = len(built.experiments)
-        used = case.optimizer.batch or count
+        sampled_rows = case.optimizer.sampling == "rows" and case.optimizer.batch
+        used = count if sampled_rows else case.optimizer.batch or count
         what = f"one {what}" if count == 1 else f"{used} {what}s (one factorisation)"
+        if sampled_rows and count > 1:
+            what = f"at most {what}: those with a drawn row,"
+        transposed = _transposed_solves(built, used)
+        if sampled_rows:
+            transposed = min(transposed, _sampled_rows(case.optimizer.batch, built))
         rows = (
-            f", {_transposed_solves(built, used)} transposed solves for the Gauss–Newton rows "
-            "(in blocks)"
+            f", {'at most ' if sampled_rows else ''}{transposed} transposed solves for the "
+            "Gauss–Newton rows (in blocks)"
             if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
             else ", one adjoint solve"
         )
@@ -251,6 +258,13 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
             0, f"  memory     per rank: {', '.join(parts)}; {fmt(budget)} available per rank"
         )
     return lines
+
+
+def _sampled_rows(batch: float, built: Any) -> int:
+    """Rows per sampled step: ``batch``, or its fraction of every experiment's rows."""
+    if isinstance(batch, float) and batch < 1.0:
+        return max(1, math.ceil(batch * built.num_sensors - 1e-9))
+    return int(batch)
 
 
 def _transposed_solves(built: Any, used: int) -> int:

@@ -127,6 +127,61 @@ class Observations:
         else:
             self.operator.multTransposeAdd(self._wr, out, out)
 
+    def subset(self, chosen: npt.NDArray[np.int64], name: str | None = None) -> Observations:
+        """The observations of the rows ``chosen`` alone, numbered as the user's (``index``:
+        e.g. the sensors' lines in their file; global row numbers where the block has no
+        index), the same on every rank: each rank keeps those it owns, in its order. ``B``'s
+        rows, the data and the noise metric's diagonal. Needs an observation operator and
+        independent errors (a diagonal ``W``: a subset of correlated rows would need the
+        inverse of the covariance's block). The new object owns its matrices. Collective."""
+        chosen = np.asarray(chosen, dtype=np.int64)
+        start, end = self.metric.getOwnershipRange()
+        if self.index is not None:  # (the same rows whatever the ranks that own them)
+            local = np.nonzero(np.isin(self.index, chosen))[0]
+        else:
+            local = chosen[(chosen >= start) & (chosen < end)] - start
+        diagonal = True
+        if self.operator is not None:
+            try:  # (a dense metric, correlated noise, has no CSR form)
+                indptr, columns, _ = self.metric.getValuesCSR()
+            except PETSc.Error:
+                diagonal = False
+            else:
+                counts = np.diff(indptr)
+                diagonal = bool(
+                    np.all(counts <= 1) and np.array_equal(columns, np.nonzero(counts)[0] + start)
+                )
+        parallel.check_all(
+            self.comm,
+            self.operator is not None and diagonal,
+            f"{self.name}: a subset of the rows needs point or region observations with "
+            "independent errors (a diagonal noise metric), not a full field or correlated noise",
+        )
+        parallel.check_all(
+            self.comm,
+            chosen.size == 0 or (chosen.min() >= 0 and chosen.max() < self.num_global),
+            lambda: f"{self.name}: rows outside 0..{self.num_global - 1} chosen",
+        )
+        assert self.operator is not None
+        weights = self.metric.getDiagonal()
+        local_weights = np.array(weights.array_r[local])
+        weights.destroy()
+        first = self.operator.getOwnershipRangeColumn()[0]
+        width = self.operator.getLocalSize()[1]
+        rows = PETSc.IS().createGeneral((local + start).astype(PETSc.IntType), comm=self.comm)
+        columns = PETSc.IS().createStride(width, first=first, step=1, comm=self.comm)
+        operator = self.operator.createSubMatrix(rows, columns)
+        for obj in (rows, columns):
+            obj.destroy()
+        return Observations(
+            self.space,
+            operator,
+            self.data[local],
+            diagonal_metric(self.comm, local_weights),
+            self.name if name is None else name,
+            index=None if self.index is None else self.index[local],
+        )
+
     def destroy(self) -> None:
         for obj in (self.operator, self.metric, self._r, self._wr, self._bu):
             if obj is not None:

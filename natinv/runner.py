@@ -256,7 +256,7 @@ def _iterate(
         assert isinstance(built, InverseSetup)
         stopped = _run_tao(case, built, optimizer, history, limit, say, start)
     sampled = isinstance(optimizer, SampledGaussNewton)
-    every = _check_every(case, built) if sampled else 1
+    every = _check_every(case, optimizer) if sampled else 1
     while not isinstance(optimizer, FieldBaseline) and len(history) < limit:
         progress.restart()
         record = optimizer.step()
@@ -307,14 +307,10 @@ def _iterate(
     return built.write(history, _summary(case, built, history, stopped, timings))
 
 
-def _check_every(case: Case, built: Any) -> int:
+def _check_every(case: Case, optimizer: SampledGaussNewton) -> int:
     """Sampled steps: check the whole misfit every ``optimizer.check_every`` steps, by default
-    once per pass over the experiments (E / batch steps)."""
-    settings = case.optimizer
-    if settings.check_every:
-        return settings.check_every
-    count = len(built.problem.experiments)
-    return max(1, -(-count // (settings.batch or count)))
+    once per pass over the experiments or rows (E / batch or N / batch steps)."""
+    return case.optimizer.check_every or optimizer.per_pass
 
 
 def _stop(case: Case, built: Any, misfit: float, error: float | None) -> str | None:

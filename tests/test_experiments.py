@@ -204,11 +204,14 @@ def test_synthesize_writes_every_experiment_with_the_same_sensors_and_its_own_no
     assert all(np.abs(n).max() > 0 for n in noise)
 
 
-@pytest.mark.parametrize("sampling", ["experiments", "combinations"])
+@pytest.mark.parametrize(
+    ("sampling", "batch"), [("experiments", "1"), ("combinations", "1"), ("rows", "0.34")]
+)
 def test_a_sampled_run_checks_the_whole_misfit_and_resumes_to_the_same_iterates(
-    comm, shared_tmp, sampling
+    comm, shared_tmp, sampling, batch
 ):
-    """``optimizer.batch = 1`` of 3 experiments (or one random combination of the three): the
+    """``optimizer.batch = 1`` of 3 experiments (or one random combination of the three, or
+    13 of their 36 observation rows, ``batch = 0.34``): the
     whole misfit is checked once per pass (3 steps: NaN in between in history.csv), the
     summary's misfit is the whole one; 4 steps straight equal 2 steps and a resume to 4 (the
     samples drawn again from the seed, SPRING's velocity and the damping in the checkpoint) to
@@ -219,7 +222,7 @@ def test_a_sampled_run_checks_the_whole_misfit_and_resumes_to_the_same_iterates(
         folder = shared_tmp / f"{sampling}-{label}"
         for i, n in enumerate(steps):
             args = ["run", str(path), "--quiet", "--iterations", str(n)]
-            args += ["--set", f"output.folder='{folder}'", "--set", "optimizer.batch=1"]
+            args += ["--set", f"output.folder='{folder}'", "--set", f"optimizer.batch={batch}"]
             args += ["--set", f"optimizer.sampling='{sampling}'"]
             args += ["--set", "output.checkpoint_every=2"]
             assert main(args + (["--resume"] if i else [])) == 0

@@ -95,7 +95,9 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # check_every = 4                          # the whole misfit (the discrepancy stop) every
                                                # N sampled steps (default E / batch: a pass)
     # sampling = "experiments"                 # or "combinations": batch random combinations
-                                               # Σ ±(experiment k)/σ_k of all of them
+                                               # Σ ±(experiment k)/σ_k of all of them; or
+                                               # "rows": batch of the observation rows (of
+                                               # all experiments; 0.1: a tenth of them)
 
     [uncertainty]                              # optional: a Laplace approximation at the end
     prior_precision = "evidence"               # neural field: δ of θ ~ N(0, δ⁻¹I), a number,
@@ -402,9 +404,10 @@ def _check_batch(root: _Table, optimizer: Any, experiments: list[Any]) -> None:
         return
     count = max(len(experiments), 1)
     where = f"{root.source}: optimizer.batch"
-    if isinstance(optimizer.batch, float):  # a fraction of the experiments
+    rows = optimizer.sampling == "rows"  # (rows: counted once the data are read)
+    if isinstance(optimizer.batch, float) and not rows:  # a fraction of the experiments
         optimizer.batch = max(1, math.ceil(optimizer.batch * count - 1e-9))
-    if optimizer.batch > count:
+    if optimizer.batch > count and not rows:
         raise CaseError(f"{where}: {optimizer.batch} experiments per step, the case has {count}")
     if optimizer.kind != "ngd" or optimizer.metric != "gauss-newton" or optimizer.solver != "lm":
         raise CaseError(

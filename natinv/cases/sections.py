@@ -588,8 +588,9 @@ STEPS = ("log-grid", "armijo")
 
 
 def _batch(t: _Table) -> int | float | None:
-    """``batch``: experiments per sampled step, a count (0: all of them, full steps) or a
-    fraction of them in (0, 1) (resolved against the case's experiments by the loader)."""
+    """``batch``: experiments (or rows) per sampled step, a count (0: full steps) or a
+    fraction of them in (0, 1) (resolved against the case's experiments by the loader, against
+    the observation rows by the optimizer)."""
     value = t.get("batch", 0)
     if isinstance(value, float) and 0 < value < 1:
         return value
@@ -598,8 +599,8 @@ def _batch(t: _Table) -> int | float | None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         raise t.fail(
             "batch",
-            f"expected a number of experiments (an integer >= 0, 0: all) or a fraction of them "
-            f"in (0, 1), got {value!r}",
+            f"expected a number of experiments or rows (an integer >= 0, 0: full steps) or a "
+            f"fraction of them in (0, 1), got {value!r}",
         )
     return value or None
 
@@ -634,7 +635,7 @@ def _optimizer(t: _Table, problem: str, truth: str | None, parametric: bool) -> 
         lr=t.number("lr", 1e-2, low=0.0, low_open=True),
         batch=batch,
         check_every=t.integer("check_every", 0, low=0),
-        sampling=t.string("sampling", "experiments", ("experiments", "combinations")),
+        sampling=t.string("sampling", "experiments", ("experiments", "combinations", "rows")),
     )
     if optimizer.batch is not None and problem != "inverse":
         raise t.fail("batch", "sampled steps need an inverse case with several experiments")

@@ -559,11 +559,13 @@ class Model:
         SuperLU_DIST factorisation: in PETSc 3.25 such a block gives wrong results (another
         column layout) or frees memory twice (a narrower block, 2 ranks). Factors kept across
         solves (a transient model's steps) see several shapes; one refactorisation each time
-        the shape changes. Collective."""
+        the shape changes on any rank (every rank's column count is in the shape: a layout
+        that changed on one rank alone is refactorised by all). Collective."""
         pc = ksp.getPC()
         if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
             return
-        shape = (self.assemblies, rhs.getSize()[1], rhs.getLocalSize()[1])
+        layout = tuple(self.comm.allgather(rhs.getLocalSize()[1]))
+        shape = (self.assemblies, rhs.getSize()[1], layout)
         last = self._op.block_shapes.get(id(ksp))
         if last is not None and last[0] == shape[0] and last != shape:
             operators = ksp.getOperators()

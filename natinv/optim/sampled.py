@@ -29,6 +29,12 @@ Both are restarted (the plain step taken instead) when the step with momentum do
 same sample) or fixed. The natural momenta that keep the last velocity as a function on the
 rows (``natural-heavy-ball``...) do not apply: consecutive samples have other rows.
 
+``sampling="rows"`` draws ``b`` of the ``N`` observation rows instead (sensors, region
+averages, of any experiment): ``L_S = (N/b) Σ_{i∈S} ½ w_i ρ_i²``, unbiased the same way. A step
+then solves the states of the experiments with a drawn row and one transposed solve per drawn
+row (fewer where experiments share the operator and the sensors), and forms ``b`` rows: what
+it saves over a full step is the rows' transposed solves and products, not the state solves.
+
 :meth:`SampledGaussNewton.full_misfit` evaluates the whole misfit (E state solves), what a
 discrepancy stop needs every few steps. θ, the samples, the velocity and every decision are
 identical on all ranks.
@@ -36,6 +42,7 @@ identical on all ranks.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, ClassVar
 
@@ -120,13 +127,16 @@ class SampledGaussNewton:
     Args:
         objective: the inverse objective of a neural field (its problem's experiments are
             sampled; point or region observations, no full field).
-        batch: experiments (or combinations) per step, ``1 ≤ batch ≤ E`` (``E``: with
-            ``sampling="experiments"`` every step is the full one).
+        batch: experiments (or combinations, or rows) per step, ``1 ≤ batch ≤ E`` (``N``
+            rows), or a fraction of them in (0, 1) (``E``: with ``sampling="experiments"``
+            every step is the full one).
         sampling: ``"experiments"`` (a sample of them per step) or ``"combinations"`` (random
             combinations of all of them, Haber, Chung & Herrmann 2012: ``batch`` experiments
             ``Σ_k ξ_k σ_k⁻¹ (experiment k)`` with Rademacher signs ξ, an unbiased estimate of
             the whole misfit; for experiments that share the operator and the sensors, each
-            with one noise level).
+            with one noise level) or ``"rows"`` (``batch`` of the ``N`` observation rows of all
+            experiments, uniformly without replacement, misfit × N / b; the experiments with
+            no drawn row are not solved; point or region sensors with independent errors).
         momentum: ``"none"``, ``"heavy-ball"`` or ``"spring"``.
         beta: the momentum factor in [0, 1).
         damping: λ relative to ``max diag(G)`` of the first sample.
@@ -136,11 +146,12 @@ class SampledGaussNewton:
     """
 
     MOMENTA: ClassVar[tuple[str, ...]] = ("none", "heavy-ball", "spring")
+    SAMPLINGS: ClassVar[tuple[str, ...]] = ("experiments", "combinations", "rows")
 
     def __init__(
         self,
         objective: InverseObjective,
-        batch: int,
+        batch: int | float,
         *,
         momentum: str = "none",
         beta: float = 0.0,
@@ -153,9 +164,19 @@ class SampledGaussNewton:
         self.problem = objective.problem
         self.field = objective.field
         self.comm = objective.comm
-        count = len(self.problem.experiments)
+        if sampling not in self.SAMPLINGS:
+            raise ValueError(f"Unknown sampling {sampling!r}; choose one of {self.SAMPLINGS}")
+        self.sampling = sampling
+        # the rows sampled from: every block's, experiment by experiment
+        self._blocks = [(e, obs) for e in self.problem.experiments for obs in e.observations]
+        self._offsets = np.cumsum([0] + [obs.num_global for _, obs in self._blocks])
+        count = int(self._offsets[-1]) if sampling == "rows" else len(self.problem.experiments)
+        what = "observation rows" if sampling == "rows" else "experiments"
+        if isinstance(batch, float) and 0.0 < batch < 1.0:  # a fraction of them
+            batch = max(1, math.ceil(batch * count - 1e-9))
         if not (isinstance(batch, int) and 1 <= batch <= count):
-            raise ValueError(f"Invalid batch {batch}: experiments per step, in 1..{count}")
+            raise ValueError(f"Invalid batch {batch}: {what} per step, in 1..{count}")
+        self.count = count
         if momentum not in self.MOMENTA:
             raise ValueError(f"Unknown momentum {momentum!r}; choose one of {self.MOMENTA}")
         if not (0.0 <= beta < 1.0):
@@ -172,15 +193,19 @@ class SampledGaussNewton:
         self.history: list[dict[str, Any]] = []
         self._operators: dict[int, tuple[Any, int]] = {}  # Bᵀ per sensor set, all samples
         self.sample: list[int] = []
-        if sampling not in ("experiments", "combinations"):
-            raise ValueError(
-                f"Unknown sampling {sampling!r}; choose 'experiments' or 'combinations'"
-            )
-        self.sampling = sampling
         self._combinations: list[_Combination] = []
-        self.signs = np.zeros((0, count))  # the combinations' ξ of the current step
+        self.signs = np.zeros((0, len(self.problem.experiments)))  # the combinations' ξ
+        self._subsets: list[Observations] = []  # the rows of the current step (sampling rows)
         if sampling == "combinations":
             self._combinations = self._build_combinations()
+        if sampling == "rows":
+            self._check_rows()
+
+    @property
+    def per_pass(self) -> int:
+        """Steps per pass: ``⌈E / batch⌉`` experiments (or combinations), ``⌈N / batch⌉``
+        rows."""
+        return max(1, -(-self.count // self.batch))
 
     def draw(self) -> list[int]:
         """The next sample: experiment indices, or (combinations) the rows of :attr:`signs`
@@ -192,10 +217,37 @@ class SampledGaussNewton:
         return [int(i) for i in chosen]
 
     def _next(self) -> npt.NDArray[Any]:
-        count = len(self.problem.experiments)
         if self.sampling == "combinations":
-            return self.rng.choice([-1.0, 1.0], size=(self.batch, count))
-        return np.sort(self.rng.choice(count, size=self.batch, replace=False))
+            return self.rng.choice([-1.0, 1.0], size=(self.batch, len(self.problem.experiments)))
+        return np.sort(self.rng.choice(self.count, size=self.batch, replace=False))
+
+    def _check_rows(self) -> None:
+        """Sampling rows: every experiment steady, every block of point or region sensors with
+        independent errors (one message on every rank). Collective."""
+        parallel.check_all(
+            self.comm,
+            all(type(e) is Experiment for e in self.problem.experiments),
+            "sampled observation rows: every experiment must be a steady one (time series: "
+            "sample the experiments)",
+        )
+        for _, obs in self._blocks:  # (an empty subset runs the block's own checks)
+            obs.subset(np.zeros(0, dtype=np.int64)).destroy()
+
+    def _row_view(self) -> InverseProblem:
+        """The sampled rows as experiments of their own (each drawn block's rows of an
+        experiment that has any, sharing its model), misfit × N / b."""
+        chosen = np.asarray(self.sample, dtype=np.int64)
+        block = np.searchsorted(self._offsets, chosen, side="right") - 1
+        experiments: dict[int, Experiment] = {}
+        for b in np.unique(block):
+            experiment, obs = self._blocks[b]
+            subset = obs.subset(chosen[block == b] - self._offsets[b])
+            self._subsets.append(subset)
+            key = id(experiment)
+            if key not in experiments:
+                experiments[key] = Experiment(experiment.model, [], experiment.name)
+            experiments[key].observations.append(subset)  # type: ignore[attr-defined]
+        return self.problem.view_of(list(experiments.values()), self.count / self.batch)
 
     def _build_combinations(self) -> list[_Combination]:
         """``batch`` combination slots: a twin of the first model and a copy of its sensors
@@ -257,6 +309,8 @@ class SampledGaussNewton:
         drawn combinations (misfit × 1/b: each an unbiased estimate of the whole misfit)."""
         if self.sampling == "experiments":
             return self.problem.view(self.sample)
+        if self.sampling == "rows":
+            return self._row_view()
         data = [e.observations[0].data for e in self.problem.experiments]
         for combination, signs in zip(self._combinations, self.signs, strict=True):
             combination.combine(signs, self._scales, data)
@@ -288,15 +342,21 @@ class SampledGaussNewton:
         start = time.perf_counter()
         self.sample = self.draw()
         view = self._view()
-        rows = ObservationRows(self.field, view, operators=self._operators)
+        # (the rows' subsets are new each step: their Bᵀ are not kept for the next)
+        operators = {} if self.sampling == "rows" else self._operators
+        rows = ObservationRows(self.field, view, operators=operators)
         metric = rows.metric()
         gram = Gram(rows, metric)
         solver = SampleSpaceSolver(gram, self.damping)
         try:
             record = self._step(view, rows, gram, solver)
         finally:
-            for obj in (solver, gram, metric, rows):
+            for obj in (solver, gram, metric, rows, *self._subsets):
                 obj.destroy()
+            if operators is not self._operators:
+                for matrix, _ in operators.values():
+                    matrix.destroy()
+            self._subsets = []
         record["time"] = time.perf_counter() - start
         self.history.append(record)
         return record
