@@ -20,7 +20,8 @@ Printed: seconds per step, its ratio to one experiment's, factorisations and ope
 
 Part 2 (``--part sampling``) follows sampled steps on the same problem over seeds; part 3
 (``--part case --seeds 3``) runs the shipped ``cases/eit_disk.toml`` through ``natinv run``,
-full steps against sampled ones (``--methods name:batch:momentum:beta[:combinations],...``).
+full steps against sampled ones (``--methods name:batch:momentum:beta[:sampling],...``, the
+sampling ``experiments``, ``combinations`` or ``rows``).
 """
 
 from __future__ import annotations
@@ -272,12 +273,13 @@ def shipped_case(
             row = {
                 "seed": seed,
                 "method": f"{label} b={batch} {momentum} β={beta}"
-                + (" combined" if sampling == "combinations" else ""),
+                + {"combinations": " combined", "rows": " rows"}.get(sampling, ""),
                 "its": len(history),
                 "stopped": summary["stopped"],
                 "time": float(elapsed[-1]),
                 "error": float(errors[-1]),
                 "solves": summary["pde_solves"]["state"],
+                "operator": summary["pde_solves"]["operator"],
                 "reach": elapsed[reached[0]] / full_time if reached.size else float("nan"),
             }
             table.append(row)
@@ -286,12 +288,13 @@ def shipped_case(
         print("error ÷ the full run's time to its stop (same seed)")
         print(
             f"{'seed':>4} {'method':<28} {'its':>4} {'stopped':>12} {'time':>6} {'error':>7} "
-            f"{'state solves':>12} {'reach':>6}"
+            f"{'state solves':>12} {'operator':>8} {'reach':>6}"
         )
         for r in table:
             print(
                 f"{r['seed']:>4} {r['method']:<28} {r['its']:>4} {r['stopped']:>12} "
-                f"{r['time']:6.1f} {r['error']:7.3f} {r['solves']:>12} {r['reach']:6.2f}"
+                f"{r['time']:6.1f} {r['error']:7.3f} {r['solves']:>12} {r['operator']:>8} "
+                f"{r['reach']:6.2f}"
             )
         print("medians over the seeds:")
         for method in dict.fromkeys(r["method"] for r in table):
@@ -299,7 +302,8 @@ def shipped_case(
             print(
                 f"  {method:<28} time {np.median([r['time'] for r in rows]):6.1f}  error "
                 f"{np.median([r['error'] for r in rows]):.3f}  state solves "
-                f"{np.median([r['solves'] for r in rows]):6.0f}  reach "
+                f"{np.median([r['solves'] for r in rows]):6.0f}  operator solves "
+                f"{np.median([r['operator'] for r in rows]):6.0f}  reach "
                 f"{np.nanmedian([r['reach'] for r in rows]):.2f}  stopped at the noise level "
                 f"{sum(r['stopped'] == 'discrepancy' for r in rows)}/{len(rows)}"
             )

@@ -191,6 +191,7 @@ class SampledGaussNewton:
         self.velocity: Vector | None = None  # p_{k−1} (heavy-ball) or φ_{k−1} (spring)
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        self.timings: dict[str, float] = {}  # the rows' and the Gram matrices' seconds, summed
         self._operators: dict[int, tuple[Any, int]] = {}  # Bᵀ per sensor set, all samples
         self.sample: list[int] = []
         self._combinations: list[_Combination] = []
@@ -350,6 +351,8 @@ class SampledGaussNewton:
         solver = SampleSpaceSolver(gram, self.damping)
         try:
             record = self._step(view, rows, gram, solver)
+            for key, seconds in gram.timings.items():  # (each step's Gram is a new one)
+                self.timings[key] = self.timings.get(key, 0.0) + seconds
         finally:
             for obj in (solver, gram, metric, rows, *self._subsets):
                 obj.destroy()
