@@ -150,10 +150,11 @@ def compare(
 
 
 def _measured(case: Any) -> bool:
-    """Whether the data are point or region measurements with a noise level (a full field
-    keeps the case's own α: its misfit is an integral, not a sum over σ-scaled values)."""
-    return isinstance(case, InverseCase) and (
-        case.data.sensors is not None or case.data.averages is not None
+    """Whether the data are point or region measurements with a noise level, of the case or
+    of every experiment (a full field keeps the case's own α: its misfit is an integral, not a
+    sum over σ-scaled values)."""
+    return isinstance(case, InverseCase) and all(
+        one.data.sensors is not None or one.data.averages is not None for one in case.each()
     )
 
 

@@ -312,3 +312,23 @@ def test_check_prints_every_experiments_loads_and_the_shared_work(comm, shared_t
         assert "sampled: 8 of the 16 experiments a step" in out
     else:
         assert out == ""
+
+
+def test_compare_searches_the_baselines_alpha_for_a_case_of_experiments(comm, shared_tmp):
+    """A case whose data are its experiments' files is measured data too: ``natinv compare
+    --optimizers tao-nls`` chooses α by the discrepancy principle over the grid (1e3 does not
+    fit, 0.1 does; the search is a row of its own), instead of running TAO unregularised."""
+    path = _three(shared_tmp, comm)
+    folder = shared_tmp / "cmp-three"
+    args = ["compare", str(path), "--optimizers", "tao-nls", "--alphas", "1e3,0.1"]
+    assert main([*args, "--iterations", "60", "--set", f"output.folder='{folder}'"]) == 0
+    rows = (folder / "comparison.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["tao-nls", "tao-nls:α-search"]
+    assert "α = 0.1 (3 runs)" in rows[2]
+
+    def summary(sub: str) -> dict:
+        return json.loads((folder / "compare" / "tao-nls" / sub / "summary.json").read_text())
+
+    large, small = summary("alpha-1000"), summary("alpha-0.1")
+    assert large["misfit"] > large["discrepancy_level"] >= small["misfit"]
+    assert summary(".")["stopped"] == "discrepancy"
