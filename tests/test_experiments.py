@@ -95,7 +95,7 @@ def test_a_case_poses_several_experiments_with_their_own_loads_and_files(comm, s
         ("model.dirichlet=[]", "no Dirichlet side and no Robin term"),
         ("model.flux={ value = '1' }", "model.flux.boundary: missing"),
         ("model.robin={ boundary = 'all', coefficient = 0 }", "model.robin.coefficient"),
-        ("model.kind='source'", "several experiments need model.kind = 'diffusion'"),
+        ("model.kind='source'", "several experiments need model.kind = 'diffusion' or"),
         ("data.sensors='x.csv'", "each experiment names its own data files"),
         ("optimizer.batch=4", "4 experiments per step, the case has 3"),
         ("optimizer.batch=2", "sampled steps take momentum"),
@@ -187,6 +187,91 @@ def test_several_experiments_factorise_once_per_parameter_and_their_gradient_is_
         built.close()
     reference = comm.bcast(total, root=0)
     assert abs(total - reference) <= 1e-12 * reference
+
+
+# a cantilever loaded three ways: a tip load down, a pull along it, its own weight
+BEAM = """
+seed = 1
+[mesh]
+builtin = "rectangle"
+extent = [2.0, 0.5]
+cells = [12, 4]
+[model]
+kind = "elasticity"
+dirichlet = [1]
+traction = { boundary = 2, value = [0.0, -0.01] }
+[parameter]
+network = [2, 6, 1]
+truth = "1 + exp(-20*((x-1.2)**2 + (y-0.25)**2))"
+[synthesize]
+layout = "grid:5x3"
+refine = 1
+degree = 3
+noise = 0.002
+[[experiment]]
+name = "tip"
+sensors = "tip.csv"
+[[experiment]]
+name = "pull"
+traction = { boundary = 2, value = [0.02, 0.0] }
+sensors = "pull.csv"
+[[experiment]]
+name = "weight"
+load = [0.0, -0.02]
+traction = { boundary = 2, value = [0.0, 0.0] }
+sensors = "weight.csv"
+"""
+
+
+def test_a_structure_loaded_several_ways_shares_one_factorisation_and_an_exact_gradient(
+    comm, shared_tmp
+):
+    """Elasticity experiments: each its own body load and traction (the model's where not
+    given), its data synthesized; built, they share one factorisation per parameter (one
+    assembly for three states), the summed misfit equals the sum of each experiment built as a
+    case of its own (relative 1e-12), and its gradient passes the Taylor test (orders ≥ 1.9).
+    A diffusion load in an elasticity experiment is refused by name."""
+    path = write_shared(shared_tmp / "beam.toml", BEAM, comm)
+    if not comm.bcast((shared_tmp / "weight.csv").exists(), root=0):
+        assert main(["synthesize", str(path)]) == 0
+    comm.Barrier()
+    case = load_case(path)
+    views = case.each()
+    assert [v.model.traction for v in views] == [
+        (2, [0.0, -0.01]),
+        (2, [0.02, 0.0]),
+        (2, [0.0, 0.0]),
+    ]
+    assert [v.model.load for v in views] == [[0.0, 0.0], [0.0, 0.0], [0.0, -0.02]]
+    built = build_problem(case, comm)
+    try:
+        problem, field = built.problem, built.field
+        assert built.num_sensors == 3 * 15 * 2  # (two displacement components per sensor)
+        models = [e.model for e in problem.experiments]
+        assert all(m._op is models[0]._op for m in models)
+        m = field.values()
+        before = models[0]._op.assemblies
+        total = problem.value(m)
+        assert models[0]._op.assemblies == before + 1
+        parts = []
+        for view in views:
+            alone = build_problem(view, comm)
+            try:
+                parts.append(alone.problem.value(m))
+            finally:
+                alone.close()
+        assert abs(total - sum(parts)) <= 1e-12 * total
+        rng = np.random.default_rng(comm.rank)
+        direction = 0.2 * rng.standard_normal(m.size)
+        value0, gradient = problem.value_and_gradient(m)
+        slope = parallel.allreduce_sum(comm, float(gradient @ direction))
+        orders = taylor_orders(problem.value, m, value0, slope, direction, [1e-2, 5e-3, 2.5e-3])
+        assert orders.min() >= 1.9, orders
+    finally:
+        built.close()
+    bad = BEAM.replace('name = "tip"', 'name = "tip"\nflux = { boundary = 2, value = "1" }')
+    with pytest.raises(CaseError, match=r"experiment\[0\]\.flux: not a load of model\.kind"):
+        load_case(write_shared(shared_tmp / "bad-beam.toml", bad, comm))
 
 
 def test_synthesize_writes_every_experiment_with_the_same_sensors_and_its_own_noise(

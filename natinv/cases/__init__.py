@@ -60,9 +60,10 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     name = "cos1"                              # load case of the same model and unknown,
     flux = { boundary = "all", value = "cos(theta)" }  # its source, flux or boundary_value
     sensors = "data/eit/cos1.csv"              # replacing the model's, its own data files
-    # averages = "...", sigma = 0.01; [data] then holds only a default sigma. Experiments
-    # share one factorisation of the operator per parameter, and those with the same
-    # sensors share the transposed solves of the Gauss–Newton rows (cases/eit_disk.toml).
+    # averages = "...", sigma = 0.01; [data] then holds only a default sigma. Elasticity:
+    # each experiment's load = [fx, fy] and traction = { boundary = 2, value = [tx, ty] }.
+    # Experiments share one factorisation of the operator per parameter, and those with the
+    # same sensors share the transposed solves of the Gauss–Newton rows (cases/eit_disk.toml).
 
     [synthesize]                               # `natinv synthesize CASE`
     layout = "random:60"; refine = 1; degree = 3; noise = 0.01   # layout: or grid:NxM, or

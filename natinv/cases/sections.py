@@ -165,7 +165,41 @@ def _robin(t: _Table) -> tuple[list[int | str] | str, float, str]:
     return robin
 
 
-def _experiments(root: _Table, base: Path, model: ModelSettings) -> list[ExperimentSettings]:
+def _load(t: _Table, gdim: int) -> list[float] | None:
+    """``load = [fx, fy(, fz)]``: an elastic body force (None where not given)."""
+    if "load" not in t.data:
+        return None
+    load = t.get("load")
+    if not _numbers(load, gdim):
+        shown = ", ".join(f"f{c}" for c in ("x", "y", "z")[:gdim])
+        raise t.fail("load", f"expected [{shown}] (numbers), got {load!r}")
+    return [float(v) for v in load]
+
+
+def _traction(t: _Table, gdim: int) -> tuple[int, list[float]] | None:
+    """``traction = { boundary = 2, value = [tx, ty(, tz)] }`` (None where not given)."""
+    if "traction" not in t.data:
+        return None
+    tt = t.table("traction")
+    value = tt.get("value")
+    if not _numbers(value, gdim):
+        shown = ", ".join(f"t{c}" for c in ("x", "y", "z")[:gdim])
+        raise tt.fail("value", f"expected [{shown}] (numbers), got {value!r}")
+    traction = (tt.integer("boundary", low=0), [float(v) for v in value])
+    tt.finish()
+    return traction
+
+
+# what an experiment may change of each model kind's loads
+EXPERIMENT_LOADS = {
+    "diffusion": ("source", "flux", "boundary_value"),
+    "elasticity": ("load", "traction"),
+}
+
+
+def _experiments(
+    root: _Table, base: Path, model: ModelSettings, gdim: int
+) -> list[ExperimentSettings]:
     """The ``[[experiment]]`` tables: each experiment's loads (what differs from ``[model]``)
     and its data files."""
     if "experiment" not in root.data:
@@ -173,24 +207,32 @@ def _experiments(root: _Table, base: Path, model: ModelSettings) -> list[Experim
     value = root.get("experiment")
     if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
         raise root.fail("experiment", "expected [[experiment]] tables (an array of tables)")
-    if model.kind != "diffusion":
+    if model.kind not in EXPERIMENT_LOADS:
         raise root.fail(
             "experiment",
-            f"several experiments need model.kind = 'diffusion' (got {model.kind!r}); other "
-            "models take one experiment, the [model] and [data] tables",
+            f"several experiments need model.kind = 'diffusion' or 'elasticity' (got "
+            f"{model.kind!r}); other models take one experiment, the [model] and [data] tables",
         )
+    loads = EXPERIMENT_LOADS[model.kind]
     experiments: list[ExperimentSettings] = []
     for k, item in enumerate(value):
         t = _Table(item, f"experiment[{k}]", root.source)
         name = t.string("name", f"experiment-{k + 1:02d}")
         if not name or any(c in name for c in '/\\:*?"<>|') or name.strip() != name:
             raise t.fail("name", f"expected a name usable in file names, got {name!r}")
+        other = [key for keys in EXPERIMENT_LOADS.values() for key in keys if key not in loads]
+        for key in other:
+            if key in t.data:
+                raise t.fail(key, f"not a load of model.kind = {model.kind!r} (its loads: {loads})")
         sigma = t.get("sigma", None)
+        elastic = model.kind == "elasticity"
         experiment = ExperimentSettings(
             name=name,
-            source=t.formula("source", None),
-            flux=_fluxes(t) if "flux" in t.data else None,
-            boundary_value=t.formula("boundary_value", None),
+            source=None if elastic else t.formula("source", None),
+            flux=_fluxes(t) if "flux" in t.data and not elastic else None,
+            boundary_value=None if elastic else t.formula("boundary_value", None),
+            load=_load(t, gdim) if elastic else None,
+            traction=_traction(t, gdim) if elastic else None,
             sensors=t.file("sensors", base, None, exists=False),
             averages=t.file("averages", base, None, exists=False),
             sigma=None if sigma is None else t.number("sigma", low=0.0, low_open=True),
@@ -286,19 +328,8 @@ def _inverse(
     if t.get("dirichlet", "all") != []:  # (an empty list: no Dirichlet side)
         dirichlet = _dirichlet_tags(t, "dirichlet")
     names = ("x", "y", "z")[:gdim]
-    load = t.get("load", [0.0] * gdim)
-    if not _numbers(load, gdim):
-        shown = ", ".join(f"f{c}" for c in names)
-        raise t.fail("load", f"expected [{shown}] (numbers), got {load!r}")
-    traction = None
-    if "traction" in t.data:
-        tt = t.table("traction")
-        value = tt.get("value")
-        if not _numbers(value, gdim):
-            shown = ", ".join(f"t{c}" for c in names)
-            raise tt.fail("value", f"expected [{shown}] (numbers), got {value!r}")
-        traction = (tt.integer("boundary", low=0), [float(v) for v in value])
-        tt.finish()
+    load = _load(t, gdim) or [0.0] * gdim
+    traction = _traction(t, gdim)
     kind = t.string("kind", "diffusion", MODELS)
     timing: dict[str, Any] = {}
     if kind in TRANSIENT:
@@ -347,7 +378,7 @@ def _inverse(
         dirichlet=dirichlet,
         boundary_value=t.formula("boundary_value", "0") or "0",
         **boundary_loads,
-        load=[float(v) for v in load],
+        load=load,
         traction=traction,
         coefficient=t.string("coefficient", "identity", ("identity", "exp")),
         poisson_ratio=t.number(
@@ -371,7 +402,7 @@ def _inverse(
     )
     t.finish()
 
-    experiments = _experiments(root, base, model)
+    experiments = _experiments(root, base, model, gdim)
     t = root.table("data", required=not experiments)
     if experiments:
         for key in ("sensors", "averages", "field"):

@@ -101,6 +101,8 @@ class ExperimentSettings:
     source: str | None = None
     flux: list[tuple[list[int | str] | str, str]] | None = None
     boundary_value: str | None = None
+    load: list[float] | None = None  # elasticity: the body force
+    traction: tuple[int, list[float]] | None = None  # elasticity
     sensors: Path | None = None
     averages: Path | None = None
     sigma: float | None = None
@@ -251,6 +253,8 @@ class InverseCase(Case):
                 boundary_value=(
                     self.model.boundary_value if e.boundary_value is None else e.boundary_value
                 ),
+                load=self.model.load if e.load is None else e.load,
+                traction=self.model.traction if e.traction is None else e.traction,
             )
             data = DataSettings(
                 sensors=e.sensors,
