@@ -148,8 +148,11 @@ FIELD_AS_LOG = (
     ],
 )
 def test_two_runs_give_the_same_history(comm, shared_tmp, kind):
-    """Every optimizer kind repeats its iterates to the bit (the case's direct solves are
-    static in parallel: MUMPS's dynamic scheduling made 2-rank TAO runs differ)."""
+    """Every optimizer kind repeats its iterates to the bit on 1 and 2 ranks (the case's
+    direct solves are static there: MUMPS's dynamic scheduling made 2-rank TAO runs differ).
+    On 3 or more ranks SuperLU_DIST's solves sum in the order messages arrive (1e-16 apart
+    from run to run, measured): there the histories agree to 1e-9, relative (measured 4e-14
+    after 3 iterations)."""
     histories = []
     for label in ("first", "second"):
         folder = shared_tmp / label
@@ -168,7 +171,14 @@ def test_two_runs_give_the_same_history(comm, shared_tmp, kind):
         with open(folder / "history.csv", newline="") as stream:
             rows = list(csv.DictReader(stream))
         histories.append([[r[k] for k in r if k not in ("time", "elapsed")] for r in rows])
-    assert len(histories[0]) >= 2 and histories[0] == histories[1]
+    assert len(histories[0]) >= 2 and len(histories[0]) == len(histories[1])
+    if comm.size <= 2:
+        assert histories[0] == histories[1]
+        return
+    for first, second in zip(histories[0], histories[1], strict=True):
+        assert first[:2] == second[:2]
+        a, b = (np.array([float(v) for v in row[2:]]) for row in (first, second))
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=0.0, equal_nan=True)
 
 
 class _Payload:
