@@ -150,6 +150,35 @@ def test_a_model_flux_and_a_pure_neumann_case_read_as_written(comm, shared_tmp):
         load_case(path, ["model.kind='reaction'"])
 
 
+def _shared_sum_and_gradient(case, built, comm) -> float:  # type: ignore[no-untyped-def]
+    """Checks that every experiment's model shares the first one's operator, that one
+    assembly serves all the states, that the summed misfit equals the sum of each experiment
+    built as a case of its own (1e-12, relative) and that its gradient passes the Taylor test
+    (orders ≥ 1.9); returns the sum. Collective."""
+    problem = built.problem
+    models = [e.model for e in problem.experiments]
+    assert all(m._op is models[0]._op for m in models)
+    m = built.field.values()
+    before = models[0]._op.assemblies
+    total = problem.value(m)
+    assert models[0]._op.assemblies == before + 1  # one operator for every state
+    parts = []
+    for view in case.each():
+        alone = build_problem(view, comm)
+        try:
+            parts.append(alone.problem.value(m))
+        finally:
+            alone.close()
+    assert abs(total - sum(parts)) <= 1e-12 * total
+    rng = np.random.default_rng(comm.rank)
+    direction = 0.2 * rng.standard_normal(m.size)
+    value0, gradient = problem.value_and_gradient(m)
+    slope = parallel.allreduce_sum(comm, float(gradient @ direction))
+    orders = taylor_orders(problem.value, m, value0, slope, direction, [1e-2, 5e-3, 2.5e-3])
+    assert orders.min() >= 1.9, orders
+    return total
+
+
 def test_several_experiments_factorise_once_per_parameter_and_their_gradient_is_exact(
     comm, shared_tmp
 ):
@@ -160,29 +189,9 @@ def test_several_experiments_factorise_once_per_parameter_and_their_gradient_is_
     case = load_case(_three(shared_tmp, comm))
     built = build_problem(case, comm)
     try:
-        problem, field = built.problem, built.field
         assert built.num_sensors == 36 and built.discrepancy == 18.0
         assert built.sites[0].shape == (12, 2)  # (the figures' places: each sensor once)
-        models = [e.model for e in problem.experiments]
-        assert all(m._op is models[0]._op for m in models)
-        m = field.values()
-        before = models[0]._op.assemblies
-        total = problem.value(m)
-        assert models[0]._op.assemblies == before + 1  # one operator for three states
-        parts = []
-        for view in case.each():
-            alone = build_problem(view, comm)
-            try:
-                parts.append(alone.problem.value(m))
-            finally:
-                alone.close()
-        assert abs(total - sum(parts)) <= 1e-12 * total
-        rng = np.random.default_rng(comm.rank)
-        direction = 0.2 * rng.standard_normal(m.size)
-        value0, gradient = problem.value_and_gradient(m)
-        slope = parallel.allreduce_sum(comm, float(gradient @ direction))
-        orders = taylor_orders(problem.value, m, value0, slope, direction, [1e-2, 5e-3, 2.5e-3])
-        assert orders.min() >= 1.9, orders
+        total = _shared_sum_and_gradient(case, built, comm)
     finally:
         built.close()
     reference = comm.bcast(total, root=0)
@@ -245,28 +254,8 @@ def test_a_structure_loaded_several_ways_shares_one_factorisation_and_an_exact_g
     assert [v.model.load for v in views] == [[0.0, 0.0], [0.0, 0.0], [0.0, -0.02]]
     built = build_problem(case, comm)
     try:
-        problem, field = built.problem, built.field
         assert built.num_sensors == 3 * 15 * 2  # (two displacement components per sensor)
-        models = [e.model for e in problem.experiments]
-        assert all(m._op is models[0]._op for m in models)
-        m = field.values()
-        before = models[0]._op.assemblies
-        total = problem.value(m)
-        assert models[0]._op.assemblies == before + 1
-        parts = []
-        for view in views:
-            alone = build_problem(view, comm)
-            try:
-                parts.append(alone.problem.value(m))
-            finally:
-                alone.close()
-        assert abs(total - sum(parts)) <= 1e-12 * total
-        rng = np.random.default_rng(comm.rank)
-        direction = 0.2 * rng.standard_normal(m.size)
-        value0, gradient = problem.value_and_gradient(m)
-        slope = parallel.allreduce_sum(comm, float(gradient @ direction))
-        orders = taylor_orders(problem.value, m, value0, slope, direction, [1e-2, 5e-3, 2.5e-3])
-        assert orders.min() >= 1.9, orders
+        _shared_sum_and_gradient(case, built, comm)
     finally:
         built.close()
     bad = BEAM.replace('name = "tip"', 'name = "tip"\nflux = { boundary = 2, value = "1" }')
