@@ -9,7 +9,6 @@ mesh, the spaces, the unknown, the observations and the optimizer settings that 
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,8 @@ def check_case(case: Case, comm: MPI.Comm = MPI.COMM_WORLD) -> list[str]:
         raise parallel.CollectiveError(f"{case.source}: output.folder: {problem}")
     built: Any = build_problem(case, comm)
     try:
+        if isinstance(case, InverseCase):
+            built.rows_per_step(case)
         lines = _report(case, built, comm, checkpointed)
     finally:
         built.close()
@@ -139,7 +140,7 @@ def _report(case: Case, built: Any, comm: MPI.Comm, checkpointed: bool) -> list[
         of = "random combinations of the" if settings.sampling == "combinations" else "of the"
         drawn = f"{settings.batch} {of} {len(built.experiments)} experiments"
         if settings.sampling == "rows":
-            drawn = f"{_sampled_rows(settings.batch, built)} of the {built.num_sensors} rows"
+            drawn = f"{built.rows_per_step(case)} of the {built.num_sensors} rows"
         damping = f"sampled: {drawn} a step, λ={settings.damping:g}·max diag G fixed"
     detail = (
         f" ({settings.metric}, {damping}, {settings.momentum}"
@@ -241,7 +242,7 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
             what = f"at most {what}: those with a drawn row,"
         transposed = _transposed_solves(built, used)
         if sampled_rows:
-            transposed = min(transposed, _sampled_rows(case.optimizer.batch, built))
+            transposed = min(transposed, built.rows_per_step(case))
         rows = (
             f", {'at most ' if sampled_rows else ''}{transposed} transposed solves for the "
             "Gauss–Newton rows (in blocks)"
@@ -258,13 +259,6 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
             0, f"  memory     per rank: {', '.join(parts)}; {fmt(budget)} available per rank"
         )
     return lines
-
-
-def _sampled_rows(batch: float, built: Any) -> int:
-    """Rows per sampled step: ``batch``, or its fraction of every experiment's rows."""
-    if isinstance(batch, float) and batch < 1.0:
-        return max(1, math.ceil(batch * built.num_sensors - 1e-9))
-    return int(batch)
 
 
 def _transposed_solves(built: Any, used: int) -> int:

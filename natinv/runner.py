@@ -185,6 +185,8 @@ def run(
     folder = case.output
     built = build_problem(case, comm)
     try:
+        if isinstance(built, InverseSetup):  # (before the folder is claimed)
+            built.rows_per_step(case)  # type: ignore[arg-type]
         with (
             output.claim_folder(comm, folder, results=output.RESULTS, resume=resume, force=force),
             progress.reporting(comm, enabled=not quiet),

@@ -406,3 +406,21 @@ def test_compare_searches_the_baselines_alpha_for_a_case_of_experiments(comm, sh
     large, small = summary("alpha-1000"), summary("alpha-0.1")
     assert large["misfit"] > large["discrepancy_level"] >= small["misfit"]
     assert summary(".")["stopped"] == "discrepancy"
+
+
+def test_more_sampled_rows_than_the_case_has_is_one_error_before_any_folder(
+    comm, shared_tmp, capsys
+):
+    """``sampling = "rows"`` with ``batch = 40`` of the three experiments' 36 rows: `check`
+    and `run` each end with one error naming the key and both counts, and `run` makes no
+    result folder."""
+    path = _three(shared_tmp, comm)
+    folder = shared_tmp / "too-many-rows"
+    sets = ["--set", "optimizer.batch=40", "--set", "optimizer.sampling='rows'"]
+    assert main(["check", str(path), *sets]) == 2
+    assert main(["run", str(path), "--quiet", *sets, "--set", f"output.folder='{folder}'"]) == 2
+    errors = capsys.readouterr().err
+    message = "optimizer.batch: 40 rows per step, the case has 36"
+    if comm.rank == 0:
+        assert errors.count(message) == 2, errors
+    assert not folder.exists()

@@ -12,6 +12,7 @@ synthesis too. This module imports no application module above it (runner, compa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,24 @@ class InverseSetup:
     def num_sensors(self) -> int:
         """The measured values of every experiment."""
         return int(sum(e.num_values for e in self.experiments))
+
+    def rows_per_step(self, case: InverseCase) -> int | None:
+        """``optimizer.batch`` with ``sampling = "rows"``: the rows per sampled step (a
+        fraction of every experiment's rows resolved), or None for other settings. Local.
+
+        Raises:
+            CaseError: more rows per step than the case has (the same on every rank)."""
+        batch, total = case.optimizer.batch, self.num_sensors
+        if not batch or case.optimizer.sampling != "rows":
+            return None
+        rows = int(batch)
+        if isinstance(batch, float) and batch < 1.0:
+            rows = max(1, math.ceil(batch * total - 1e-9))
+        if rows > total:
+            raise CaseError(
+                f"{case.source}: optimizer.batch: {rows} rows per step, the case has {total}"
+            )
+        return rows
 
     @property
     def comm(self) -> MPI.Comm:
