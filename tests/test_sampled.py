@@ -64,6 +64,15 @@ def free(objective, problem, models_):  # type: ignore[no-untyped-def]
         model.destroy()
 
 
+def assert_same_steps(comm, first, second) -> None:  # type: ignore[no-untyped-def]
+    """Bitwise the same iterates on 1 and 2 ranks, 1e-12 relative beyond (on 3 ranks two
+    runs of the full method itself differ in the last bits: 1e-14 measured)."""
+    if comm.size <= 2:
+        assert np.array_equal(first, second)
+    else:
+        assert np.abs(first - second).max() <= 1e-12 * np.abs(first).max()
+
+
 def test_a_sample_of_every_experiment_takes_the_full_steps_bitwise(comm):
     """With batch = E the sample is the whole problem (weight 1): three sampled steps give
     bitwise the iterates of the full natural Gauss–Newton method (sample-space direction,
@@ -88,11 +97,7 @@ def test_a_sample_of_every_experiment_takes_the_full_steps_bitwise(comm):
             for obj in (solver, gram, gram.metric, gram.rows):
                 obj.destroy()
         free(objective, problem, models_)
-    if comm.size <= 2:
-        assert np.array_equal(thetas[0], thetas[1])
-    else:
-        scale = np.abs(thetas[0]).max()
-        assert np.abs(thetas[0] - thetas[1]).max() <= 1e-12 * scale
+    assert_same_steps(comm, *thetas)
 
 
 def test_the_sampled_gradient_is_unbiased(comm):
@@ -289,11 +294,7 @@ def test_a_sample_of_every_row_takes_the_full_steps_bitwise(comm):
         thetas.append(np.array(optimizer.theta))
         optimizer.destroy()
         free(objective, problem, models_)
-    if comm.size <= 2:
-        assert np.array_equal(thetas[0], thetas[1])
-    else:
-        scale = np.abs(thetas[0]).max()
-        assert np.abs(thetas[0] - thetas[1]).max() <= 1e-12 * scale
+    assert_same_steps(comm, *thetas)
 
 
 def test_sampled_rows_estimate_the_whole_misfit_and_gradient_without_bias(comm):
