@@ -211,7 +211,6 @@ the least-squares direction, and at 6.8e-6 instead of 1.7e-6 after 100 ``lm`` st
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from pathlib import Path
@@ -229,6 +228,7 @@ from natinv.cases.settings import (
     MeshSettings,
     SynthesizeSettings,
     UncertaintySettings,
+    sample_size,
 )
 from natinv.cases.table import CaseError, _Table
 
@@ -411,7 +411,7 @@ def _check_batch(root: _Table, optimizer: Any, experiments: list[Any]) -> None:
     where = f"{root.source}: optimizer.batch"
     rows = optimizer.sampling == "rows"  # (rows: counted once the data are read)
     if isinstance(optimizer.batch, float) and not rows:  # a fraction of the experiments
-        optimizer.batch = max(1, math.ceil(optimizer.batch * count - 1e-9))
+        optimizer.batch = sample_size(optimizer.batch, count)
     if optimizer.batch > count and not rows:
         raise CaseError(f"{where}: {optimizer.batch} experiments per step, the case has {count}")
     if optimizer.kind != "ngd" or optimizer.metric != "gauss-newton" or optimizer.solver != "lm":

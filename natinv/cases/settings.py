@@ -6,6 +6,7 @@ must load none of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = [
     "SolutionSettings",
     "SynthesizeSettings",
     "UncertaintySettings",
+    "sample_size",
 ]
 
 
@@ -90,6 +92,14 @@ class DataSettings:
     field: Path | None = None
     sigma: float | None = None
     averages: Path | None = None
+
+
+def sample_size(batch: int | float, total: int) -> int:
+    """``optimizer.batch`` as a count of ``total`` (experiments or rows): a fraction in (0, 1)
+    rounded up (at least one), a count as it is."""
+    if isinstance(batch, float) and 0.0 < batch < 1.0:
+        return max(1, math.ceil(batch * total - 1e-9))
+    return int(batch)
 
 
 @dataclass

@@ -42,7 +42,6 @@ identical on all ranks.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, ClassVar
 
@@ -50,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from natinv import parallel
+from natinv.cases.settings import sample_size
 from natinv.directions import LevenbergMarquardt, SampleSpaceSolver
 from natinv.gram import Gram
 from natinv.objectives.inverse import (
@@ -173,7 +173,7 @@ class SampledGaussNewton:
         count = int(self._offsets[-1]) if sampling == "rows" else len(self.problem.experiments)
         what = "observation rows" if sampling == "rows" else "experiments"
         if isinstance(batch, float) and 0.0 < batch < 1.0:  # a fraction of them
-            batch = max(1, math.ceil(batch * count - 1e-9))
+            batch = sample_size(batch, count)
         if not (isinstance(batch, int) and 1 <= batch <= count):
             raise ValueError(f"Invalid batch {batch}: {what} per step, in 1..{count}")
         self.count = count

@@ -12,7 +12,6 @@ synthesis too. This module imports no application module above it (runner, compa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy.typing as npt
 
 from natinv import domain, figures, metrics, models, output, parallel
 from natinv.cases import CaseError, InverseCase
+from natinv.cases.settings import sample_size
 from natinv.data import SensorData, read_field, read_sensors
 from natinv.fields import FourierFeatures, InputChain, NeuralField, ReferenceBox, mlp
 from natinv.objectives.inverse import (
@@ -295,9 +295,7 @@ class InverseSetup:
         batch, total = case.optimizer.batch, self.num_sensors
         if not batch or case.optimizer.sampling != "rows":
             return None
-        rows = int(batch)
-        if isinstance(batch, float) and batch < 1.0:
-            rows = max(1, math.ceil(batch * total - 1e-9))
+        rows = sample_size(batch, total)
         if rows > total:
             raise CaseError(
                 f"{case.source}: optimizer.batch: {rows} rows per step, the case has {total}"
