@@ -245,6 +245,33 @@ def test_kept_operators_follow_the_parameter(comm):
     free(problem)
 
 
+@pytest.mark.parametrize("kind", ["diffusion", "nonlinear"])
+def test_a_gradient_at_the_last_solved_parameter_solves_no_state_again(comm, kind):
+    """A line search ends on the accepted trial, whose state was solved: the gradient there
+    (value_and_gradient after value at the same m) solves no state again, and equals the one
+    of a fresh solve (bitwise for a linear model; a Newton solve restarts from another state:
+    to its tolerance, 1e-10); another m, or a state set from outside (restore), solves anew."""
+    problem, m = build(comm, kind, "points", regularization=None)
+    model = problem.experiments[0].model
+    values = np.array(m.x.array[: m.function_space.dofmap.index_map.size_local])
+    problem.value(values)
+    solves = model.solves
+    value, gradient = problem.value_and_gradient(values)
+    assert model.solves == solves
+    problem.value(1.1 * values)
+    assert model.solves == solves + 1
+    model.restore(np.array(model.u.x.array))
+    fresh_value, fresh_gradient = problem.value_and_gradient(values)
+    assert model.solves == solves + 2
+    if kind == "nonlinear":
+        assert abs(fresh_value - value) <= 1e-9 * abs(value)
+        assert np.abs(fresh_gradient - gradient).max() <= 1e-9 * np.abs(gradient).max()
+    else:
+        assert fresh_value == value
+        assert np.array_equal(fresh_gradient, gradient)
+    free(problem)
+
+
 def test_full_field_rows_use_tangent_solves(comm):
     problem, m = build(comm, "diffusion", "full", regularization=None)
     field = natinv.NeuralField(m.function_space, natinv.mlp((2, 3, 1), seed=2), "exp")

@@ -443,12 +443,31 @@ class Model:
         re-assembled at it for a nonlinear model, kept for a linear one. Collective."""
         self.u.x.array[:] = values
         self.version += 1
+        self.solved_parameter = None  # (a state set from outside; its owner says whose it is)
         if self.varying_operator:
             self._assemble_operator()
         elif self._operator_current() or not self.reuse_operator:
             self._state_of_A = (self._op.generation, self.version)
         else:
             self._assemble_operator()
+
+    def solved(self) -> bool:
+        """Whether the state is the solution for the current ``m`` and ``A`` (with its factors)
+        is still the operator at it, so that adjoint and tangent solves may follow without a
+        new solve. This rank's view (see :meth:`solve_if_needed`). Local."""
+        return (
+            self.solved_parameter is not None
+            and self._state_of_A == (self._op.generation, self.version)
+            and np.array_equal(self.solved_parameter, self.m.x.array)
+        )
+
+    def solve_if_needed(self) -> dolfinx.fem.Function:
+        """:meth:`solve` unless the state is already the solution for the current ``m``
+        (:meth:`solved` on every rank): a gradient right after the line search's accepted
+        trial costs no second factorisation. Collective."""
+        if parallel.allreduce_max(self.comm, not self.solved()):
+            return self.solve()
+        return self.u
 
     def _solve_nonlinear(self) -> None:
         if self._nonlinear is None:

@@ -70,14 +70,11 @@ class Experiment:
 
     def current(self) -> bool:
         """Whether the state belongs to the model's current parameter (this rank's view)."""
-        model = self.model
-        return model.solved_parameter is not None and np.array_equal(
-            model.solved_parameter, model.m.x.array
-        )
+        return self.model.solved()
 
     def solve(self) -> None:
-        """The state for the current parameter. Collective."""
-        self.model.solve()
+        """The state for the current parameter (solved again only when it is not). Collective."""
+        self.model.solve_if_needed()
 
     def misfit(
         self, timings: dict[str, float], gradient: bool = False
@@ -174,7 +171,14 @@ class TransientExperiment:
         self._predicted: list[npt.NDArray[np.float64]] = []
 
     _owned = Experiment._owned
-    current = Experiment.current
+
+    def current(self) -> bool:
+        """Whether the trajectory belongs to the model's current parameter (this rank's
+        view)."""
+        model = self.model
+        return model.solved_parameter is not None and np.array_equal(
+            model.solved_parameter, model.m.x.array
+        )
 
     def solve(self) -> None:
         """The trajectory for the current parameter, and its predicted values. Collective."""
