@@ -161,14 +161,19 @@ def describe_error(exc: BaseException) -> str:
 
 
 def direct_solver(comm: Comm) -> str:
-    """The sparse direct solver natinv factorises with on ``comm``: MUMPS on one rank,
-    SuperLU_DIST on more. MUMPS schedules its parallel factorisation dynamically, so two runs on
-    the same ranks differ in the last bits, and an optimizer's line search turns that into
-    different iterates (measured: 25 to 41 TAO iterations for one case on 2 ranks);
-    SuperLU_DIST's parallel factorisation is static and repeats bitwise on 2 ranks (on 3 or
-    more its solves sum in the order messages arrive: runs differ by 1e-16, measured on a P2
-    Laplacian; iterates then agree to round-off, not bitwise)."""
-    return "mumps" if comm.size == 1 else "superlu_dist"
+    """The sparse direct solver natinv factorises with by default: MUMPS, on any number of
+    ranks. On the 3D bracket (100 k P2 dofs, 2 ranks) an iteration takes 2.6× less time than
+    with SuperLU_DIST, whose factorisation and block solves are slower and whose transposed
+    solve is wrong in PETSc 3.25 (a second factorisation for nonsymmetric operators).
+
+    The price is repeatability: MUMPS schedules its parallel factorisation dynamically, so two
+    launches on 2 or more ranks differ in the last bits (measured 1e-16 relative), and a line
+    search can turn that into different iterates (a TAO run took 25 to 41 iterations from one
+    launch to the next). SuperLU_DIST's parallel factorisation is static and repeats bitwise on
+    2 ranks (on 3 or more its solves, too, sum in the order messages arrive): choose it with
+    ``[model] solver = "superlu_dist"`` or ``-natinv_model_pc_factor_mat_solver_type
+    superlu_dist``. On one rank both repeat bitwise."""
+    return "mumps"
 
 
 def allreduce_sum(comm: Comm, value: float) -> float:

@@ -45,6 +45,14 @@ def petsc_options() -> Iterator[PETSc.Options]:
         opts.delValue(key)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that compare N ranks with one (``several_ranks``): ``-m ranks`` selects
+    them for the runs on 3 and 4 ranks."""
+    for item in items:
+        if "several_ranks" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ranks)
+
+
 @pytest.fixture
 def several_ranks(comm: MPI.Comm) -> None:
     """For tests that compare a run on all ranks with one on a single rank (COMM_SELF): run

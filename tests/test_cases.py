@@ -107,6 +107,11 @@ sigma = 0.01
             r"optimizer\.solver: \"least-squares\" solves from the residual rows: .* not 'h1'",
         ),
         ("", ["model.dt=0.1"], r"model\.dt: only for a transient model \(kind = 'heat'\)"),
+        (
+            "",
+            ["model.solver='umfpack'"],
+            r"model\.solver: expected one of \['mumps', 'superlu_dist'\], got 'umfpack'",
+        ),
         ("", ["model.memory=100"], r"model\.memory: only for a transient model"),
         ("", ["model.diffusion=0.1"], r"model\.diffusion: only for kind = 'reaction'"),
         (

@@ -66,6 +66,21 @@ def _three(folder: Path, comm, extra: str = "") -> Path:  # type: ignore[no-unty
     return path
 
 
+@pytest.mark.parametrize("solver", [None, "superlu_dist"])
+def test_the_case_names_the_direct_solver_of_every_experiment(comm, shared_tmp, solver):
+    """``[model] solver``: every experiment's factorisation is MUMPS by default (the fastest
+    measured) or the one the case names (SuperLU_DIST for runs that repeat bitwise)."""
+    path = _three(shared_tmp, comm)
+    case = load_case(path, [f"model.solver='{solver}'"] if solver else [])
+    built = build_problem(case, comm)
+    try:
+        for experiment in built.problem.experiments:
+            pc = experiment.model.ksp.getPC()
+            assert (pc.getType(), pc.getFactorSolverType()) == ("lu", solver or "mumps")
+    finally:
+        built.close()
+
+
 def test_a_case_poses_several_experiments_with_their_own_loads_and_files(comm, shared_tmp):
     """Each experiment is the case's model with its own source, fluxes and Dirichlet values
     (the others the model's), and its own sensor file; an experiment's view is a case of its

@@ -148,12 +148,13 @@ FIELD_AS_LOG = (
     ],
 )
 def test_two_runs_give_the_same_history(comm, shared_tmp, kind):
-    """Every optimizer kind repeats its iterates to the bit on 1 rank, and on 2 ranks all
-    but TAO's LMVM (the case's direct solves are static there: MUMPS's dynamic scheduling made
-    2-rank TAO runs differ). On 3 or more ranks SuperLU_DIST's solves sum in the order
-    messages arrive (1e-16 apart from run to run, measured), and on 2 ranks TAO's LMVM runs
-    differ by 8e-15 after 3 iterations in 3 of 4 launches (the source not isolated): there the
-    histories agree to 1e-9, relative (measured 4e-14)."""
+    """With the repeatable solver (``model.solver = "superlu_dist"``) every optimizer kind
+    repeats its iterates to the bit on 1 rank, and on 2 ranks all but TAO's LMVM (SuperLU_DIST's
+    parallel factorisation is static; the default MUMPS schedules dynamically and 2-rank TAO runs
+    differed). On 3 or more ranks SuperLU_DIST's solves sum in the order messages arrive
+    (1e-16 apart from run to run, measured), and on 2 ranks TAO's LMVM runs differ by 8e-15
+    after 3 iterations in 3 of 4 launches (the source not isolated): there the histories agree
+    to 1e-9, relative (measured 4e-14)."""
     histories = []
     for label in ("first", "second"):
         folder = shared_tmp / label
@@ -162,6 +163,7 @@ def test_two_runs_give_the_same_history(comm, shared_tmp, kind):
             f"optimizer.kind='{kind}'",
             "optimizer.stop='none'",
             "regularization.alpha=0.1",
+            "model.solver='superlu_dist'",
             f"output.folder='{folder}'",
             # the finite-element field as log κ (no step of L-BFGS can make κ ≤ 0)
             *(FIELD_AS_LOG if kind.startswith("tao") else ()),

@@ -40,6 +40,9 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # formula), memory = 1024 (MiB per rank for the stored states; beyond it checkpoints);
     # its source may name t: source = "50*exp(-((x - 0.2 - 3*t)**2 + (y - 0.5)**2)/0.02)"
     # (a moving hot spot; evaluated in the forms at each step's times, no %)
+    # solver = "mumps"                         # the sparse direct solver: "mumps" (the fastest)
+                                               # or "superlu_dist" (runs on 2 ranks repeat
+                                               # bitwise; MUMPS's differ in the last bits)
 
     [parameter]
     degree = 1

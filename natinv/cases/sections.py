@@ -14,6 +14,7 @@ from typing import Any
 from natinv.cases.settings import (
     ACTIVATIONS,
     BUILTIN_MESHES,
+    DIRECT_SOLVERS,
     MESH_SUFFIXES,
     MODELS,
     MOMENTA,
@@ -381,6 +382,7 @@ def _inverse(
         load=load,
         traction=traction,
         coefficient=t.string("coefficient", "identity", ("identity", "exp")),
+        solver=t.string("solver", "mumps", DIRECT_SOLVERS),
         poisson_ratio=t.number(
             "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
         ),

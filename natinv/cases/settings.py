@@ -66,10 +66,18 @@ class ModelSettings:
     flux: list[tuple[list[int | str] | str, str]] = field(default_factory=list)
     # diffusion: κ∇u·n + c (u − value) = flux on boundary tags: (tags or "all", c > 0, value)
     robin: tuple[list[int | str] | str, float, str] | None = None
+    # the sparse direct solver of the state, adjoint and tangent solves (DIRECT_SOLVERS)
+    solver: str = "mumps"
 
     @property
     def transient(self) -> bool:
         return self.kind in TRANSIENT
+
+
+#: The sparse direct solvers a case may name (PETSc's names): MUMPS, the default (the fastest,
+#: measured), and SuperLU_DIST, whose runs on 2 ranks repeat bitwise
+#: (:func:`natinv.parallel.direct_solver`).
+DIRECT_SOLVERS = ("mumps", "superlu_dist")
 
 
 @dataclass

@@ -107,7 +107,7 @@ class FieldBaseline:
             ksp.setType(PETSc.KSP.Type.CG)
             if self.comm.size == 1:
                 ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
-            else:  # (SuperLU_DIST has no Cholesky; it repeats bitwise, MUMPS does not)
+            else:  # (PETSc's own Cholesky is serial)
                 ksp.getPC().setType(PETSc.PC.Type.LU)
                 ksp.getPC().setFactorSolverType(parallel.direct_solver(self.comm))
         self.tao.setFromOptions()

@@ -173,6 +173,8 @@ def model_of(
     coefficient), filled by the first. Collective."""
     bcs = dirichlet(case, state, facets)
     prefix = "natinv_model_"
+    # (the -natinv_model_pc_factor_mat_solver_type of the command line wins)
+    solver = {"petsc_options": {"pc_factor_mat_solver_type": case.model.solver}}
     if case.model.kind == "elasticity":
         traction, measure = None, None
         if case.model.traction is not None:
@@ -188,6 +190,7 @@ def model_of(
             traction_measure=measure,
             poisson_ratio=case.model.poisson_ratio,
             options_prefix=prefix,
+            **solver,
         )
     if case.model.kind == "heat":
         initial = dolfinx.fem.Function(state, name="initial")
@@ -205,11 +208,14 @@ def model_of(
             scheme=case.model.scheme,
             memory=int(case.model.memory * 2**20),
             options_prefix=prefix,
+            **solver,
         )
     source = dolfinx.fem.Function(state, name="source")
     interpolate(source, case.model.source, "model.source", case)
     if case.model.kind == "source":
-        return models.source(state, parameter, kappa=source, bcs=bcs, options_prefix=prefix)
+        return models.source(
+            state, parameter, kappa=source, bcs=bcs, options_prefix=prefix, **solver
+        )
     if case.model.kind == "reaction":
         return models.reaction(
             state,
@@ -218,6 +224,7 @@ def model_of(
             f=source,
             bcs=bcs,
             options_prefix=prefix,
+            **solver,
         )
     if case.model.kind == "diffusion":
         return models.diffusion(
@@ -227,9 +234,12 @@ def model_of(
             bcs=bcs,
             coefficient=case.model.coefficient,
             options_prefix=prefix,
+            **solver,
             **_boundary_loads(case, state, facets, {} if shared is None else shared),
         )
-    return models.nonlinear_diffusion(state, parameter, f=source, bcs=bcs, options_prefix=prefix)
+    return models.nonlinear_diffusion(
+        state, parameter, f=source, bcs=bcs, options_prefix=prefix, **solver
+    )
 
 
 def models_of(
