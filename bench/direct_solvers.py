@@ -1,14 +1,18 @@
-"""The parallel direct solvers natinv can factorise with: time and run-to-run repeatability.
+"""The state solvers natinv can use: time, memory and run-to-run repeatability.
 
 A P2 diffusion operator −∇·(κ∇u) + u on the box [0, 2] × [0, 1] × [0, 1] (``2n × n × n``
-cells, κ a smooth bump), factorised ``--repeats`` times by each solver; each time one solve
-and one block solve of 100 right-hand sides (what the Gauss–Newton rows ask). Printed per
-solver: the best factorisation + solve time, the best block solve time, and the largest
-difference between the repeats' solutions (0: bitwise repeatable on this rank count).
+cells, κ a smooth bump), set up ``--repeats`` times by each solver (a factorisation, or CG's
+multigrid hierarchy for ``cg``: natinv's ``ITERATIVE_OPTIONS``); each time two solves and one
+block solve of ``--columns`` right-hand sides (what the Gauss–Newton rows ask; 0: none).
+Printed per solver: the best set-up + solve time, the best second solve (on the set-up), CG's
+iterations, the best block solve time, the largest difference between the repeats' solutions
+(0: bitwise repeatable on this rank count) and the largest peak RSS of a rank.
 
     OMP_NUM_THREADS=1 mpirun -n 2 .venv/bin/python bench/direct_solvers.py --cells 10
     OMP_NUM_THREADS=1 mpirun -n 3 .venv/bin/python bench/direct_solvers.py --cells 10 \\
         --solvers superlu_dist,superlu_dist:mat_superlu_dist_r=3:mat_superlu_dist_c=1
+    OMP_NUM_THREADS=1 mpirun -n 2 .venv/bin/python bench/direct_solvers.py --cells 40 \\
+        --solvers cg --columns 0 --repeats 1
 
 A solver is ``name[:option=value...]`` (PETSc options without the dash).
 """
@@ -16,6 +20,7 @@ A solver is ``name[:option=value...]`` (PETSc options without the dash).
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 try:  # the PyPI wheel's PETSc (a conda or Docker DOLFINx needs none)
@@ -30,6 +35,8 @@ import dolfinx
 import dolfinx.fem.petsc
 import numpy as np
 import ufl
+
+from natinv.models import ITERATIVE_OPTIONS
 
 
 def operator(comm: MPI.Comm, cells: int) -> tuple[PETSc.Mat, dolfinx.mesh.Mesh]:
@@ -57,7 +64,7 @@ def measure(
         key, value = item.split("=")
         options[key] = value
     rhs = PETSc.Mat().createDense(
-        ((matrix.getLocalSize()[0], matrix.getSize()[0]), (None, columns)), comm=comm
+        ((matrix.getLocalSize()[0], matrix.getSize()[0]), (None, max(columns, 1))), comm=comm
     )
     rhs.setUp()
     block = rhs.getDenseArray()
@@ -65,14 +72,20 @@ def measure(
     rhs.assemble()
     b = matrix.createVecLeft()
     b.set(1.0)
-    best = {"factor": np.inf, "block": np.inf}
+    best = {"factor": np.inf, "again": np.inf, "block": np.inf}
     solutions = []
     for _ in range(repeats):
         ksp = PETSc.KSP().create(comm)
         ksp.setOperators(matrix)
-        ksp.setType("preonly")
-        ksp.getPC().setType("lu")
-        ksp.getPC().setFactorSolverType(name)
+        if name == "cg":  # natinv's iterative solver (models.ITERATIVE_OPTIONS)
+            prefix = f"bench_cg_{len(solutions)}_"
+            ksp.setOptionsPrefix(prefix)
+            for key, value in ITERATIVE_OPTIONS.items():
+                options[f"{prefix}{key}"] = value
+        else:
+            ksp.setType("preonly")
+            ksp.getPC().setType("lu")
+            ksp.getPC().setFactorSolverType(name)
         ksp.setFromOptions()
         x = b.duplicate()
         out = rhs.duplicate()
@@ -82,7 +95,13 @@ def measure(
         comm.Barrier()
         best["factor"] = min(best["factor"], time.perf_counter() - start)
         start = time.perf_counter()
-        ksp.matSolve(rhs, out)
+        ksp.solve(b, x)
+        comm.Barrier()
+        best["again"] = min(best["again"], time.perf_counter() - start)
+        best["iterations"] = ksp.getIterationNumber() if name == "cg" else 1
+        start = time.perf_counter()
+        if columns:
+            ksp.matSolve(rhs, out)
         comm.Barrier()
         best["block"] = min(best["block"], time.perf_counter() - start)
         solutions.append(np.concatenate([x.array_r, out.getDenseArray().ravel()]))
@@ -90,6 +109,9 @@ def measure(
             obj.destroy()
     for item in settings:
         options.delValue(item.split("=")[0])
+    for key in list(options.getAll()):
+        if key.startswith("bench_cg_"):
+            options.delValue(key)
     b.destroy()
     rhs.destroy()
     spread = max((float(np.abs(s - solutions[0]).max()) for s in solutions[1:]), default=0.0)
@@ -111,13 +133,18 @@ def main() -> None:
             f"{comm.size} rank(s), P2 operator of {matrix.getSize()[0]} dofs, {args.repeats} "
             f"factorisations, {args.columns}-column blocks"
         )
-        print(f"{'solver':<48} {'factor+solve [s]':>16} {'block [s]':>10} {'repeats differ':>15}")
+        print(
+            f"{'solver':<48} {'factor+solve [s]':>16} {'again [s]':>10} {'its':>4} "
+            f"{'block [s]':>10} {'repeats differ':>15} {'peak GB':>8}"
+        )
     for solver in args.solvers.split(","):
         result = measure(comm, matrix, solver, args.repeats, args.columns)
+        peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
         if comm.rank == 0:
             print(
-                f"{solver:<48} {result['factor']:16.2f} {result['block']:10.2f} "
-                f"{result['spread']:15.2e}"
+                f"{solver:<48} {result['factor']:16.2f} {result['again']:10.2f} "
+                f"{result['iterations']:4d} {result['block']:10.2f} {result['spread']:15.2e} "
+                f"{peak:8.2f}"
             )
     matrix.destroy()
 

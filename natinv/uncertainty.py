@@ -343,8 +343,8 @@ class LowRankLaplace:
         self._ksp.setOperators(prior)
         self._ksp.setType("preonly")
         self._ksp.getPC().setType("lu")
-        # MUMPS on any number of ranks: SuperLU_DIST's block solve (MatMatSolve) corrupted
-        # memory on 2 ranks with PETSc 3.25 here; the prior's solves give σ, not iterates
+        # MUMPS whatever the case's solver: SuperLU_DIST's block solve (MatMatSolve)
+        # corrupted memory on 2 ranks with PETSc 3.25 here; the prior's solves give σ only
         self._ksp.getPC().setFactorSolverType("mumps")
         self._x, self._y = prior.createVecs()
         start, stop = prior.getOwnershipRange()

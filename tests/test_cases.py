@@ -110,7 +110,12 @@ sigma = 0.01
         (
             "",
             ["model.solver='umfpack'"],
-            r"model\.solver: expected one of \['mumps', 'superlu_dist'\], got 'umfpack'",
+            r"model\.solver: expected one of \['mumps', 'superlu_dist', 'cg'\], got 'umfpack'",
+        ),
+        (
+            "",
+            ["model.kind='nonlinear-diffusion'", "model.solver='cg'"],
+            r"model\.solver: 'cg' \(conjugate gradients\) needs a symmetric positive definite",
         ),
         ("", ["model.memory=100"], r"model\.memory: only for a transient model"),
         ("", ["model.diffusion=0.1"], r"model\.diffusion: only for kind = 'reaction'"),
@@ -207,7 +212,9 @@ def test_the_headline_case_gives_what_the_readme_says(comm, shared_tmp):
 @pytest.mark.slow
 def test_the_baseline_on_the_headline_case_gives_what_the_readme_says(comm, shared_tmp):
     """`natinv compare … --optimizers tao-nls` on the headline case ends at the κ error the
-    README gives for this rank count (2 ranks, and one), to its printed digits. (The README
+    README gives for this rank count: on one rank to its printed digits; on 2 ranks, where
+    MUMPS's parallel factorisation rounds differently from launch to launch and TAO takes 5 to
+    8 iterations, within 0.006 of it (10× the spread measured: 0.0856 to 0.0863). (The README
     quotes 1 and 2 ranks; 3 ranks take another path again.)"""
     import csv
     import re
@@ -217,18 +224,21 @@ def test_the_baseline_on_the_headline_case_gives_what_the_readme_says(comm, shar
 
     readme = (ROOT / "README.md").read_text()
     found = re.search(
-        r"--optimizers tao-nls`, ends at ([0-9.]+) on 2 ranks and\s+([0-9.]+) on one", readme
+        r"--optimizers tao-nls`, ends at ([0-9.]+) on one rank and\s+([0-9.]+) on 2 ranks", readme
     )
     assert found is not None
-    quoted = found.group(2) if comm.size == 1 else found.group(1)
+    quoted = found.group(1) if comm.size == 1 else found.group(2)
     folder = shared_tmp / "baseline"
     args = ["compare", str(HOLE), "--optimizers", "tao-nls"]
     assert main([*args, "--set", f"output.folder='{folder}'"]) == 0
     comm.Barrier()
     with open(folder / "comparison.csv", newline="") as stream:
         rows = {r["optimizer"]: r for r in csv.DictReader(stream)}
-    digits = len(quoted.split(".")[1])
-    assert round(float(rows["tao-nls"]["relative_l2_error"]), digits) == float(quoted)
+    error = float(rows["tao-nls"]["relative_l2_error"])
+    if comm.size == 1:
+        assert round(error, len(quoted.split(".")[1])) == float(quoted)
+    else:
+        assert abs(error - float(quoted)) <= 0.006
 
 
 @pytest.mark.parametrize(

@@ -65,9 +65,10 @@ def free(objective, problem, models_):  # type: ignore[no-untyped-def]
 
 
 def assert_same_steps(comm, first, second) -> None:  # type: ignore[no-untyped-def]
-    """Bitwise the same iterates on 1 and 2 ranks, 1e-12 relative beyond (on 3 ranks two
-    runs of the full method itself differ in the last bits: 1e-14 measured)."""
-    if comm.size <= 2:
+    """Bitwise the same iterates on 1 rank, 1e-12 relative on more: there two factorisations
+    of one matrix differ in the last bits (MUMPS's dynamic scheduling; SuperLU_DIST's solves on
+    3 ranks), and so do two runs of the full method itself (3.3e-14 measured on 2 ranks)."""
+    if comm.size == 1:
         assert np.array_equal(first, second)
     else:
         assert np.abs(first - second).max() <= 1e-12 * np.abs(first).max()
@@ -76,7 +77,7 @@ def assert_same_steps(comm, first, second) -> None:  # type: ignore[no-untyped-d
 def test_a_sample_of_every_experiment_takes_the_full_steps_bitwise(comm):
     """With batch = E the sample is the whole problem (weight 1): three sampled steps give
     bitwise the iterates of the full natural Gauss–Newton method (sample-space direction,
-    Levenberg–Marquardt damping, Armijo steps: natinv run's default) on 1 and 2 ranks. (On 3
+    Levenberg–Marquardt damping, Armijo steps: natinv run's default) on 1 rank. (On more
     ranks two runs of the full method itself differ in the last bits, 1e-14 measured: there
     the claim is 1e-12, relative.)"""
     thetas = []
@@ -283,8 +284,7 @@ def test_combinations_of_experiments_that_cannot_be_combined_are_refused(comm):
 def test_a_sample_of_every_row_takes_the_full_steps_bitwise(comm):
     """``sampling="rows"`` with batch = N (every one of the 64 rows, weight 1): the rows'
     subsets are the blocks themselves, and three steps give bitwise the iterates of sampling
-    every experiment (itself the full method, above), on 1 and 2 ranks; 1e-12 relative
-    beyond."""
+    every experiment (itself the full method, above), on 1 rank; 1e-12 relative on more."""
     thetas = []
     for sampling, batch in (("experiments", 4), ("rows", 64)):
         objective, problem, models_ = loads(comm)

@@ -40,9 +40,13 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     # formula), memory = 1024 (MiB per rank for the stored states; beyond it checkpoints);
     # its source may name t: source = "50*exp(-((x - 0.2 - 3*t)**2 + (y - 0.5)**2)/0.02)"
     # (a moving hot spot; evaluated in the forms at each step's times, no %)
-    # solver = "mumps"                         # the sparse direct solver: "mumps" (the fastest)
-                                               # or "superlu_dist" (runs on 2 ranks repeat
-                                               # bitwise; MUMPS's differ in the last bits)
+    # solver = "mumps"                         # the state's solver: "mumps" (a factorisation,
+                                               # the fastest), "superlu_dist" (runs on 2 ranks
+                                               # repeat bitwise; MUMPS's differ in the last
+                                               # bits) or "cg" (conjugate gradients with
+                                               # algebraic multigrid: no factorisation, for
+                                               # states too large for one; diffusion, source,
+                                               # elasticity, heat)
 
     [parameter]
     degree = 1

@@ -14,12 +14,13 @@ from typing import Any
 from natinv.cases.settings import (
     ACTIVATIONS,
     BUILTIN_MESHES,
-    DIRECT_SOLVERS,
+    CG_MODELS,
     MESH_SUFFIXES,
     MODELS,
     MOMENTA,
     OPTIMIZERS,
     SOLVERS,
+    STATE_SOLVERS,
     TIME_SCHEMES,
     TRANSIENT,
     DataSettings,
@@ -189,6 +190,19 @@ def _traction(t: _Table, gdim: int) -> tuple[int, list[float]] | None:
     traction = (tt.integer("boundary", low=0), [float(v) for v in value])
     tt.finish()
     return traction
+
+
+def _state_solver(t: _Table, kind: str) -> str:
+    """``solver``: a sparse direct solver, or ``"cg"`` for the symmetric positive definite
+    models."""
+    solver = t.string("solver", "mumps", STATE_SOLVERS)
+    if solver == "cg" and kind not in CG_MODELS:
+        raise t.fail(
+            "solver",
+            f"'cg' (conjugate gradients) needs a symmetric positive definite operator: "
+            f"model.kind one of {list(CG_MODELS)}, not {kind!r}",
+        )
+    return solver
 
 
 # what an experiment may change of each model kind's loads
@@ -382,7 +396,7 @@ def _inverse(
         load=load,
         traction=traction,
         coefficient=t.string("coefficient", "identity", ("identity", "exp")),
-        solver=t.string("solver", "mumps", DIRECT_SOLVERS),
+        solver=_state_solver(t, kind),
         poisson_ratio=t.number(
             "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
         ),

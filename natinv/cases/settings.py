@@ -66,7 +66,7 @@ class ModelSettings:
     flux: list[tuple[list[int | str] | str, str]] = field(default_factory=list)
     # diffusion: κ∇u·n + c (u − value) = flux on boundary tags: (tags or "all", c > 0, value)
     robin: tuple[list[int | str] | str, float, str] | None = None
-    # the sparse direct solver of the state, adjoint and tangent solves (DIRECT_SOLVERS)
+    # the solver of the state, adjoint and tangent systems (STATE_SOLVERS)
     solver: str = "mumps"
 
     @property
@@ -74,10 +74,13 @@ class ModelSettings:
         return self.kind in TRANSIENT
 
 
-#: The sparse direct solvers a case may name (PETSc's names): MUMPS, the default (the fastest,
-#: measured), and SuperLU_DIST, whose runs on 2 ranks repeat bitwise
-#: (:func:`natinv.parallel.direct_solver`).
-DIRECT_SOLVERS = ("mumps", "superlu_dist")
+#: The solvers of the state, adjoint and tangent systems a case may name: the sparse direct
+#: solvers MUMPS, the default (the fastest measured), and SuperLU_DIST, whose runs on 2 ranks
+#: repeat bitwise (:func:`natinv.parallel.direct_solver`), or ``"cg"``, conjugate gradients
+#: with algebraic multigrid (:data:`natinv.models.ITERATIVE_OPTIONS`; symmetric positive
+#: definite operators: the models of ``CG_MODELS``), for states too large to factorise.
+STATE_SOLVERS = ("mumps", "superlu_dist", "cg")
+CG_MODELS = ("diffusion", "source", "elasticity", "heat")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Finite-element models from residual forms, and the built-in ones."""
 
-from natinv.models.base import Model
+from natinv.models.base import ITERATIVE_OPTIONS, Model
 from natinv.models.builtin import (
     diffusion,
     dirichlet,
@@ -8,11 +8,13 @@ from natinv.models.builtin import (
     nonlinear_diffusion,
     positive,
     reaction,
+    rigid_body_modes,
     source,
 )
 from natinv.models.transient import TransientModel, heat
 
 __all__ = [
+    "ITERATIVE_OPTIONS",
     "Model",
     "TransientModel",
     "diffusion",
@@ -22,5 +24,6 @@ __all__ = [
     "nonlinear_diffusion",
     "positive",
     "reaction",
+    "rigid_body_modes",
     "source",
 ]

@@ -5,7 +5,7 @@ A :class:`Model` takes a residual form in the state ``u ∈ V`` and a parameter 
 
 - the state solve: one linear solve when ``F`` is affine in ``u`` (detected from the form), else
   Newton (PETSc SNES); both under the model's PETSc options prefix;
-- ``A = ∂F/∂u`` at the solution, factorised once (LU: MUMPS on one rank, SuperLU_DIST on more, see
+- ``A = ∂F/∂u`` at the solution, factorised once (LU: MUMPS by default, see
   :func:`natinv.parallel.direct_solver`) and reused for
 - the adjoint solve ``Aᵀ λ = −g_u`` and the parameter gradient ``(∂F/∂m)ᵀ λ``, and
 - the tangent (sensitivity) solves ``A (S X) = −(∂F/∂m) X`` for many columns at once
@@ -32,7 +32,7 @@ from ufl.algorithms import expand_derivatives
 from natinv import options, parallel
 from natinv.boundary import constrained_dofs
 
-__all__ = ["Model"]
+__all__ = ["ITERATIVE_OPTIONS", "Model"]
 
 Residual = Callable[[dolfinx.fem.Function, dolfinx.fem.Function, ufl.Argument], ufl.Form]
 Check = Callable[[dolfinx.fem.Function], str | None]
@@ -45,6 +45,23 @@ DEFAULT_OPTIONS = {
     "snes_rtol": 1e-10,
     "snes_atol": 1e-12,
     "snes_max_it": 50,
+}
+
+#: The iterative alternative to a factorisation (``petsc_options=ITERATIVE_OPTIONS``, or a case's
+#: ``[model] solver = "cg"``): conjugate gradients preconditioned by PETSc's algebraic multigrid
+#: (GAMG, with the rigid-body modes as near-nullspace for elasticity), for symmetric positive
+#: definite operators. Every solve (state, adjoint, tangent, each column of a block) is a Krylov
+#: solve to a relative residual of 1e-10: the gradients pass the Taylor test as with LU. A state
+#: solve starts from the last state, and a new parameter keeps the multigrid's interpolation.
+ITERATIVE_OPTIONS = {
+    "ksp_type": "cg",
+    "pc_type": "gamg",
+    "ksp_rtol": 1e-10,
+    "ksp_atol": 1e-50,
+    "ksp_max_it": 1000,
+    "ksp_norm_type": "unpreconditioned",
+    "pc_gamg_reuse_interpolation": True,  # (a new parameter: the same coarse spaces)
+    "ksp_error_if_not_converged": True,  # (a column of a block solve that fails is an error)
 }
 
 
@@ -118,6 +135,8 @@ class Model:
         check: ``m -> message or None``; a message stops the solve with an error on every rank
             (e.g. a diffusion coefficient that is not positive).
         name: a label for messages.
+        near_nullspace: ``V -> vectors`` spanning the operator's near-nullspace (elasticity's
+            rigid-body modes), given to ``A`` for algebraic multigrid (:data:`ITERATIVE_OPTIONS`).
 
     Call :meth:`destroy` when done (PETSc objects).
     """
@@ -133,6 +152,7 @@ class Model:
         petsc_options: dict[str, Any] | None = None,
         check: Check | None = None,
         name: str = "model",
+        near_nullspace: Callable[[dolfinx.fem.FunctionSpace], list[PETSc.Vec]] | None = None,
     ) -> None:
         self.comm = state_space.mesh.comm
         self.space = state_space
@@ -171,6 +191,11 @@ class Model:
         linear = {k: v for k, v in self._options.items() if k.startswith(("ksp_", "pc_")) and v}
         with options.pushed(self.prefix, linear):  # the user's -<prefix>ksp_*/pc_* options win
             self.ksp.setFromOptions()
+        if near_nullspace is not None:  # (used by algebraic multigrid: GAMG)
+            basis = near_nullspace(state_space)
+            self.A.setNearNullSpace(PETSc.NullSpace().create(vectors=basis, comm=self.comm))
+            for vector in basis:
+                vector.destroy()
         self._b = dolfinx.fem.petsc.create_vector(state_space)
         self._du = self._b.duplicate()
         self._nonlinear: Any = None
@@ -313,19 +338,22 @@ class Model:
         return not parallel.allreduce_max(self.comm, changed)
 
     def _transposed(self) -> tuple[PETSc.KSP, bool]:
-        """How to solve with ``Aᵀ``: ``(ksp, use_transpose_solve)``. The factorisation's own
-        transposed solve, except SuperLU_DIST's, which in PETSc 3.25 silently solves with ``A``
-        (measured on a 6×6 nonsymmetric matrix: residual of Aᵀx = b 0.15): then ``A`` itself if
-        it is symmetric to round-off (``‖A − Aᵀ‖∞ ≤ SYMMETRY·‖A‖∞``), else a second
-        factorisation, of an explicit ``Aᵀ``."""
+        """How to solve with ``Aᵀ``: ``(ksp, use_transpose_solve)``. ``A``'s own solve when ``A``
+        is symmetric to round-off (``‖A − Aᵀ‖∞ ≤ SYMMETRY·‖A‖∞``, checked once per assembly) and
+        the solver is SuperLU_DIST (whose transposed solve in PETSc 3.25 silently solves with
+        ``A``: measured on a 6×6 nonsymmetric matrix, residual of Aᵀx = b 0.15) or a Krylov
+        method (CG's transposed solve would need ``Aᵀ``'s products); for a nonsymmetric ``A``,
+        SuperLU_DIST factorises an explicit ``Aᵀ`` and a Krylov method solves transposed. MUMPS
+        solves transposed on its factors."""
         pc = self.ksp.getPC()
-        if pc.getType() != "lu" or pc.getFactorSolverType() != "superlu_dist":
+        superlu = pc.getType() == "lu" and pc.getFactorSolverType() == "superlu_dist"
+        if pc.getType() in ("lu", "cholesky") and not superlu:
             return self.ksp, True
         op = self._op
         if op.transpose_state is None or op.transpose_state[0] != self.assemblies:
             scale = self.A.norm(PETSc.NormType.INFINITY)
             symmetric = bool(self.A.isSymmetric(SYMMETRY * scale))
-            if not symmetric:
+            if not symmetric and superlu:
                 op.At = self.A.transpose(op.At if op.At is not None else PETSc.Mat())
                 if op.transpose_ksp is None:
                     op.transpose_ksp = PETSc.KSP().create(self.comm)
@@ -336,6 +364,8 @@ class Model:
             op.transpose_state = (self.assemblies, symmetric)
         if op.transpose_state[1]:
             return self.ksp, False
+        if not superlu:
+            return self.ksp, True
         assert op.transpose_ksp is not None
         return op.transpose_ksp, False
 
@@ -354,11 +384,17 @@ class Model:
                 failure is None and reason >= 0,
                 lambda: (
                     f"{self.name}: the {'adjoint' if transpose else 'linear'} solve failed "
-                    f"({failure or _reason(PETSc.KSP.ConvergedReason, reason)}); the operator "
-                    "may be singular or indefinite for this parameter field"
+                    f"({failure or _reason(PETSc.KSP.ConvergedReason, reason)}"
+                    f"{self._iterations(ksp)}); the operator may be singular or indefinite for "
+                    "this parameter field"
                 ),
                 parallel.SolveError,
             )
+
+    @staticmethod
+    def _iterations(ksp: PETSc.KSP) -> str:
+        """``" after n iterations"`` for a Krylov solve, else nothing."""
+        return "" if ksp.getType() == "preonly" else f" after {ksp.getIterationNumber()} iterations"
 
     @contextlib.contextmanager
     def _recovering(self, locked: PETSc.Vec | None = None) -> Iterator[None]:
@@ -404,6 +440,11 @@ class Model:
         """
         self._checked_parameter()
         if self.linear:
+            krylov = self.ksp.getType() != "preonly"
+            if krylov:  # a Krylov solve starts from the last state (the correction's guess)
+                self.u.x.petsc_vec.copy(self._du)
+                self._zero_bc_rows(self._du)
+                self.ksp.setInitialGuessNonzero(self.version > 0)
             self.u.x.array[:] = 0.0
             for bc in self.bcs:
                 bc.set(self.u.x.array)
@@ -415,7 +456,11 @@ class Model:
             self._b.ghostUpdate(PETSc.InsertMode.ADD_VALUES, PETSc.ScatterMode.REVERSE)
             self._b.scale(-1.0)
             self._zero_bc_rows(self._b)
-            self._linear_solve(self._b, self._du)
+            try:
+                self._linear_solve(self._b, self._du)
+            finally:
+                if krylov:
+                    self.ksp.setInitialGuessNonzero(False)
             self.u.x.petsc_vec.axpy(1.0, self._du)
             self.u.x.scatter_forward()
             self.info = {"iterations": 1}

@@ -21,7 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from petsc4py import PETSc
+
 import dolfinx
+import dolfinx.fem.petsc
 import numpy as np
 import numpy.typing as npt
 import ufl
@@ -36,6 +39,7 @@ __all__ = [
     "nonlinear_diffusion",
     "positive",
     "reaction",
+    "rigid_body_modes",
     "source",
 ]
 
@@ -238,7 +242,34 @@ def elasticity(
 
     options.setdefault("check", positive("Young's modulus"))
     options.setdefault("name", "elasticity")
+    options.setdefault("near_nullspace", rigid_body_modes)
     return Model(space, parameter, residual, _bcs(space, bcs), **options)
+
+
+def rigid_body_modes(space: dolfinx.fem.FunctionSpace) -> list[PETSc.Vec]:
+    """The rigid-body displacements of a vector space (2D: two translations and a rotation;
+    3D: three and three), orthonormalised: the near-nullspace of elasticity that algebraic
+    multigrid coarsens with. New vectors (the caller destroys them). Collective."""
+    gdim = space.mesh.geometry.dim
+    index_map = space.dofmap.index_map
+    owned = index_map.size_local
+    x = space.tabulate_dof_coordinates()[:owned]
+    modes: list[PETSc.Vec] = []
+    rotations = [(0, 1)] if gdim == 2 else [(0, 1), (1, 2), (2, 0)]
+    for k in range(gdim + len(rotations)):
+        vector = dolfinx.fem.petsc.create_vector(space)
+        values = np.zeros((owned, gdim))
+        if k < gdim:
+            values[:, k] = 1.0
+        else:
+            i, j = rotations[k - gdim]
+            values[:, i], values[:, j] = -x[:, j], x[:, i]
+        vector.array[: owned * gdim] = values.ravel()
+        for previous in modes:  # (modified Gram–Schmidt)
+            vector.axpy(-vector.dot(previous), previous)
+        vector.scale(1.0 / vector.norm())
+        modes.append(vector)
+    return modes
 
 
 def nonlinear_diffusion(

@@ -173,8 +173,12 @@ def model_of(
     coefficient), filled by the first. Collective."""
     bcs = dirichlet(case, state, facets)
     prefix = "natinv_model_"
-    # (the -natinv_model_pc_factor_mat_solver_type of the command line wins)
-    solver = {"petsc_options": {"pc_factor_mat_solver_type": case.model.solver}}
+    # (the command line's -natinv_model_* options win)
+    solver = {
+        "petsc_options": models.ITERATIVE_OPTIONS
+        if case.model.solver == "cg"
+        else {"pc_factor_mat_solver_type": case.model.solver}
+    }
     if case.model.kind == "elasticity":
         traction, measure = None, None
         if case.model.traction is not None:
