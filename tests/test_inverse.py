@@ -279,7 +279,8 @@ def test_conjugate_gradients_with_multigrid_give_the_factorisation_s_answers(com
     """CG with algebraic multigrid (models.ITERATIVE_OPTIONS, elasticity with its rigid-body
     modes) instead of LU: the misfit, the adjoint gradient and the Gauss–Newton rows (adjoint
     and tangent blocks, solved column by column) equal the factorisation's to 1e-8 relative
-    (each solve to a relative residual of 1e-10), and the gradient passes the Taylor test."""
+    (each solve to a relative preconditioned residual of 1e-10), and the gradient passes the
+    Taylor test."""
     results = []
     for options in (None, models.ITERATIVE_OPTIONS):
         problem, m = build(comm, kind, "points", n=8, regularization=None, options=options)
