@@ -1,8 +1,9 @@
 """Synthetic measurements: data made from a known field on a finer discretisation.
 
 Two entry points. :func:`synthesize_case` writes a case's own measurement files from its
-``parameter.truth``: the case mesh refined ``synthesize.refine`` times (cell and facet tags
-carried to the children), state and parameter of degree ``synthesize.degree``, point sensors by
+``parameter.truth``: the case mesh (a built-in one: of ``synthesize.cells`` if given, a finer
+mesh not nested in it) refined ``synthesize.refine`` times (cell and facet tags carried to the
+children), state and parameter of degree ``synthesize.degree``, point sensors by
 ``synthesize.layout``, averages over the physical groups matching ``synthesize.regions``, or a
 full field on the case's nodes, with seeded noise σ = ``synthesize.noise``·max|data| (full
 fields: drawn per mesh node, the same on any number of ranks). :func:`synthesize` (``natinv
@@ -14,6 +15,7 @@ Imports no application module above it (runner, compare, CLI).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 from collections.abc import Callable
@@ -257,7 +259,10 @@ def synthesize_case(
         )
     if case.data.field is not None:
         return [_synthesize_field(case, comm)]
-    found = domain.load_domain(comm, case.mesh, case.source)
+    data_mesh = case.mesh
+    if case.synthesize.cells is not None:  # (a built-in mesh of more cells)
+        data_mesh = dataclasses.replace(case.mesh, cells=list(case.synthesize.cells))
+    found = domain.load_domain(comm, data_mesh, case.source)
     case = named_tags(case, found)
     mesh, facets, cells = found.mesh, found.facets, found.cells
     # the coarser meshes stay alive while the refined one is in use (freeing them made the

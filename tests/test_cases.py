@@ -118,6 +118,17 @@ sigma = 0.01
             r"model\.solver: 'cg' \(conjugate gradients\) needs a symmetric positive definite",
         ),
         ("", ["model.memory=100"], r"model\.memory: only for a transient model"),
+        ("", ["model.rtol=1e-6"], r"model\.rtol: only for solver = 'cg'"),
+        (
+            "",
+            ["model.solver='cg'", "model.rtol=2"],
+            r"model\.rtol: expected a number in \(0, 1\), got 2",
+        ),
+        (
+            "",
+            ["synthesize.cells=[4, 16]"],
+            r"synthesize\.cells: expected 2 integers, each at least mesh\.cells' \(\[8, 8\]",
+        ),
         ("", ["model.diffusion=0.1"], r"model\.diffusion: only for kind = 'reaction'"),
         (
             "",
@@ -159,6 +170,12 @@ def test_missing_and_malformed_case_files(comm, shared_tmp):
     path = write_case(shared_tmp, MINIMAL.replace('[model]\nkind = "diffusion"\n', ""), comm)
     with pytest.raises(CaseError, match=r": model: missing \(required\)"):
         load_case(path)
+
+
+def test_a_finer_data_mesh_is_named_only_for_a_built_in_mesh(comm):
+    """``synthesize.cells`` (the data's built-in mesh) is refused for a mesh file, by name."""
+    with pytest.raises(CaseError, match=r"synthesize\.cells: only for a built-in mesh"):
+        load_case(HOLE, ["synthesize.cells=[40, 40]"])
 
 
 def test_cli_reports_case_errors_on_rank_0_with_exit_2(comm, shared_tmp, capsys):

@@ -341,18 +341,22 @@ def test_the_shipped_eit_case_reaches_the_noise_level_full_and_sampled(comm, sha
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("name", "overrides"),
     [
-        pytest.param("eit_disk", marks=pytest.mark.slow),
-        "heat_sources",
-        pytest.param("heat_box_3d", marks=pytest.mark.slow),
+        pytest.param("eit_disk", [], marks=pytest.mark.slow),
+        ("heat_sources", []),
+        pytest.param("heat_box_3d", [], marks=pytest.mark.slow),
+        ("heat_box_3d_large", ["mesh.cells=[8, 8, 8]"]),
     ],
 )
-def test_the_shipped_many_observation_cases_run_in_reduced_form(comm, shared_tmp, name):
+def test_the_shipped_many_observation_cases_run_in_reduced_form(comm, shared_tmp, name, overrides):
     """Two full Gauss–Newton steps of each shipped case with many observations lower the
-    whole misfit (16 and 8 experiments with one factorisation per κ; 1,000 sensors in 3D)."""
+    whole misfit (16 and 8 experiments with one factorisation per κ; 1,000 sensors in 3D; the
+    million-dof case's CG solves and matrix-free steps on a mesh of 8³ cells)."""
     folder = shared_tmp / f"reduced-{name}"
     args = ["run", str(ROOT / "cases" / f"{name}.toml"), "--quiet", "--iterations", "2"]
+    for item in overrides:
+        args += ["--set", item]
     assert main([*args, "--set", f"output.folder='{folder}'"]) == 0
     history = (folder / "history.csv").read_text().splitlines()
     column = history[0].split(",").index("misfit")

@@ -46,7 +46,8 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
                                                # bits) or "cg" (conjugate gradients with
                                                # algebraic multigrid: no factorisation, for
                                                # states too large for one; diffusion, source,
-                                               # elasticity, heat)
+                                               # elasticity, heat); with "cg", rtol = 1e-10:
+                                               # the relative residual of every Krylov solve
 
     [parameter]
     degree = 1
@@ -75,6 +76,8 @@ An inverse case (``problem = "inverse"``, the default; all tables but ``[mesh]``
     [synthesize]                               # `natinv synthesize CASE`
     layout = "random:60"; refine = 1; degree = 3; noise = 0.01   # layout: or grid:NxM, or
                                                # a sensor CSV file's points (every experiment)
+    # cells = [62, 62, 62]                     # a built-in mesh: the data's mesh has these
+                                               # cells (finer, not nested; then refine times)
     regions = "probe-*"                        # the physical groups averaged (a pattern)
     # heat: times = 10 (read-outs per sensor in (0, T]), time_refine = 4 (steps of dt / 4)
 
@@ -334,9 +337,27 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> Case:  # type: ign
         for key in ("times", "time_refine"):
             if key in t.data:
                 raise t.fail(key, "only for a transient model (model.kind = 'heat')")
+    cells = None
+    if "cells" in t.data:
+        value = t.get("cells")
+        if mesh.builtin is None:
+            raise t.fail("cells", "only for a built-in mesh (mesh.builtin; a file: use refine)")
+        if not (
+            isinstance(value, list)
+            and len(value) == len(mesh.cells)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and all(v >= c for v, c in zip(value, mesh.cells, strict=True))
+        ):
+            raise t.fail(
+                "cells",
+                f"expected {len(mesh.cells)} integers, each at least mesh.cells' "
+                f"({mesh.cells}: the data's mesh is finer), got {value!r}",
+            )
+        cells = value
     synthesize = SynthesizeSettings(
         layout=t.string("layout", "random:60"),
         refine=t.integer("refine", 1, low=0),
+        cells=cells,
         degree=t.integer("degree", 3, low=1),
         noise=t.number("noise", 0.01, low=0.0),
         regions=t.string("regions", "probe-*"),

@@ -205,6 +205,15 @@ def _state_solver(t: _Table, kind: str) -> str:
     return solver
 
 
+def _krylov_rtol(t: _Table) -> float:
+    """``rtol``: the relative residual of the Krylov solves, for ``solver = "cg"`` only."""
+    if t.get("solver", "mumps") != "cg":
+        if "rtol" in t.data:
+            raise t.fail("rtol", "only for solver = 'cg' (a factorisation solves exactly)")
+        return 1e-10
+    return t.number("rtol", 1e-10, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
 # what an experiment may change of each model kind's loads
 EXPERIMENT_LOADS = {
     "diffusion": ("source", "flux", "boundary_value"),
@@ -397,6 +406,7 @@ def _inverse(
         traction=traction,
         coefficient=t.string("coefficient", "identity", ("identity", "exp")),
         solver=_state_solver(t, kind),
+        rtol=_krylov_rtol(t),
         poisson_ratio=t.number(
             "poisson_ratio", 0.3, low=-1.0, high=0.5, low_open=True, high_open=True
         ),

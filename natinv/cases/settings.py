@@ -66,8 +66,10 @@ class ModelSettings:
     flux: list[tuple[list[int | str] | str, str]] = field(default_factory=list)
     # diffusion: κ∇u·n + c (u − value) = flux on boundary tags: (tags or "all", c > 0, value)
     robin: tuple[list[int | str] | str, float, str] | None = None
-    # the solver of the state, adjoint and tangent systems (STATE_SOLVERS)
+    # the solver of the state, adjoint and tangent systems (STATE_SOLVERS), and for "cg" the
+    # relative residual each Krylov solve reaches
     solver: str = "mumps"
+    rtol: float = 1e-10
 
     @property
     def transient(self) -> bool:
@@ -142,6 +144,8 @@ class SynthesizeSettings:
     layout: str = "random:60"
     refine: int = 1
     degree: int = 3
+    # a built-in mesh: the data's mesh has these cells (finer, not nested) before refinement
+    cells: list[int] | None = None
     noise: float = 0.01
     regions: str = "probe-*"
     times: int = 10  # transient: read-outs per sensor, equally spaced in (0, T]

@@ -175,7 +175,7 @@ def model_of(
     prefix = "natinv_model_"
     # (the command line's -natinv_model_* options win)
     solver = {
-        "petsc_options": models.ITERATIVE_OPTIONS
+        "petsc_options": {**models.ITERATIVE_OPTIONS, "ksp_rtol": case.model.rtol}
         if case.model.solver == "cg"
         else {"pc_factor_mat_solver_type": case.model.solver}
     }
