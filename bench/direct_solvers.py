@@ -139,7 +139,7 @@ def main() -> None:
         )
     for solver in args.solvers.split(","):
         result = measure(comm, matrix, solver, args.repeats, args.columns)
-        peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+        peak = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, MPI.MAX)
         if comm.rank == 0:
             print(
                 f"{solver:<48} {result['factor']:16.2f} {result['again']:10.2f} "
