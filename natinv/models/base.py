@@ -52,8 +52,8 @@ DEFAULT_OPTIONS = {
 #: (GAMG, with the rigid-body modes as near-nullspace for elasticity), for symmetric positive
 #: definite operators. Every solve (state, adjoint, tangent, each column of a block) is a Krylov
 #: solve to a relative (preconditioned) residual of 1e-10: the answers equal LU's to 1e-8 and the
-#: gradients pass the Taylor test (tested). A state
-#: solve starts from the last state, and a new parameter keeps the multigrid's interpolation.
+#: gradients pass the Taylor test (tested). A state solve starts from the last state, and a new
+#: parameter keeps the multigrid's interpolation.
 ITERATIVE_OPTIONS = {
     "ksp_type": "cg",
     "pc_type": "gamg",
