@@ -249,16 +249,34 @@ def _estimates(case: Case, built: Any, comm: MPI.Comm) -> list[str]:
             if case.optimizer.metric == "gauss-newton" and case.optimizer.solver != "gn-cg"
             else ", one adjoint solve"
         )
+        if case.optimizer.metric == "gauss-newton" and case.optimizer.solver == "gn-cg":
+            rows += ", and one tangent and one adjoint solve per inner CG iteration"
+        if case.model.solver == "cg":
+            what = what.replace(" (one factorisation)", "")
         lines.append(
             f"  solves     per iteration: {what} per trial step of the line search (one "
             f"when the full step is taken){rows}"
             + (f"; {used} of the {count} experiments drawn per step" if used < count else "")
         )
+    if isinstance(case, InverseCase):
+        lines.append(f"  linear     {_linear_solver(case)}")
     if parts:
         lines.insert(
             0, f"  memory     per rank: {', '.join(parts)}; {fmt(budget)} available per rank"
         )
     return lines
+
+
+def _linear_solver(case: InverseCase) -> str:
+    """How the state, adjoint and tangent systems are solved (``[model] solver``)."""
+    if case.model.solver == "cg":
+        return (
+            "every system by CG with algebraic multigrid (GAMG) to a relative residual of "
+            f"{case.model.rtol:g}; no factorisation"
+        )
+    name = {"mumps": "MUMPS", "superlu_dist": "SuperLU_DIST"}[case.model.solver]
+    repeat = " (runs on 2 ranks repeat bitwise)" if case.model.solver == "superlu_dist" else ""
+    return f"LU by {name}{repeat}: adjoints and Gauss–Newton rows on its factors"
 
 
 def _transposed_solves(built: Any, used: int) -> int:

@@ -407,6 +407,22 @@ def test_check_prints_every_experiments_loads_and_the_shared_work(comm, shared_t
         assert out == ""
 
 
+def test_check_names_the_linear_solver_and_the_matrix_free_steps_solves(comm, capsys):
+    """``natinv check`` of the million-dof case (on 4³ cells) says how every system is solved
+    (CG with multigrid to the case's rtol, no factorisation) and what a matrix-free step
+    solves; the default is LU by MUMPS."""
+    large = ROOT / "cases" / "heat_box_3d_large.toml"
+    assert main(["check", str(large), "--set", "mesh.cells=[4, 4, 4]"]) == 0
+    out = capsys.readouterr().out
+    assert main(["check", str(ROOT / "cases" / "heat_sources.toml")]) == 0
+    default = capsys.readouterr().out
+    if comm.rank == 0:
+        assert "linear     every system by CG with algebraic multigrid (GAMG) to a relative " in out
+        assert "residual of 1e-06; no factorisation" in out
+        assert "one tangent and one adjoint solve per inner CG iteration" in out
+        assert "linear     LU by MUMPS: adjoints and Gauss–Newton rows on its factors" in default
+
+
 def test_compare_searches_the_baselines_alpha_for_a_case_of_experiments(comm, shared_tmp):
     """A case whose data are its experiments' files is measured data too: ``natinv compare
     --optimizers tao-nls`` chooses α by the discrepancy principle over the grid (1e3 does not
