@@ -421,6 +421,8 @@ def test_check_names_the_linear_solver_and_the_matrix_free_steps_solves(comm, ca
         assert "residual of 1e-06; no factorisation" in out
         assert "one tangent and one adjoint solve per inner CG iteration" in out
         assert "linear     LU by MUMPS: adjoints and Gauss–Newton rows on its factors" in default
+    else:
+        assert out == default == ""
 
 
 def test_compare_searches_the_baselines_alpha_for_a_case_of_experiments(comm, shared_tmp):
