@@ -162,7 +162,7 @@ def describe_error(exc: BaseException) -> str:
 
 def direct_solver(comm: Comm) -> str:
     """The sparse direct solver natinv factorises with by default: MUMPS, on any number of
-    ranks. On the 3D bracket (100 k P2 dofs, 2 ranks) an iteration takes 2.6× less time than
+    ranks. On the 3D bracket (100 k P2 dofs, 2 ranks) an iteration takes 2.3× less time than
     with SuperLU_DIST, whose factorisation and block solves are slower and whose transposed
     solve is wrong in PETSc 3.25 (a second factorisation for nonsymmetric operators).
 
