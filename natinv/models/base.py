@@ -338,22 +338,22 @@ class Model:
         return not parallel.allreduce_max(self.comm, changed)
 
     def _transposed(self) -> tuple[PETSc.KSP, bool]:
-        """How to solve with ``Aᵀ``: ``(ksp, use_transpose_solve)``. ``A``'s own solve when ``A``
-        is symmetric to round-off (``‖A − Aᵀ‖∞ ≤ SYMMETRY·‖A‖∞``, checked once per assembly) and
-        the solver is SuperLU_DIST (whose transposed solve in PETSc 3.25 silently solves with
-        ``A``: measured on a 6×6 nonsymmetric matrix, residual of Aᵀx = b 0.15) or a Krylov
-        method (CG's transposed solve would need ``Aᵀ``'s products); for a nonsymmetric ``A``,
-        SuperLU_DIST factorises an explicit ``Aᵀ`` and a Krylov method solves transposed. MUMPS
-        solves transposed on its factors."""
+        """How to solve with ``Aᵀ``: ``(ksp, use_transpose_solve)``. MUMPS and other Krylov
+        methods solve transposed on their own; CG is for symmetric operators, so ``A``'s own
+        solve serves. SuperLU_DIST's transposed solve in PETSc 3.25 silently solves with ``A``
+        (measured on a 6×6 nonsymmetric matrix: residual of Aᵀx = b 0.15): there ``A`` itself
+        if it is symmetric to round-off (``‖A − Aᵀ‖∞ ≤ SYMMETRY·‖A‖∞``, checked once per
+        assembly), else a second factorisation, of an explicit ``Aᵀ``."""
         pc = self.ksp.getPC()
-        superlu = pc.getType() == "lu" and pc.getFactorSolverType() == "superlu_dist"
-        if pc.getType() in ("lu", "cholesky") and not superlu:
+        if pc.getType() not in ("lu", "cholesky"):
+            return self.ksp, self.ksp.getType() != "cg"
+        if pc.getFactorSolverType() != "superlu_dist":
             return self.ksp, True
         op = self._op
         if op.transpose_state is None or op.transpose_state[0] != self.assemblies:
             scale = self.A.norm(PETSc.NormType.INFINITY)
             symmetric = bool(self.A.isSymmetric(SYMMETRY * scale))
-            if not symmetric and superlu:
+            if not symmetric:
                 op.At = self.A.transpose(op.At if op.At is not None else PETSc.Mat())
                 if op.transpose_ksp is None:
                     op.transpose_ksp = PETSc.KSP().create(self.comm)
@@ -364,8 +364,6 @@ class Model:
             op.transpose_state = (self.assemblies, symmetric)
         if op.transpose_state[1]:
             return self.ksp, False
-        if not superlu:
-            return self.ksp, True
         assert op.transpose_ksp is not None
         return op.transpose_ksp, False
 

@@ -107,8 +107,7 @@ class _Combination(Experiment):
         """Every source's state at the current parameter (one factorisation for all), then
         their combination as the carrier's state. Collective."""
         for source in self.sources:
-            if parallel.allreduce_max(self.comm, not source.current()):
-                source.solve()
+            source.solve()  # (only where its state is not the current parameter's)
         combined = sum(
             w * e.model.u.x.array for w, e in zip(self.weights, self.sources, strict=True)
         )
